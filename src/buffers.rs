@@ -1,0 +1,190 @@
+//! Buffer plumbing: uploads, read-back through staging buffers, and the
+//! row chunking that keeps every binding under the adapter's limit.
+
+use std::num::NonZeroU64;
+use std::sync::mpsc;
+
+use wgpu::util::DeviceExt;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// A storage buffer initialised from `contents`. A zero-length upload gets a
+/// 4-byte buffer, since wgpu cannot bind an empty one.
+pub(crate) fn upload(
+    ctx: &Context,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    check_buffer_size(ctx, label, contents.len() as u64)?;
+    let padded;
+    let contents = if contents.is_empty() {
+        padded = [0u8; 4];
+        &padded[..]
+    } else {
+        contents
+    };
+    Ok(ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage,
+        }))
+}
+
+/// An uninitialised storage buffer of `bytes` (at least 4).
+pub(crate) fn storage(
+    ctx: &Context,
+    label: &str,
+    bytes: u64,
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    check_buffer_size(ctx, label, bytes)?;
+    Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4),
+        usage,
+        mapped_at_creation: false,
+    }))
+}
+
+fn check_buffer_size(ctx: &Context, label: &str, bytes: u64) -> Result<()> {
+    let max = ctx.limits().max_buffer_size;
+    if bytes > max {
+        return Err(Error::TooLarge(format!(
+            "{label} needs a {bytes}-byte buffer; the adapter allows {max} (split the batch)"
+        )));
+    }
+    Ok(())
+}
+
+/// A binding of `size` bytes of `buffer` from `offset`.
+pub(crate) fn range(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: NonZeroU64::new(size.max(4)),
+    })
+}
+
+/// Read back `(buffer, byte offset, element count)` regions as f32, with one
+/// submission and one wait for all of them.
+pub(crate) fn read_f32(ctx: &Context, regions: &[(&wgpu::Buffer, u64, usize)]) -> Result<Vec<Vec<f32>>> {
+    let device = ctx.device();
+    let mut encoder = device.create_command_encoder(&Default::default());
+    let mut staging = Vec::with_capacity(regions.len());
+    for &(buffer, offset, len) in regions {
+        let bytes = (len as u64) * 4;
+        let stage = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("logit-adjust read-back"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if bytes > 0 {
+            encoder.copy_buffer_to_buffer(buffer, offset, &stage, 0, bytes);
+        }
+        staging.push((stage, len));
+    }
+    ctx.queue().submit([encoder.finish()]);
+    let (sender, receiver) = mpsc::channel();
+    for (i, (stage, _)) in staging.iter().enumerate() {
+        let sender = sender.clone();
+        stage
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| drop(sender.send((i, r))));
+    }
+    drop(sender);
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+    for (i, result) in receiver.iter() {
+        result.map_err(|e| Error::Gpu(format!("mapping read-back buffer {i}: {e}")))?;
+    }
+    let mut out = Vec::with_capacity(staging.len());
+    for (stage, len) in &staging {
+        let view = stage
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("reading back: {e}")))?;
+        out.push(bytemuck::cast_slice::<u8, f32>(&view[..len * 4]).to_vec());
+        drop(view);
+        stage.unmap();
+    }
+    Ok(out)
+}
+
+/// Rows `[start, start + rows)` handled by one dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    pub start: usize,
+    pub rows: usize,
+}
+
+/// Split `n` rows of `row_bytes` each so that every chunk's binding fits
+/// `max_storage_buffer_binding_size`, needs at most `max_rows_per_dispatch`
+/// rows, and starts at a byte offset that is a multiple of the storage
+/// offset alignment for both the logits and the per-row buffers.
+pub(crate) fn plan_chunks(
+    limits: &wgpu::Limits,
+    n: usize,
+    row_bytes: u64,
+    max_rows_per_dispatch: usize,
+) -> Result<Vec<Chunk>> {
+    // A start row that is a multiple of align/4 keeps both `row * 4` and
+    // `row * row_bytes` (row_bytes is a multiple of 4) aligned.
+    let align_rows = (limits.min_storage_buffer_offset_alignment.max(4) / 4) as usize;
+    let by_binding = (limits.max_storage_buffer_binding_size / row_bytes.max(1)) as usize;
+    let rows = by_binding.min(max_rows_per_dispatch) / align_rows * align_rows;
+    if rows == 0 {
+        return Err(Error::TooLarge(format!(
+            "{align_rows} rows of {row_bytes} bytes exceed the adapter's storage binding limit of {} bytes",
+            limits.max_storage_buffer_binding_size
+        )));
+    }
+    Ok((0..n)
+        .step_by(rows)
+        .map(|start| Chunk {
+            start,
+            rows: rows.min(n - start),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffer_binding_size: 128 << 20,
+            min_storage_buffer_offset_alignment: 256,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_row_once_and_stay_aligned() {
+        for (n, c) in [(0usize, 10u64), (1, 1), (70_000, 1000), (64, 262_144), (200_001, 3)] {
+            let chunks = plan_chunks(&limits(), n, c * 4, 65_535).unwrap();
+            let mut next = 0;
+            for ch in &chunks {
+                assert_eq!(ch.start, next);
+                assert!(ch.rows > 0 && ch.rows <= 65_535);
+                assert_eq!((ch.start as u64 * c * 4) % 256, 0);
+                assert_eq!((ch.start as u64 * 4) % 256, 0);
+                assert!(ch.rows as u64 * c * 4 <= 128 << 20);
+                next += ch.rows;
+            }
+            assert_eq!(next, n);
+        }
+    }
+
+    #[test]
+    fn a_row_too_large_for_a_binding_is_an_error() {
+        let err = plan_chunks(&limits(), 10, 8 << 20, 65_535).unwrap_err();
+        assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    }
+}

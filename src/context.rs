@@ -1,0 +1,207 @@
+//! The device context: a wgpu device and queue the library owns or borrows,
+//! what the adapter can do, and the pipeline cache.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::kernels::Kernels;
+
+/// Optional features the kernels use when the adapter offers them.
+const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::SHADER_F16);
+
+/// Storage buffers the loss pass binds at once.
+const STORAGE_BUFFERS_NEEDED: u32 = 7;
+
+/// What the device offers that matters to the kernels.
+#[derive(Debug, Clone)]
+pub struct Capabilities {
+    /// `Features::SUBGROUP` is enabled.
+    pub subgroups: bool,
+    /// `Features::SHADER_F16` is enabled.
+    pub shader_f16: bool,
+    /// `Features::TIMESTAMP_QUERY` is enabled.
+    pub timestamps: bool,
+    /// The device's limits (the adapter's own, not wgpu's defaults).
+    pub limits: wgpu::Limits,
+}
+
+/// A wgpu device and queue plus the library's pipelines for it. Cheap to
+/// clone; clones share the device and the pipeline cache.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    capabilities: Capabilities,
+    kernels: Kernels,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .finish()
+    }
+}
+
+/// A wgpu instance configured from the environment (`WGPU_BACKEND`, ...).
+pub fn instance_from_env() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu sees on the backends `WGPU_BACKEND` allows (all when unset).
+pub fn adapters_from_env() -> Vec<wgpu::Adapter> {
+    let instance = instance_from_env();
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+impl Context {
+    /// Open the default adapter, honouring `WGPU_BACKEND`,
+    /// `WGPU_ADAPTER_NAME` (a case-insensitive substring of the adapter's
+    /// name) and `WGPU_POWER_PREF` (`low` or `high`).
+    pub fn new() -> Result<Self> {
+        let instance = instance_from_env();
+        let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
+            Ok(wanted) => {
+                let wanted = wanted.to_lowercase();
+                let adapters =
+                    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(
+                            "WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}"
+                        ))
+                    })?
+            }
+            Err(_) => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::from_env().unwrap_or_default(),
+                ..Default::default()
+            }))
+            .map_err(|e| {
+                Error::NoAdapter(format!(
+                    "{e} (WGPU_BACKEND={})",
+                    std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "unset".into())
+                ))
+            })?,
+        };
+        Self::from_adapter(&adapter)
+    }
+
+    /// Open a device on `adapter` with the adapter's own limits and the
+    /// optional features the kernels use (timestamps, subgroups, f16).
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        check_adapter(adapter, &info)?;
+        let features = adapter.features() & WANTED_FEATURES;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("logit-adjust"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("request_device on {}: {e}", info.name)))?;
+        Self::from_wgpu(device, queue, info)
+    }
+
+    /// Borrow a device and queue the caller already has (e.g. a training
+    /// engine's), so that kernels read and write the engine's buffers.
+    /// `info` is used for reporting only.
+    pub fn from_wgpu(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Result<Self> {
+        let limits = device.limits();
+        if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
+            return Err(Error::UnsupportedAdapter(format!(
+                "{}: the device allows {} storage buffers per shader stage, the kernels need {}",
+                info.name, limits.max_storage_buffers_per_shader_stage, STORAGE_BUFFERS_NEEDED
+            )));
+        }
+        let features = device.features();
+        let capabilities = Capabilities {
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            limits,
+        };
+        let kernels = Kernels::new(&device);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                capabilities,
+                kernels,
+            }),
+        })
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter's name, backend, driver.
+    pub fn info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    /// Features and limits in force on the device.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    /// Limits in force on the device.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.capabilities.limits
+    }
+
+    pub(crate) fn kernels(&self) -> &Kernels {
+        &self.inner.kernels
+    }
+
+    /// Run `work` inside validation and out-of-memory error scopes, so that a
+    /// wgpu error becomes an [`Error::Gpu`] instead of the default handler's panic.
+    pub(crate) fn scoped<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = work();
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(e) = validation.or(oom) {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        result
+    }
+}
+
+fn check_adapter(adapter: &wgpu::Adapter, info: &wgpu::AdapterInfo) -> Result<()> {
+    let downlevel = adapter.get_downlevel_capabilities();
+    if !downlevel
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    {
+        return Err(Error::UnsupportedAdapter(format!(
+            "{} ({:?}) has no compute shaders",
+            info.name, info.backend
+        )));
+    }
+    Ok(())
+}

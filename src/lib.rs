@@ -1,0 +1,46 @@
+//! # logit-adjust
+//!
+//! GPU compute-shader kernels (WGSL on [`wgpu`]) for long-tail learning by
+//! logit adjustment (Menon et al., "Long-tail learning via logit
+//! adjustment", ICLR 2021, arXiv 2007.07314).
+//!
+//! Train on `f(x) + tau log pi` (the logit-adjusted softmax cross-entropy,
+//! eq. 10), or predict `argmax f(x) - tau log pi` after training (post-hoc,
+//! eq. 9). The kernels implement the paper's whole margin family in
+//! per-class form, `z_ic = f_ic + b_c - m_{y_i}[c = y_i]`,
+//! `l_i = alpha_{y_i} (logsumexp_c z_ic - z_{i,y_i})` ([`LossSpec`]).
+//!
+//! ```no_run
+//! use logit_adjust::{ClassPrior, Context, LossSpec, Reduction};
+//! # fn main() -> logit_adjust::Result<()> {
+//! let ctx = Context::new()?;
+//! let prior = ClassPrior::from_counts(&[500.0, 50.0, 5.0])?;
+//! let spec = LossSpec::logit_adjusted(&prior, 1.0)?.reduction(Reduction::Mean);
+//! let op = ctx.softmax_xent(&spec)?;
+//! let out = op.forward_backward(&[1.0, 0.0, -1.0, 0.5, 0.5, 0.5], &[0, 2])?;
+//! let check = logit_adjust::reference::forward_backward(&spec, &[1.0, 0.0, -1.0, 0.5, 0.5, 0.5], &[0, 2])?;
+//! assert!((out.loss.unwrap() as f64 - check.loss.unwrap()).abs() < 1e-5);
+//! # Ok(()) }
+//! ```
+//!
+//! Every GPU result is checked against [`reference`], an f64 CPU path with
+//! the same function shapes.
+
+#![warn(missing_docs)]
+
+mod buffers;
+mod context;
+mod error;
+pub mod kernels;
+mod loss;
+mod prior;
+pub mod reference;
+mod softmax_xent;
+
+pub use context::{adapters_from_env, instance_from_env, Capabilities, Context};
+pub use error::{Error, Result};
+pub use loss::{LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX};
+pub use prior::{count_labels, ClassPrior};
+pub use softmax_xent::{
+    BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,
+};

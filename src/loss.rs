@@ -1,0 +1,304 @@
+//! What loss to compute: the per-class general form of MATH.md section 2,
+//! its presets, label smoothing, `ignore_index` and the reduction. Shared by
+//! the GPU operation ([`crate::SoftmaxXent`]) and the CPU reference.
+
+use crate::error::{Error, Result};
+use crate::prior::ClassPrior;
+
+/// PyTorch's default `ignore_index`.
+pub const DEFAULT_IGNORE_INDEX: i64 = -100;
+
+/// How per-row losses `l_i` become the loss (MATH.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduction {
+    /// `l_i` per row; gradient row `i` scaled by the upstream `g_i`.
+    None,
+    /// `sum_i l_i`; gradient scaled by `g`.
+    Sum,
+    /// `sum_i l_i / #valid`; gradient scaled by `g / #valid`. Over zero
+    /// valid rows the loss is 0 with a zero gradient (PyTorch gives NaN).
+    #[default]
+    Mean,
+    /// `sum_i l_i / sum_valid alpha_{y_i}` (PyTorch's mean with class
+    /// weights); gradient scaled by `g / sum_valid alpha`.
+    WeightedMean,
+}
+
+impl Reduction {
+    /// The code the shaders use.
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Reduction::None => 0,
+            Reduction::Sum => 1,
+            Reduction::Mean => 2,
+            Reduction::WeightedMean => 3,
+        }
+    }
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Reduction::None),
+            "sum" => Ok(Reduction::Sum),
+            "mean" => Ok(Reduction::Mean),
+            "weighted-mean" => Ok(Reduction::WeightedMean),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown reduction {other:?}: expected none, sum, mean or weighted-mean"
+            ))),
+        }
+    }
+}
+
+/// The upstream gradient `g` (MATH.md section 5) for a host-side call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Upstream<'a> {
+    /// One scale for every row (the reduced loss's upstream gradient).
+    Scalar(f32),
+    /// `g_i` per row; only with [`Reduction::None`].
+    PerRow(&'a [f32]),
+}
+
+impl Default for Upstream<'_> {
+    fn default() -> Self {
+        Upstream::Scalar(1.0)
+    }
+}
+
+/// The loss: per-class bias `b`, true-label margin `m` and weight `alpha`,
+///
+/// `z_ic = f_ic + b_c - m_{y_i} [c == y_i]`,
+/// `l_i = alpha_{y_i} ((1-eps)(LSE_i - z_{i,y_i}) + eps (LSE_i - mean_c z_ic))`,
+///
+/// plus `ignore_index` and the [`Reduction`]. The class vectors are stored
+/// in f32, exactly as the GPU sees them, so the CPU reference computes the
+/// same function of the same numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossSpec {
+    bias: Vec<f32>,
+    margin: Vec<f32>,
+    weight: Vec<f32>,
+    label_smoothing: f32,
+    ignore_index: i64,
+    reduction: Reduction,
+}
+
+impl LossSpec {
+    /// Plain softmax cross-entropy over `classes` classes (ERM).
+    pub fn cross_entropy(classes: usize) -> Self {
+        Self {
+            bias: vec![0.0; classes],
+            margin: vec![0.0; classes],
+            weight: vec![1.0; classes],
+            label_smoothing: 0.0,
+            ignore_index: DEFAULT_IGNORE_INDEX,
+            reduction: Reduction::Mean,
+        }
+    }
+
+    /// The logit-adjusted loss (paper eq. 10): `b_c = tau * log pi_c`.
+    /// `tau = 0` is plain cross-entropy; the paper's default is `tau = 1`.
+    pub fn logit_adjusted(prior: &ClassPrior, tau: f64) -> Result<Self> {
+        if !tau.is_finite() {
+            return Err(Error::InvalidArgument(format!("tau must be finite, got {tau}")));
+        }
+        let bias: Vec<f32> = prior.log_prior().iter().map(|l| (tau * l) as f32).collect();
+        let mut spec = Self::cross_entropy(prior.classes());
+        spec.bias = bias;
+        Ok(spec)
+    }
+
+    /// Any per-class `b`, `m`, `alpha` (equal lengths, finite, `alpha >= 0`).
+    pub fn custom(bias: Vec<f32>, margin: Vec<f32>, weight: Vec<f32>) -> Result<Self> {
+        let spec = Self {
+            bias,
+            margin,
+            weight,
+            ..Self::cross_entropy(0)
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Set the reduction.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// Set PyTorch-style label smoothing `eps` in `[0, 1)` (checked when the
+    /// spec is used).
+    pub fn label_smoothing(mut self, eps: f32) -> Self {
+        self.label_smoothing = eps;
+        self
+    }
+
+    /// Set the label value whose rows are ignored (loss 0, zero gradient).
+    pub fn ignore_index(mut self, ignore_index: i64) -> Self {
+        self.ignore_index = ignore_index;
+        self
+    }
+
+    /// Number of classes `C`.
+    pub fn classes(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// The per-class additive bias `b`.
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
+    /// The per-class true-label margin `m`.
+    pub fn margin(&self) -> &[f32] {
+        &self.margin
+    }
+
+    /// The per-class weight `alpha`.
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// Label smoothing `eps`.
+    pub fn smoothing(&self) -> f32 {
+        self.label_smoothing
+    }
+
+    /// The ignored label value.
+    pub fn ignored_label(&self) -> i64 {
+        self.ignore_index
+    }
+
+    /// The reduction in force.
+    pub fn reduction_kind(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// Check the spec itself: at least one class, equal lengths, finite
+    /// vectors, `alpha >= 0`, `eps` in `[0, 1)`, `ignore_index` within i32
+    /// (labels live as i32 on the GPU).
+    pub fn validate(&self) -> Result<()> {
+        let c = self.bias.len();
+        if c == 0 {
+            return Err(Error::InvalidArgument("the loss needs at least one class".into()));
+        }
+        for (what, v) in [("margin m", &self.margin), ("weight alpha", &self.weight)] {
+            if v.len() != c {
+                return Err(Error::ShapeMismatch {
+                    what: format!("{what} length (classes)"),
+                    expected: c,
+                    got: v.len(),
+                });
+            }
+        }
+        for (what, v) in [
+            ("bias b", &self.bias),
+            ("margin m", &self.margin),
+            ("weight alpha", &self.weight),
+        ] {
+            if let Some(index) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: what.into(),
+                    index,
+                    value: v[index] as f64,
+                });
+            }
+        }
+        if let Some(class) = self.weight.iter().position(|&a| a < 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "weight alpha[{class}] = {} is negative",
+                self.weight[class]
+            )));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::InvalidArgument(format!(
+                "label smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            )));
+        }
+        if i32::try_from(self.ignore_index).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "ignore_index {} does not fit in i32",
+                self.ignore_index
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check one batch against the spec and return its row count `N`:
+    /// `logits.len() == N * C`, every label in `[0, C)` or `ignore_index`,
+    /// every logit finite, a per-row upstream of length `N` (and only with
+    /// [`Reduction::None`]).
+    pub fn check_batch(&self, logits: &[f32], labels: &[i64], upstream: Upstream) -> Result<usize> {
+        self.validate()?;
+        let c = self.classes();
+        let n = labels.len();
+        let expected = n.checked_mul(c).ok_or_else(|| {
+            Error::TooLarge(format!("{n} rows x {c} classes overflows usize"))
+        })?;
+        if logits.len() != expected {
+            return Err(Error::ShapeMismatch {
+                what: format!("logits length (labels give N = {n}, C = {c}, so N*C)"),
+                expected,
+                got: logits.len(),
+            });
+        }
+        for (row, &label) in labels.iter().enumerate() {
+            let in_range = usize::try_from(label).is_ok_and(|y| y < c);
+            if label != self.ignore_index && !in_range {
+                return Err(Error::LabelOutOfRange {
+                    row,
+                    label,
+                    classes: c,
+                });
+            }
+        }
+        if let Some(index) = logits.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "logits".into(),
+                index,
+                value: logits[index] as f64,
+            });
+        }
+        match upstream {
+            Upstream::Scalar(g) if !g.is_finite() => Err(Error::NonFinite {
+                what: "upstream gradient".into(),
+                index: 0,
+                value: g as f64,
+            }),
+            Upstream::PerRow(_) if self.reduction != Reduction::None => {
+                Err(Error::InvalidArgument(
+                    "a per-row upstream gradient needs reduction none; reduced losses take one scalar"
+                        .into(),
+                ))
+            }
+            Upstream::PerRow(g) if g.len() != n => Err(Error::ShapeMismatch {
+                what: "per-row upstream gradient length (rows)".into(),
+                expected: n,
+                got: g.len(),
+            }),
+            Upstream::PerRow(g) => match g.iter().position(|x| !x.is_finite()) {
+                Some(index) => Err(Error::NonFinite {
+                    what: "upstream gradient".into(),
+                    index,
+                    value: g[index] as f64,
+                }),
+                None => Ok(n),
+            },
+            Upstream::Scalar(_) => Ok(n),
+        }
+    }
+}
+
+/// What a loss call returns. `T` is `f32` on the GPU and `f64` in the reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossOutput<T> {
+    /// The reduced loss; `None` for [`Reduction::None`].
+    pub loss: Option<T>,
+    /// `l_i` for every row (0 for ignored rows), before any reduction.
+    pub per_row: Vec<T>,
+    /// The gradient of the reduced loss with respect to the logits, `N x C`
+    /// row-major; `None` for a forward-only call.
+    pub grad: Option<Vec<T>>,
+}

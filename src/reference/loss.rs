@@ -1,0 +1,95 @@
+//! The loss family of MATH.md sections 1-5 in f64.
+
+use crate::error::Result;
+use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
+
+/// Forward only: the reduced loss and the per-row losses.
+pub fn forward(spec: &LossSpec, logits: &[f32], labels: &[i64]) -> Result<LossOutput<f64>> {
+    run(spec, logits, labels, Upstream::default(), false)
+}
+
+/// Forward and backward with upstream gradient 1.
+pub fn forward_backward(
+    spec: &LossSpec,
+    logits: &[f32],
+    labels: &[i64],
+) -> Result<LossOutput<f64>> {
+    run(spec, logits, labels, Upstream::default(), true)
+}
+
+/// Forward and backward with an explicit upstream gradient.
+pub fn forward_backward_scaled(
+    spec: &LossSpec,
+    logits: &[f32],
+    labels: &[i64],
+    upstream: Upstream,
+) -> Result<LossOutput<f64>> {
+    run(spec, logits, labels, upstream, true)
+}
+
+fn run(
+    spec: &LossSpec,
+    logits: &[f32],
+    labels: &[i64],
+    upstream: Upstream,
+    with_grad: bool,
+) -> Result<LossOutput<f64>> {
+    let n = spec.check_batch(logits, labels, upstream)?;
+    let c = spec.classes();
+    let eps = spec.smoothing() as f64;
+    let b: Vec<f64> = spec.bias().iter().map(|&x| x as f64).collect();
+
+    let valid = |label: i64| label != spec.ignored_label();
+    let denom = match spec.reduction_kind() {
+        Reduction::None | Reduction::Sum => 1.0,
+        Reduction::Mean => labels.iter().filter(|&&y| valid(y)).count() as f64,
+        Reduction::WeightedMean => labels
+            .iter()
+            .filter(|&&y| valid(y))
+            .map(|&y| spec.weight()[y as usize] as f64)
+            .sum(),
+    };
+
+    let mut per_row = vec![0.0; n];
+    let mut grad = if with_grad { vec![0.0; n * c] } else { Vec::new() };
+    let mut z = vec![0.0f64; c];
+    for (i, &label) in labels.iter().enumerate() {
+        if !valid(label) {
+            continue; // l_i = 0, zero gradient row
+        }
+        let y = label as usize;
+        let alpha = spec.weight()[y] as f64;
+        let margin = spec.margin()[y] as f64;
+        for (k, zk) in z.iter_mut().enumerate() {
+            *zk = logits[i * c + k] as f64 + b[k] - if k == y { margin } else { 0.0 };
+        }
+        let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum_exp: f64 = z.iter().map(|&zk| (zk - max).exp()).sum();
+        let lse = max + sum_exp.ln();
+        let mean_z = z.iter().sum::<f64>() / c as f64;
+        per_row[i] = alpha * ((1.0 - eps) * (lse - z[y]) + eps * (lse - mean_z));
+
+        if with_grad {
+            let g = match upstream {
+                Upstream::Scalar(g) => g as f64,
+                Upstream::PerRow(g) => g[i] as f64,
+            };
+            let scale = if denom == 0.0 { 0.0 } else { g / denom };
+            for (k, &zk) in z.iter().enumerate() {
+                let p = (zk - lse).exp();
+                let q = (1.0 - eps) * if k == y { 1.0 } else { 0.0 } + eps / c as f64;
+                grad[i * c + k] = scale * alpha * (p - q);
+            }
+        }
+    }
+    let loss = match spec.reduction_kind() {
+        Reduction::None => None,
+        _ if denom == 0.0 => Some(0.0),
+        _ => Some(per_row.iter().sum::<f64>() / denom),
+    };
+    Ok(LossOutput {
+        loss,
+        per_row,
+        grad: with_grad.then_some(grad),
+    })
+}

@@ -1,0 +1,540 @@
+//! The GPU loss operation: the fused logit-adjusted softmax cross-entropy of
+//! `shaders/softmax_xent.wgsl`, around it the normalizer and finalize passes
+//! of `shaders/loss_reduce.wgsl`.
+//!
+//! Two ways in: [`SoftmaxXent::bind`] + [`SoftmaxXent::record`] work on the
+//! caller's own buffers and encoder (no host wait, no allocation per call);
+//! the host methods ([`SoftmaxXent::forward_backward`], ...) upload slices,
+//! run that same recording path, and read the results back.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::buffers::{self, plan_chunks, range};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::kernels::Entry;
+use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
+
+const FLAG_WRITE_GRAD: u32 = 1;
+const FLAG_IN_PLACE: u32 = 2;
+const FLAG_UPSTREAM_PER_ROW: u32 = 4;
+
+/// Threads per workgroup of the row pass (a power of two, at most 256).
+const DEFAULT_WORKGROUP_SIZE: u32 = 64;
+/// Up to this many classes, one thread per row beats a workgroup per row.
+const ROW_PER_THREAD_MAX_CLASSES: usize = 32;
+
+/// Which workgroup layout the row pass uses (see the shader's header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    /// Picked from `C`: one thread per row for small `C`, else a workgroup per row.
+    #[default]
+    Auto,
+    /// One thread per row; no barriers.
+    RowPerThread,
+    /// One workgroup per row, partials reduced in workgroup memory.
+    RowPerGroup,
+}
+
+/// Element type of the logits and gradient buffers. Only f32 today; f16 and
+/// bf16 will be further variants with their own pipelines, same API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// 32-bit IEEE float.
+    #[default]
+    F32,
+}
+
+/// Where the gradient of a device-resident run goes.
+#[derive(Debug, Clone, Copy)]
+pub enum GradOutput<'a> {
+    /// Forward only: no gradient.
+    None,
+    /// Into this buffer (`N * C` elements).
+    Separate(&'a wgpu::Buffer),
+    /// Over the logits (explicit opt-in: the logits are lost).
+    InPlace,
+}
+
+/// The upstream gradient of a device-resident run.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamBuffer<'a> {
+    /// `g = 1`.
+    One,
+    /// One f32 `g` in this buffer (first element), e.g. written by an engine's
+    /// backward pass.
+    Scalar(&'a wgpu::Buffer),
+    /// `g_i` for each row (`N` f32); only with [`Reduction::None`].
+    PerRow(&'a wgpu::Buffer),
+}
+
+/// The caller's buffers for one device-resident run.
+#[derive(Debug, Clone, Copy)]
+pub struct LossBuffers<'a> {
+    /// `N x C` f32 logits, row-major, starting at offset 0. Needs `STORAGE`.
+    pub logits: &'a wgpu::Buffer,
+    /// `N` i32 labels. Needs `STORAGE`.
+    pub labels: &'a wgpu::Buffer,
+    /// `N`, the number of rows.
+    pub rows: usize,
+    /// Where the gradient goes, if anywhere.
+    pub grad: GradOutput<'a>,
+    /// The upstream gradient.
+    pub upstream: UpstreamBuffer<'a>,
+    /// `N` f32 per-row losses; when `None` the bound run allocates its own
+    /// (see [`BoundLoss::row_loss`]).
+    pub row_loss: Option<&'a wgpu::Buffer>,
+}
+
+/// Uniform parameters, laid out as `Params` in both shaders.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    classes: u32,
+    ignore_index: i32,
+    flags: u32,
+    smoothing: f32,
+    _pad: [u32; 3],
+}
+
+/// A run bound to buffers: bind groups and parameters made once by
+/// [`SoftmaxXent::bind`], recorded any number of times.
+#[derive(Debug)]
+pub struct BoundLoss {
+    rows: usize,
+    reduction: Reduction,
+    xent: wgpu::ComputePipeline,
+    normalizer: wgpu::ComputePipeline,
+    finalize: wgpu::ComputePipeline,
+    reduce_group: Option<wgpu::BindGroup>,
+    chunks: Vec<(wgpu::BindGroup, u32)>,
+    row_loss: wgpu::Buffer,
+    status: wgpu::Buffer,
+    _params: wgpu::Buffer,
+}
+
+impl BoundLoss {
+    /// The status buffer: three f32, `[denom, bad labels, reduced loss]`.
+    /// `denom` is 1 (none, sum), the number of valid rows (mean) or the sum of
+    /// their weights (weighted-mean); `bad labels` counts labels that are
+    /// neither in `[0, C)` nor the ignore index (their rows get NaN);
+    /// the reduced loss is absent (left as is) for [`Reduction::None`].
+    pub fn status(&self) -> &wgpu::Buffer {
+        &self.status
+    }
+
+    /// Byte offset of the reduced loss in [`BoundLoss::status`].
+    pub const LOSS_OFFSET: u64 = 8;
+
+    /// The per-row losses `l_i` (`N` f32), the caller's or the bound run's own.
+    pub fn row_loss(&self) -> &wgpu::Buffer {
+        &self.row_loss
+    }
+
+    /// Rows `N` this run was bound for.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// The loss operation on one device for one [`LossSpec`]: the class vectors
+/// are uploaded once, pipelines come from the context's cache.
+#[derive(Debug)]
+pub struct SoftmaxXent {
+    ctx: Context,
+    spec: LossSpec,
+    variant: Variant,
+    workgroup_size: u32,
+    class_params: wgpu::Buffer,
+    /// `[1.0]`: the default upstream, and the unused gradient binding.
+    one: wgpu::Buffer,
+}
+
+impl Context {
+    /// The loss operation for `spec` on this device.
+    pub fn softmax_xent(&self, spec: &LossSpec) -> Result<SoftmaxXent> {
+        SoftmaxXent::new(self, spec)
+    }
+}
+
+impl SoftmaxXent {
+    /// Validate `spec`, upload `[b, m, alpha]`.
+    pub fn new(ctx: &Context, spec: &LossSpec) -> Result<Self> {
+        spec.validate()?;
+        let class_params: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
+        ctx.scoped(|| {
+            Ok(Self {
+                ctx: ctx.clone(),
+                spec: spec.clone(),
+                variant: Variant::Auto,
+                workgroup_size: DEFAULT_WORKGROUP_SIZE,
+                class_params: buffers::upload(
+                    ctx,
+                    "class_params",
+                    bytemuck::cast_slice(&class_params),
+                    wgpu::BufferUsages::STORAGE,
+                )?,
+                one: buffers::upload(
+                    ctx,
+                    "one",
+                    bytemuck::bytes_of(&1.0f32),
+                    wgpu::BufferUsages::STORAGE,
+                )?,
+            })
+        })
+    }
+
+    /// Force a workgroup layout (tests and benchmarks use this; `Auto` is right otherwise).
+    pub fn with_variant(mut self, variant: Variant) -> Self {
+        self.variant = variant;
+        self
+    }
+
+    /// The spec this operation computes.
+    pub fn spec(&self) -> &LossSpec {
+        &self.spec
+    }
+
+    /// The layout the row pass will use for this `C`.
+    pub fn resolved_variant(&self) -> Variant {
+        match self.variant {
+            Variant::Auto if self.spec.classes() <= ROW_PER_THREAD_MAX_CLASSES => {
+                Variant::RowPerThread
+            }
+            Variant::Auto => Variant::RowPerGroup,
+            v => v,
+        }
+    }
+
+    /// Prepare a device-resident run on the caller's buffers: checks sizes
+    /// and usages, builds the per-chunk bind groups and parameters. Do this
+    /// once; [`SoftmaxXent::record`] it as often as needed.
+    pub fn bind(&self, b: &LossBuffers) -> Result<BoundLoss> {
+        self.ctx.scoped(|| self.bind_unscoped(b))
+    }
+
+    fn bind_unscoped(&self, b: &LossBuffers) -> Result<BoundLoss> {
+        let ctx = &self.ctx;
+        let (n, c) = (b.rows, self.spec.classes());
+        let row_bytes = c as u64 * 4;
+        let logit_bytes = n as u64 * row_bytes;
+        let need = |what: &str, buffer: &wgpu::Buffer, bytes: u64| -> Result<()> {
+            if buffer.size() < bytes {
+                return Err(Error::BufferTooSmall {
+                    what: what.into(),
+                    needed: bytes,
+                    got: buffer.size(),
+                });
+            }
+            if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} buffer lacks BufferUsages::STORAGE"
+                )));
+            }
+            Ok(())
+        };
+        need("logits", b.logits, logit_bytes)?;
+        need("labels", b.labels, n as u64 * 4)?;
+        let mut flags = 0;
+        match b.grad {
+            GradOutput::None => {}
+            GradOutput::Separate(g) => {
+                need("grad", g, logit_bytes)?;
+                flags |= FLAG_WRITE_GRAD;
+            }
+            GradOutput::InPlace => flags |= FLAG_WRITE_GRAD | FLAG_IN_PLACE,
+        }
+        match b.upstream {
+            UpstreamBuffer::One => {}
+            UpstreamBuffer::Scalar(g) => need("upstream", g, 4)?,
+            UpstreamBuffer::PerRow(g) => {
+                if self.spec.reduction_kind() != Reduction::None {
+                    return Err(Error::InvalidArgument(
+                        "a per-row upstream gradient needs reduction none".into(),
+                    ));
+                }
+                need("upstream", g, n as u64 * 4)?;
+                flags |= FLAG_UPSTREAM_PER_ROW;
+            }
+        }
+        let row_loss = match b.row_loss {
+            Some(r) => {
+                need("row_loss", r, n as u64 * 4)?;
+                r.clone()
+            }
+            None => buffers::storage(
+                ctx,
+                "row_loss",
+                n as u64 * 4,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            )?,
+        };
+        let max_binding = ctx.limits().max_storage_buffer_binding_size;
+        if n as u64 * 4 > max_binding {
+            return Err(Error::TooLarge(format!(
+                "{n} rows: the per-row buffers exceed the storage binding limit of {max_binding} bytes"
+            )));
+        }
+
+        let variant = self.resolved_variant();
+        let wg = self.workgroup_size;
+        let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+        let rows_per_group = if variant == Variant::RowPerThread { wg as usize } else { 1 };
+        let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
+
+        // Parameter slots: slot 0 for the reduce passes, slot k + 1 for chunk k.
+        let stride = ctx.limits().min_uniform_buffer_offset_alignment.max(32) as usize;
+        let base = Params {
+            rows: n as u32,
+            classes: c as u32,
+            ignore_index: self.spec.ignored_label() as i32,
+            flags: self.spec.reduction_kind().code(),
+            smoothing: self.spec.smoothing(),
+            _pad: [0; 3],
+        };
+        let mut slots = vec![0u8; stride * (chunks.len() + 1)];
+        slots[..32].copy_from_slice(bytemuck::bytes_of(&base));
+        for (k, ch) in chunks.iter().enumerate() {
+            let p = Params {
+                rows: ch.rows as u32,
+                flags,
+                ..base
+            };
+            slots[stride * (k + 1)..][..32].copy_from_slice(bytemuck::bytes_of(&p));
+        }
+        let params = buffers::upload(ctx, "params", &slots, wgpu::BufferUsages::UNIFORM)?;
+        let status = buffers::storage(
+            ctx,
+            "status",
+            12,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        )?;
+
+        let kernels = ctx.kernels();
+        let device = ctx.device();
+        let reduce_group = (n > 0).then(|| {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("loss_reduce"),
+                layout: &kernels.reduce_layout(),
+                entries: &[
+                    entry(0, range(&params, 0, 32)),
+                    entry(1, range(b.labels, 0, n as u64 * 4)),
+                    entry(2, self.class_params.as_entire_binding()),
+                    entry(3, range(&row_loss, 0, n as u64 * 4)),
+                    entry(4, status.as_entire_binding()),
+                ],
+            })
+        });
+        let xent_layout = kernels.xent_layout();
+        let chunk_groups = chunks
+            .iter()
+            .enumerate()
+            .map(|(k, ch)| {
+                let rows = ch.rows as u64;
+                let (first, elems) = (ch.start as u64, rows * c as u64);
+                let logits = range(b.logits, first * row_bytes, elems * 4);
+                let grad = match b.grad {
+                    GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
+                    _ => self.one.as_entire_binding(),
+                };
+                let upstream = match b.upstream {
+                    UpstreamBuffer::One => self.one.as_entire_binding(),
+                    UpstreamBuffer::Scalar(g) => range(g, 0, 4),
+                    UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
+                };
+                let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("softmax_xent chunk"),
+                    layout: &xent_layout,
+                    entries: &[
+                        entry(0, range(&params, (stride * (k + 1)) as u64, 32)),
+                        entry(1, logits),
+                        entry(2, range(b.labels, first * 4, rows * 4)),
+                        entry(3, self.class_params.as_entire_binding()),
+                        entry(4, grad),
+                        entry(5, range(&row_loss, first * 4, rows * 4)),
+                        entry(6, upstream),
+                        entry(7, status.as_entire_binding()),
+                    ],
+                });
+                let workgroups = ch.rows.div_ceil(rows_per_group) as u32;
+                (group, workgroups)
+            })
+            .collect();
+        let xent_entry = match variant {
+            Variant::RowPerThread => Entry::XentRowPerThread,
+            _ => Entry::XentRowPerGroup,
+        };
+        Ok(BoundLoss {
+            rows: n,
+            reduction: self.spec.reduction_kind(),
+            xent: kernels.pipeline(xent_entry, wg),
+            normalizer: kernels.pipeline(Entry::Normalizer, 0),
+            finalize: kernels.pipeline(Entry::Finalize, 0),
+            reduce_group,
+            chunks: chunk_groups,
+            row_loss,
+            status,
+            _params: params,
+        })
+    }
+
+    /// Record the run into `encoder`: normalizer, the row pass over every
+    /// chunk, then the reduction. No host wait, no allocation.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, bound: &BoundLoss) {
+        let Some(reduce_group) = &bound.reduce_group else {
+            // N = 0: denom 0, no bad labels, loss 0.
+            encoder.clear_buffer(&bound.status, 0, None);
+            return;
+        };
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("logit-adjust softmax_xent"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&bound.normalizer);
+        pass.set_bind_group(0, reduce_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+        pass.set_pipeline(&bound.xent);
+        for (group, workgroups) in &bound.chunks {
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(*workgroups, 1, 1);
+        }
+        if bound.reduction != Reduction::None {
+            pass.set_pipeline(&bound.finalize);
+            pass.set_bind_group(0, reduce_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+    }
+
+    /// Read back the status of a finished device-resident run and fail if
+    /// any label was out of range. Waits on the device: call it when you want
+    /// the check, not in a hot loop.
+    pub fn check_labels(&self, bound: &BoundLoss) -> Result<()> {
+        let status = buffers::read_f32(&self.ctx, &[(&bound.status, 0, 3)])?;
+        match status[0][1] as u64 {
+            0 => Ok(()),
+            count => Err(Error::BadLabelsOnDevice { count }),
+        }
+    }
+
+    /// Host convenience: the loss and per-row losses.
+    pub fn forward(&self, logits: &[f32], labels: &[i64]) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, Upstream::default(), HostGrad::None)
+    }
+
+    /// Host convenience: loss, per-row losses and the gradient (`g = 1`).
+    pub fn forward_backward(&self, logits: &[f32], labels: &[i64]) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, Upstream::default(), HostGrad::Separate)
+    }
+
+    /// Host convenience with an explicit upstream gradient.
+    pub fn forward_backward_scaled(
+        &self,
+        logits: &[f32],
+        labels: &[i64],
+        upstream: Upstream,
+    ) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, upstream, HostGrad::Separate)
+    }
+
+    /// Host convenience, in place: the gradient overwrites `logits` (the
+    /// returned `grad` is `None`). On error `logits` is untouched.
+    pub fn forward_backward_in_place(
+        &self,
+        logits: &mut [f32],
+        labels: &[i64],
+    ) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, Upstream::default(), HostGrad::InPlace)
+            .map(|mut out| {
+                if let Some(grad) = out.grad.take() {
+                    logits.copy_from_slice(&grad);
+                }
+                out
+            })
+    }
+
+    fn run_host(
+        &self,
+        logits: &[f32],
+        labels: &[i64],
+        upstream: Upstream,
+        grad_mode: HostGrad,
+    ) -> Result<LossOutput<f32>> {
+        let n = self.spec.check_batch(logits, labels, upstream)?;
+        let reduced = |loss| (self.spec.reduction_kind() != Reduction::None).then_some(loss);
+        if n == 0 {
+            return Ok(LossOutput {
+                loss: reduced(0.0),
+                per_row: Vec::new(),
+                grad: (grad_mode != HostGrad::None).then(Vec::new),
+            });
+        }
+        let ctx = &self.ctx;
+        ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+            let logits_buf = buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE | U::COPY_SRC)?;
+            let labels_buf = buffers::upload(ctx, "labels", bytemuck::cast_slice(&labels_i32), U::STORAGE)?;
+            let grad_buf = match grad_mode {
+                HostGrad::Separate => Some(buffers::storage(ctx, "grad", logits.len() as u64 * 4, U::STORAGE | U::COPY_SRC)?),
+                _ => None,
+            };
+            let upstream_buf = match upstream {
+                Upstream::Scalar(g) => buffers::upload(ctx, "upstream", bytemuck::bytes_of(&g), U::STORAGE)?,
+                Upstream::PerRow(g) => buffers::upload(ctx, "upstream", bytemuck::cast_slice(g), U::STORAGE)?,
+            };
+            let bound = self.bind_unscoped(&LossBuffers {
+                logits: &logits_buf,
+                labels: &labels_buf,
+                rows: n,
+                grad: match (grad_mode, &grad_buf) {
+                    (HostGrad::Separate, Some(g)) => GradOutput::Separate(g),
+                    (HostGrad::InPlace, _) => GradOutput::InPlace,
+                    _ => GradOutput::None,
+                },
+                upstream: match upstream {
+                    Upstream::Scalar(_) => UpstreamBuffer::Scalar(&upstream_buf),
+                    Upstream::PerRow(_) => UpstreamBuffer::PerRow(&upstream_buf),
+                },
+                row_loss: None,
+            })?;
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            self.record(&mut encoder, &bound);
+            ctx.queue().submit([encoder.finish()]);
+
+            let grad_source = match grad_mode {
+                HostGrad::None => None,
+                HostGrad::Separate => grad_buf.as_ref(),
+                HostGrad::InPlace => Some(&logits_buf),
+            };
+            let mut regions = vec![(&bound.status, 0, 3), (&bound.row_loss, 0, n)];
+            if let Some(g) = grad_source {
+                regions.push((g, 0, logits.len()));
+            }
+            let mut out = buffers::read_f32(ctx, &regions)?.into_iter();
+            let status = out.next().unwrap_or_default();
+            let per_row = out.next().unwrap_or_default();
+            let grad = out.next();
+            if status.get(1).copied().unwrap_or(0.0) != 0.0 {
+                // check_batch rejected bad labels already; this is a device fault.
+                return Err(Error::Gpu("the device saw labels the host had validated".into()));
+            }
+            Ok(LossOutput {
+                loss: reduced(status.get(2).copied().unwrap_or(f32::NAN)),
+                per_row,
+                grad,
+            })
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostGrad {
+    None,
+    Separate,
+    InPlace,
+}
+
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
