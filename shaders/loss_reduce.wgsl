@@ -11,7 +11,9 @@
 //     Traffic: reads N per-row losses, writes 4 bytes.
 //
 // Workgroup layout: one workgroup of 256 threads for the whole batch. Thread
-// t walks rows t, t + 256, ... in a fixed order, then the partials meet in a
+// t walks rows t, t + 256, ... in a fixed order (four rows per loop trip:
+// llvmpipe/lavapipe stop an invocation after about 65,535 loop trips in
+// total, so a trip covers 1024 rows and N may reach 64M), then the partials meet in a
 // workgroup-memory tree, so the result is the same bits on every run of the
 // same adapter (no float atomics). These passes move 4 bytes per row against
 // the row pass's 4*C bytes, so one workgroup is enough.
@@ -53,30 +55,39 @@ fn tree_sum(tid: u32) {
     }
 }
 
+// Row i's (weight toward denom, bad label) contribution.
+fn row_weight(i: u32) -> vec2<f32> {
+    let c = params.classes;
+    if (i >= params.rows) {
+        return vec2(0.0);
+    }
+    let label = labels[i];
+    if (label == params.ignore_index) {
+        return vec2(0.0);
+    }
+    if (label < 0 || u32(label) >= c) {
+        return vec2(0.0, 1.0);
+    }
+    if (params.flags == REDUCTION_WEIGHTED_MEAN) {
+        return vec2(class_params[2u * c + u32(label)], 0.0);
+    }
+    return vec2(1.0, 0.0);
+}
+
+fn row_value(i: u32) -> f32 {
+    return select(0.0, row_loss[i], i < params.rows);
+}
+
 @compute @workgroup_size(WG)
 fn normalizer(@builtin(local_invocation_index) tid: u32) {
-    let n = params.rows;
-    let c = params.classes;
-    let iters = (n + WG - 1u) / WG;
-    var weight = 0.0;
-    var bad = 0.0;
+    let iters = (params.rows + 4u * WG - 1u) / (4u * WG);
+    var acc = vec2(0.0);
     for (var k = 0u; k < iters; k++) {
-        let i = k * WG + tid;
-        if (i < n) {
-            let label = labels[i];
-            if (label != params.ignore_index) {
-                if (label < 0 || u32(label) >= c) {
-                    bad += 1.0;
-                } else if (params.flags == REDUCTION_WEIGHTED_MEAN) {
-                    weight += class_params[2u * c + u32(label)];
-                } else {
-                    weight += 1.0;
-                }
-            }
-        }
+        let i = k * 4u * WG + tid;
+        acc += row_weight(i) + row_weight(i + WG) + row_weight(i + 2u * WG) + row_weight(i + 3u * WG);
     }
-    red_a[tid] = weight;
-    red_b[tid] = bad;
+    red_a[tid] = acc.x;
+    red_b[tid] = acc.y;
     // Barrier: all partials are stored before the tree reads them.
     workgroupBarrier();
     tree_sum(tid);
@@ -89,14 +100,11 @@ fn normalizer(@builtin(local_invocation_index) tid: u32) {
 
 @compute @workgroup_size(WG)
 fn finalize(@builtin(local_invocation_index) tid: u32) {
-    let n = params.rows;
-    let iters = (n + WG - 1u) / WG;
+    let iters = (params.rows + 4u * WG - 1u) / (4u * WG);
     var total = 0.0;
     for (var k = 0u; k < iters; k++) {
-        let i = k * WG + tid;
-        if (i < n) {
-            total += row_loss[i];
-        }
+        let i = k * 4u * WG + tid;
+        total += row_value(i) + row_value(i + WG) + row_value(i + 2u * WG) + row_value(i + 3u * WG);
     }
     red_a[tid] = total;
     red_b[tid] = 0.0;

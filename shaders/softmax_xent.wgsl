@@ -23,7 +23,10 @@
 //                         memory tree. For C >= ~64.
 //   xent_row_per_thread - one thread per row, classes visited in order; no
 //                         barriers at all. For small C, where a workgroup per
-//                         row would leave most threads idle.
+//                         row would leave most threads idle. The host allows
+//                         it up to C = 4096 only: llvmpipe/lavapipe stop an
+//                         invocation after about 65,535 loop trips in total,
+//                         and this layout makes 2*C trips per thread.
 // Loops run a workgroup-uniform trip count, so every barrier sits in uniform
 // control flow (Tint's and naga's uniformity analyses both accept it).
 //

@@ -43,4 +43,5 @@ pub use loss::{LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX};
 pub use prior::{count_labels, ClassPrior};
 pub use softmax_xent::{
     BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,
+    ROW_PER_THREAD_MAX_CLASSES,
 };

@@ -22,7 +22,13 @@ const FLAG_UPSTREAM_PER_ROW: u32 = 4;
 /// Threads per workgroup of the row pass (a power of two, at most 256).
 const DEFAULT_WORKGROUP_SIZE: u32 = 64;
 /// Up to this many classes, one thread per row beats a workgroup per row.
-const ROW_PER_THREAD_MAX_CLASSES: usize = 32;
+const ROW_PER_THREAD_AUTO_MAX_CLASSES: usize = 32;
+/// The row-per-thread layout makes 2*C loop trips per invocation; llvmpipe
+/// and lavapipe end an invocation after about 65,535 trips, so it is
+/// refused above this `C` (where it would be slow anyway).
+pub const ROW_PER_THREAD_MAX_CLASSES: usize = 4096;
+/// The row-per-group layout makes 2*C/WG trips per invocation.
+const MAX_LOOP_TRIPS: usize = 65_000;
 
 /// Which workgroup layout the row pass uses (see the shader's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -199,7 +205,7 @@ impl SoftmaxXent {
     /// The layout the row pass will use for this `C`.
     pub fn resolved_variant(&self) -> Variant {
         match self.variant {
-            Variant::Auto if self.spec.classes() <= ROW_PER_THREAD_MAX_CLASSES => {
+            Variant::Auto if self.spec.classes() <= ROW_PER_THREAD_AUTO_MAX_CLASSES => {
                 Variant::RowPerThread
             }
             Variant::Auto => Variant::RowPerGroup,
@@ -279,6 +285,17 @@ impl SoftmaxXent {
 
         let variant = self.resolved_variant();
         let wg = self.workgroup_size;
+        let trips = match variant {
+            Variant::RowPerThread if c > ROW_PER_THREAD_MAX_CLASSES => usize::MAX,
+            Variant::RowPerThread => 2 * c,
+            _ => 2 * c.div_ceil(wg as usize),
+        };
+        if trips > MAX_LOOP_TRIPS {
+            return Err(Error::TooLarge(format!(
+                "{c} classes with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation \
+                 (row-per-thread allows C <= {ROW_PER_THREAD_MAX_CLASSES})"
+            )));
+        }
         let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
         let rows_per_group = if variant == Variant::RowPerThread { wg as usize } else { 1 };
         let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;

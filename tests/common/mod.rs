@@ -1,0 +1,135 @@
+//! Shared test plumbing: one context per adapter, fresh random inputs, and
+//! the tolerance checks of the core issue.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use logit_adjust::Context;
+
+/// One context per adapter wgpu sees under `WGPU_BACKEND` (all backends when
+/// unset). Panics when there is none: a GPU test never passes by skipping.
+pub fn contexts() -> &'static [Context] {
+    static CONTEXTS: OnceLock<Vec<Context>> = OnceLock::new();
+    CONTEXTS.get_or_init(|| {
+        let adapters = logit_adjust::adapters_from_env();
+        assert!(
+            !adapters.is_empty(),
+            "no GPU adapter found (WGPU_BACKEND={:?}); GPU tests must not pass without one. \
+             Install a driver (apt-get install -y mesa-vulkan-drivers libvulkan1) or pick a backend.",
+            std::env::var("WGPU_BACKEND").ok()
+        );
+        let contexts: Vec<Context> = adapters
+            .iter()
+            .map(|a| Context::from_adapter(a).unwrap_or_else(|e| panic!("{:?}: {e}", a.get_info())))
+            .collect();
+        for c in &contexts {
+            eprintln!("adapter: {} ({:?})", c.info().name, c.info().backend);
+        }
+        contexts
+    })
+}
+
+/// A label for messages: adapter and backend.
+pub fn name(ctx: &Context) -> String {
+    format!("{} / {:?}", ctx.info().name, ctx.info().backend)
+}
+
+/// SplitMix64: small, seedable, good enough for test data.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A fresh seed per call (time and a counter), or `LOGIT_ADJUST_SEED`.
+    /// Print `rng.seed()` in failure messages to reproduce.
+    pub fn fresh() -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = match std::env::var("LOGIT_ADJUST_SEED") {
+            Ok(s) => s.parse().expect("LOGIT_ADJUST_SEED must be a u64"),
+            Err(_) => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64;
+                t ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            }
+        };
+        Rng(seed)
+    }
+
+    pub fn seeded(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.0
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn logits(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.range(-1.0, 1.0) as f32 * scale).collect()
+    }
+
+    /// Labels in [0, c), with about `ignored` of them set to `ignore_index`.
+    pub fn labels(&mut self, n: usize, c: usize, ignored: f64, ignore_index: i64) -> Vec<i64> {
+        (0..n)
+            .map(|_| {
+                if self.uniform() < ignored {
+                    ignore_index
+                } else {
+                    self.below(c) as i64
+                }
+            })
+            .collect()
+    }
+
+    /// Long-tailed counts: exponential profile, imbalance `rho`.
+    pub fn counts(&mut self, c: usize, rho: f64) -> Vec<f64> {
+        (0..c)
+            .map(|k| {
+                let t = if c > 1 { k as f64 / (c - 1) as f64 } else { 0.0 };
+                (1000.0 * rho.powf(-t)).floor().max(1.0)
+            })
+            .collect()
+    }
+}
+
+pub fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// Index and size of the worst violation of `|got - want| <= tol(want)`, or None.
+pub fn worst(got: &[f32], want: &[f64], tol: impl Fn(f64) -> f64) -> Option<(usize, f64, f64)> {
+    assert_eq!(got.len(), want.len(), "length");
+    let mut worst = None;
+    let mut worst_excess = 0.0;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        let excess = if g.is_finite() { err - tol(w) } else { f64::INFINITY };
+        if excess > worst_excess {
+            worst_excess = excess;
+            worst = Some((i, g as f64, w));
+        }
+    }
+    worst
+}
