@@ -13,10 +13,12 @@
 // Workgroup layout: one workgroup of 256 threads for the whole batch. Thread
 // t walks rows t, t + 256, ... in a fixed order (four rows per loop trip:
 // llvmpipe/lavapipe stop an invocation after about 65,535 loop trips in
-// total, so a trip covers 1024 rows and N may reach 64M), then the partials meet in a
-// workgroup-memory tree, so the result is the same bits on every run of the
-// same adapter (no float atomics). These passes move 4 bytes per row against
-// the row pass's 4*C bytes, so one workgroup is enough.
+// total, so a trip covers 1024 rows and N may reach 64M), then the partials
+// meet in a workgroup-memory tree, so the result is the same bits on every
+// run of the same adapter (no float atomics). These passes move 4 bytes per
+// row against the row pass's 4*C bytes, so one workgroup is enough.
+// Barriers: one after the partials are stored, and one per tree level, so a
+// level's sums are complete before the next level reads them.
 
 struct Params {
     rows: u32,          // N, the whole batch

@@ -422,3 +422,87 @@ fn row_per_thread_refuses_a_vocabulary_it_cannot_loop_over() {
         assert!(matches!(err, logit_adjust::Error::TooLarge(_)), "{err}");
     }
 }
+
+#[test]
+fn bad_input_is_an_error_and_touches_nothing() {
+    let spec = LossSpec::cross_entropy(4);
+    for ctx in contexts() {
+        let op = ctx.softmax_xent(&spec).unwrap();
+        let mut logits = vec![0.5f32; 8];
+        let e = op.forward_backward_in_place(&mut logits, &[0, 4]).unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::LabelOutOfRange { row: 1, label: 4, .. }), "{e}");
+        assert!(logits.iter().all(|&x| x == 0.5), "in-place logits changed on error");
+        let e = op.forward(&logits[..7], &[0, 1]).unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::ShapeMismatch { .. }), "{e}");
+        logits[3] = f32::INFINITY;
+        let e = op.forward(&logits, &[0, 1]).unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::NonFinite { index: 3, .. }), "{e}");
+
+        // Device-resident: a buffer too small, a buffer without STORAGE.
+        let small = init(ctx, "logits", &[0u8; 16]);
+        let labels = init(ctx, "labels", bytemuck::cast_slice(&[0i32, 1]));
+        let e = op
+            .bind(&LossBuffers {
+                logits: &small,
+                labels: &labels,
+                rows: 2,
+                grad: GradOutput::None,
+                upstream: UpstreamBuffer::One,
+                row_loss: None,
+            })
+            .unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::BufferTooSmall { needed: 32, got: 16, .. }), "{e}");
+        let unusable = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 32,
+            usage: wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let e = op
+            .bind(&LossBuffers {
+                logits: &unusable,
+                labels: &labels,
+                rows: 2,
+                grad: GradOutput::None,
+                upstream: UpstreamBuffer::One,
+                row_loss: None,
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("STORAGE"), "{e}");
+    }
+}
+
+#[test]
+fn labels_out_of_range_on_the_device_are_reported_and_loud() {
+    let spec = LossSpec::cross_entropy(10).reduction(Reduction::Sum);
+    let logits = Rng::fresh().logits(30, 2.0);
+    for ctx in contexts() {
+        for variant in VARIANTS {
+            let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
+            let logits_buf = init(ctx, "logits", bytemuck::cast_slice(&logits));
+            let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&[1i32, 10, -100]));
+            let grad = poisoned(ctx, "grad", 30);
+            let bound = op
+                .bind(&LossBuffers {
+                    logits: &logits_buf,
+                    labels: &labels_buf,
+                    rows: 3,
+                    grad: GradOutput::Separate(&grad),
+                    upstream: UpstreamBuffer::One,
+                    row_loss: None,
+                })
+                .unwrap();
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            op.record(&mut encoder, &bound);
+            ctx.queue().submit([encoder.finish()]);
+            let e = op.check_labels(&bound).unwrap_err();
+            assert_eq!(e, logit_adjust::Error::BadLabelsOnDevice { count: 1 }, "{}", name(ctx));
+            let rows = ctx.read_f32(bound.row_loss(), 0, 3).unwrap();
+            assert!(rows[0].is_finite() && rows[1].is_nan() && rows[2] == 0.0, "{rows:?}");
+            let g = ctx.read_f32(&grad, 0, 30).unwrap();
+            assert!(g[..10].iter().all(|x| x.is_finite()));
+            assert!(g[10..20].iter().all(|x| x.is_nan()));
+            assert!(g[20..].iter().all(|&x| x == 0.0));
+        }
+    }
+}
