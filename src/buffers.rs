@@ -71,7 +71,10 @@ pub(crate) fn range(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::Bind
 
 /// Read back `(buffer, byte offset, element count)` regions as f32, with one
 /// submission and one wait for all of them.
-pub(crate) fn read_f32(ctx: &Context, regions: &[(&wgpu::Buffer, u64, usize)]) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn read_f32(
+    ctx: &Context,
+    regions: &[(&wgpu::Buffer, u64, usize)],
+) -> Result<Vec<Vec<f32>>> {
     let device = ctx.device();
     let mut encoder = device.create_command_encoder(&Default::default());
     let mut staging = Vec::with_capacity(regions.len());
@@ -167,7 +170,13 @@ mod tests {
 
     #[test]
     fn chunks_cover_every_row_once_and_stay_aligned() {
-        for (n, c) in [(0usize, 10u64), (1, 1), (70_000, 1000), (64, 262_144), (200_001, 3)] {
+        for (n, c) in [
+            (0usize, 10u64),
+            (1, 1),
+            (70_000, 1000),
+            (64, 262_144),
+            (200_001, 3),
+        ] {
             let chunks = plan_chunks(&limits(), n, c * 4, 65_535).unwrap();
             let mut next = 0;
             for ch in &chunks {

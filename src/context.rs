@@ -189,8 +189,12 @@ impl Context {
     /// Run `work` inside validation and out-of-memory error scopes, so that a
     /// wgpu error becomes an [`Error::Gpu`] instead of the default handler's panic.
     pub(crate) fn scoped<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        let oom = self.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device().push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self
+            .device()
+            .push_error_scope(wgpu::ErrorFilter::Validation);
         let result = work();
         let validation = pollster::block_on(validation.pop());
         let oom = pollster::block_on(oom.pop());

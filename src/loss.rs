@@ -101,7 +101,9 @@ impl LossSpec {
     /// `tau = 0` is plain cross-entropy; the paper's default is `tau = 1`.
     pub fn logit_adjusted(prior: &ClassPrior, tau: f64) -> Result<Self> {
         if !tau.is_finite() {
-            return Err(Error::InvalidArgument(format!("tau must be finite, got {tau}")));
+            return Err(Error::InvalidArgument(format!(
+                "tau must be finite, got {tau}"
+            )));
         }
         let bias: Vec<f32> = prior.log_prior().iter().map(|l| (tau * l) as f32).collect();
         let mut spec = Self::cross_entropy(prior.classes());
@@ -181,7 +183,9 @@ impl LossSpec {
     pub fn validate(&self) -> Result<()> {
         let c = self.bias.len();
         if c == 0 {
-            return Err(Error::InvalidArgument("the loss needs at least one class".into()));
+            return Err(Error::InvalidArgument(
+                "the loss needs at least one class".into(),
+            ));
         }
         for (what, v) in [("margin m", &self.margin), ("weight alpha", &self.weight)] {
             if v.len() != c {
@@ -234,9 +238,9 @@ impl LossSpec {
         self.validate()?;
         let c = self.classes();
         let n = labels.len();
-        let expected = n.checked_mul(c).ok_or_else(|| {
-            Error::TooLarge(format!("{n} rows x {c} classes overflows usize"))
-        })?;
+        let expected = n
+            .checked_mul(c)
+            .ok_or_else(|| Error::TooLarge(format!("{n} rows x {c} classes overflows usize")))?;
         if logits.len() != expected {
             return Err(Error::ShapeMismatch {
                 what: format!("logits length (labels give N = {n}, C = {c}, so N*C)"),

@@ -96,9 +96,7 @@ impl ClassPrior {
         }
         let total: f64 = probabilities.iter().sum();
         if !total.is_finite() {
-            return Err(Error::InvalidArgument(
-                "prior sums to infinity".to_string(),
-            ));
+            return Err(Error::InvalidArgument("prior sums to infinity".to_string()));
         }
         Ok(Self {
             probabilities: probabilities.iter().map(|&p| p / total).collect(),

@@ -297,7 +297,11 @@ impl SoftmaxXent {
             )));
         }
         let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-        let rows_per_group = if variant == Variant::RowPerThread { wg as usize } else { 1 };
+        let rows_per_group = if variant == Variant::RowPerThread {
+            wg as usize
+        } else {
+            1
+        };
         let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
 
         // Parameter slots: slot 0 for the reduce passes, slot k + 1 for chunk k.
@@ -325,7 +329,9 @@ impl SoftmaxXent {
             ctx,
             "status",
             12,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         )?;
 
         let kernels = ctx.kernels();
@@ -490,15 +496,30 @@ impl SoftmaxXent {
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;
             let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
-            let logits_buf = buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE | U::COPY_SRC)?;
-            let labels_buf = buffers::upload(ctx, "labels", bytemuck::cast_slice(&labels_i32), U::STORAGE)?;
+            let logits_buf = buffers::upload(
+                ctx,
+                "logits",
+                bytemuck::cast_slice(logits),
+                U::STORAGE | U::COPY_SRC,
+            )?;
+            let labels_buf =
+                buffers::upload(ctx, "labels", bytemuck::cast_slice(&labels_i32), U::STORAGE)?;
             let grad_buf = match grad_mode {
-                HostGrad::Separate => Some(buffers::storage(ctx, "grad", logits.len() as u64 * 4, U::STORAGE | U::COPY_SRC)?),
+                HostGrad::Separate => Some(buffers::storage(
+                    ctx,
+                    "grad",
+                    logits.len() as u64 * 4,
+                    U::STORAGE | U::COPY_SRC,
+                )?),
                 _ => None,
             };
             let upstream_buf = match upstream {
-                Upstream::Scalar(g) => buffers::upload(ctx, "upstream", bytemuck::bytes_of(&g), U::STORAGE)?,
-                Upstream::PerRow(g) => buffers::upload(ctx, "upstream", bytemuck::cast_slice(g), U::STORAGE)?,
+                Upstream::Scalar(g) => {
+                    buffers::upload(ctx, "upstream", bytemuck::bytes_of(&g), U::STORAGE)?
+                }
+                Upstream::PerRow(g) => {
+                    buffers::upload(ctx, "upstream", bytemuck::cast_slice(g), U::STORAGE)?
+                }
             };
             let bound = self.bind_unscoped(&LossBuffers {
                 logits: &logits_buf,
@@ -534,7 +555,9 @@ impl SoftmaxXent {
             let grad = out.next();
             if status.get(1).copied().unwrap_or(0.0) != 0.0 {
                 // check_batch rejected bad labels already; this is a device fault.
-                return Err(Error::Gpu("the device saw labels the host had validated".into()));
+                return Err(Error::Gpu(
+                    "the device saw labels the host had validated".into(),
+                ));
             }
             Ok(LossOutput {
                 loss: reduced(status.get(2).copied().unwrap_or(f32::NAN)),

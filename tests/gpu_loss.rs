@@ -134,10 +134,17 @@ fn compare(what: &str, got: &LossOutput<f32>, want: &LossOutput<f64>, tol: Toler
             Tolerance::Extreme { max_z } => 1e-6 + 1e-5 * scale + 1e-6 * max_z * scale,
         };
         if let Some((i, gv, wv)) = worst(g, w, grad_tol) {
-            panic!("{what}: grad [{i}] (row {}) = {gv}, reference {wv}", i / (g.len() / got.per_row.len().max(1)).max(1));
+            panic!(
+                "{what}: grad [{i}] (row {}) = {gv}, reference {wv}",
+                i / (g.len() / got.per_row.len().max(1)).max(1)
+            );
         }
     } else {
-        assert_eq!(got.grad.is_some(), want.grad.is_some(), "{what}: grad presence");
+        assert_eq!(
+            got.grad.is_some(),
+            want.grad.is_some(),
+            "{what}: grad presence"
+        );
     }
 }
 
@@ -155,7 +162,14 @@ struct Case {
 fn check(case: Case) {
     let mut rng = Rng::fresh();
     let seed = rng.seed();
-    let Case { n, c, tau, reduction, smoothing, ignored } = case;
+    let Case {
+        n,
+        c,
+        tau,
+        reduction,
+        smoothing,
+        ignored,
+    } = case;
     let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
     let spec = LossSpec::logit_adjusted(&prior, tau)
         .unwrap()
@@ -182,8 +196,15 @@ fn check(case: Case) {
         }
         // The host path (auto variant) is a wrapper over the same recording.
         let op = ctx.softmax_xent(&spec).unwrap();
-        let got = op.forward_backward_scaled(&logits, &labels, upstream).unwrap();
-        compare(&format!("{} host N={n} C={c} seed={seed}", name(ctx)), &got, &want, Tolerance::Ordinary);
+        let got = op
+            .forward_backward_scaled(&logits, &labels, upstream)
+            .unwrap();
+        compare(
+            &format!("{} host N={n} C={c} seed={seed}", name(ctx)),
+            &got,
+            &want,
+            Tolerance::Ordinary,
+        );
     }
 }
 
@@ -276,9 +297,18 @@ fn extreme_logits_and_a_tiny_prior() {
                 for variant in variants_for(c) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
-                    let what = format!("{} {variant:?} extreme N={n} C={c} tau={tau} seed={seed}", name(ctx));
-                    assert!(got.per_row.iter().all(|x| x.is_finite()), "{what}: non-finite loss");
-                    assert!(got.grad.as_ref().unwrap().iter().all(|x| x.is_finite()), "{what}: non-finite grad");
+                    let what = format!(
+                        "{} {variant:?} extreme N={n} C={c} tau={tau} seed={seed}",
+                        name(ctx)
+                    );
+                    assert!(
+                        got.per_row.iter().all(|x| x.is_finite()),
+                        "{what}: non-finite loss"
+                    );
+                    assert!(
+                        got.grad.as_ref().unwrap().iter().all(|x| x.is_finite()),
+                        "{what}: non-finite grad"
+                    );
                     compare(&what, &got, &want, Tolerance::Extreme { max_z });
                 }
             }
@@ -292,7 +322,9 @@ fn forward_only_and_in_place() {
     let seed = rng.seed();
     let (n, c) = (300, 500);
     let prior = ClassPrior::from_counts(&rng.counts(c, 50.0)).unwrap();
-    let spec = LossSpec::logit_adjusted(&prior, 1.0).unwrap().label_smoothing(0.05);
+    let spec = LossSpec::logit_adjusted(&prior, 1.0)
+        .unwrap()
+        .label_smoothing(0.05);
     let logits = rng.logits(n * c, 20.0);
     let labels = rng.labels(n, c, 0.2, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
@@ -303,14 +335,32 @@ fn forward_only_and_in_place() {
             let what = format!("{} {variant:?} seed={seed}", name(ctx));
             let fwd = op.forward(&logits, &labels).unwrap();
             assert!(fwd.grad.is_none());
-            compare(&format!("{what} forward"), &fwd, &want_fwd, Tolerance::Ordinary);
+            compare(
+                &format!("{what} forward"),
+                &fwd,
+                &want_fwd,
+                Tolerance::Ordinary,
+            );
             let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), true);
-            compare(&format!("{what} device in-place"), &got, &want, Tolerance::Ordinary);
+            compare(
+                &format!("{what} device in-place"),
+                &got,
+                &want,
+                Tolerance::Ordinary,
+            );
             let mut buf = logits.clone();
             let out = op.forward_backward_in_place(&mut buf, &labels).unwrap();
             assert!(out.grad.is_none());
-            let host = LossOutput { grad: Some(buf), ..out };
-            compare(&format!("{what} host in-place"), &host, &want, Tolerance::Ordinary);
+            let host = LossOutput {
+                grad: Some(buf),
+                ..out
+            };
+            compare(
+                &format!("{what} host in-place"),
+                &host,
+                &want,
+                Tolerance::Ordinary,
+            );
         }
     }
 }
@@ -336,7 +386,12 @@ fn general_form_margins_weights_and_ignore_index_inside_the_range() {
                 for variant in VARIANTS {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
-                    compare(&format!("{} {variant:?} custom {reduction:?} seed={seed}", name(ctx)), &got, &want, Tolerance::Ordinary);
+                    compare(
+                        &format!("{} {variant:?} custom {reduction:?} seed={seed}", name(ctx)),
+                        &got,
+                        &want,
+                        Tolerance::Ordinary,
+                    );
                 }
             }
         }
@@ -369,8 +424,18 @@ fn same_input_same_bits() {
         let op = ctx.softmax_xent(&spec).unwrap();
         let a = op.forward_backward(&logits, &labels).unwrap();
         let b = op.forward_backward(&logits, &labels).unwrap();
-        assert_eq!(a.loss.unwrap().to_bits(), b.loss.unwrap().to_bits(), "{}", name(ctx));
-        assert!(a.grad.unwrap().iter().zip(b.grad.unwrap()).all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert_eq!(
+            a.loss.unwrap().to_bits(),
+            b.loss.unwrap().to_bits(),
+            "{}",
+            name(ctx)
+        );
+        assert!(a
+            .grad
+            .unwrap()
+            .iter()
+            .zip(b.grad.unwrap())
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 }
 
@@ -408,7 +473,11 @@ fn bind_once_record_many() {
             op.check_labels(&bound).unwrap();
         }
         let g = ctx.read_f32(&grad, 0, n * c).unwrap();
-        assert!(worst(&g, want.grad.as_ref().unwrap(), |_| 1e-6).is_none(), "{}", name(ctx));
+        assert!(
+            worst(&g, want.grad.as_ref().unwrap(), |_| 1e-6).is_none(),
+            "{}",
+            name(ctx)
+        );
     }
 }
 
@@ -417,7 +486,10 @@ fn row_per_thread_refuses_a_vocabulary_it_cannot_loop_over() {
     let spec = LossSpec::cross_entropy(32_768);
     let logits = vec![0.0f32; 32_768];
     for ctx in contexts() {
-        let op = ctx.softmax_xent(&spec).unwrap().with_variant(Variant::RowPerThread);
+        let op = ctx
+            .softmax_xent(&spec)
+            .unwrap()
+            .with_variant(Variant::RowPerThread);
         let err = op.forward_backward(&logits, &[1]).unwrap_err();
         assert!(matches!(err, logit_adjust::Error::TooLarge(_)), "{err}");
     }
@@ -429,14 +501,35 @@ fn bad_input_is_an_error_and_touches_nothing() {
     for ctx in contexts() {
         let op = ctx.softmax_xent(&spec).unwrap();
         let mut logits = vec![0.5f32; 8];
-        let e = op.forward_backward_in_place(&mut logits, &[0, 4]).unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::LabelOutOfRange { row: 1, label: 4, .. }), "{e}");
-        assert!(logits.iter().all(|&x| x == 0.5), "in-place logits changed on error");
+        let e = op
+            .forward_backward_in_place(&mut logits, &[0, 4])
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                logit_adjust::Error::LabelOutOfRange {
+                    row: 1,
+                    label: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            logits.iter().all(|&x| x == 0.5),
+            "in-place logits changed on error"
+        );
         let e = op.forward(&logits[..7], &[0, 1]).unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::ShapeMismatch { .. }), "{e}");
+        assert!(
+            matches!(e, logit_adjust::Error::ShapeMismatch { .. }),
+            "{e}"
+        );
         logits[3] = f32::INFINITY;
         let e = op.forward(&logits, &[0, 1]).unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::NonFinite { index: 3, .. }), "{e}");
+        assert!(
+            matches!(e, logit_adjust::Error::NonFinite { index: 3, .. }),
+            "{e}"
+        );
 
         // Device-resident: a buffer too small, a buffer without STORAGE.
         let small = init(ctx, "logits", &[0u8; 16]);
@@ -451,7 +544,17 @@ fn bad_input_is_an_error_and_touches_nothing() {
                 row_loss: None,
             })
             .unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::BufferTooSmall { needed: 32, got: 16, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                logit_adjust::Error::BufferTooSmall {
+                    needed: 32,
+                    got: 16,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let unusable = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: 32,
@@ -496,9 +599,17 @@ fn labels_out_of_range_on_the_device_are_reported_and_loud() {
             op.record(&mut encoder, &bound);
             ctx.queue().submit([encoder.finish()]);
             let e = op.check_labels(&bound).unwrap_err();
-            assert_eq!(e, logit_adjust::Error::BadLabelsOnDevice { count: 1 }, "{}", name(ctx));
+            assert_eq!(
+                e,
+                logit_adjust::Error::BadLabelsOnDevice { count: 1 },
+                "{}",
+                name(ctx)
+            );
             let rows = ctx.read_f32(bound.row_loss(), 0, 3).unwrap();
-            assert!(rows[0].is_finite() && rows[1].is_nan() && rows[2] == 0.0, "{rows:?}");
+            assert!(
+                rows[0].is_finite() && rows[1].is_nan() && rows[2] == 0.0,
+                "{rows:?}"
+            );
             let g = ctx.read_f32(&grad, 0, 30).unwrap();
             assert!(g[..10].iter().all(|x| x.is_finite()));
             assert!(g[10..20].iter().all(|x| x.is_nan()));

@@ -19,7 +19,12 @@ fn gradient_matches_central_differences() {
     let seed = rng.seed();
     let (n, c) = (4, 6);
     let h = 1.0 / 256.0;
-    for reduction in [Reduction::None, Reduction::Sum, Reduction::Mean, Reduction::WeightedMean] {
+    for reduction in [
+        Reduction::None,
+        Reduction::Sum,
+        Reduction::Mean,
+        Reduction::WeightedMean,
+    ] {
         for eps in [0.0f32, 0.2] {
             let b: Vec<f32> = (0..c).map(|_| rng.range(-2.0, 0.0) as f32).collect();
             let m: Vec<f32> = (0..c).map(|_| rng.range(0.0, 0.5) as f32).collect();
@@ -41,7 +46,9 @@ fn gradient_matches_central_differences() {
                 let out = reference::forward(&spec, f, &labels).unwrap();
                 match upstream {
                     Upstream::Scalar(g) => g as f64 * out.loss.unwrap(),
-                    Upstream::PerRow(g) => out.per_row.iter().zip(g).map(|(l, &g)| l * g as f64).sum(),
+                    Upstream::PerRow(g) => {
+                        out.per_row.iter().zip(g).map(|(l, &g)| l * g as f64).sum()
+                    }
                 }
             };
             let grad = reference::forward_backward_scaled(&spec, &logits, &labels, upstream)
@@ -74,7 +81,10 @@ fn hand_computed_two_class_case() {
     let want = -(0.2f32 as f64).ln();
     assert!((out.loss.unwrap() - want).abs() < 1e-6, "{out:?}");
     let g = out.grad.unwrap();
-    assert!((g[0] - 0.8).abs() < 1e-6 && (g[1] + 0.8).abs() < 1e-6, "{g:?}");
+    assert!(
+        (g[0] - 0.8).abs() < 1e-6 && (g[1] + 0.8).abs() < 1e-6,
+        "{g:?}"
+    );
     // tau = 0 is plain cross-entropy: ln 2.
     let ce = LossSpec::logit_adjusted(&prior, 0.0).unwrap();
     let out = reference::forward(&ce, &[0.0, 0.0], &[1]).unwrap();
@@ -94,21 +104,40 @@ fn bad_inputs_are_named_errors() {
     let spec = LossSpec::cross_entropy(3);
     let f = [0.0f32; 6];
     let e = reference::forward(&spec, &f, &[0, 3]).unwrap_err();
-    assert_eq!(e, Error::LabelOutOfRange { row: 1, label: 3, classes: 3 });
+    assert_eq!(
+        e,
+        Error::LabelOutOfRange {
+            row: 1,
+            label: 3,
+            classes: 3
+        }
+    );
     assert!(e.to_string().contains("label out of range"));
     let e = reference::forward(&spec, &f, &[0, -1]).unwrap_err();
     assert!(matches!(e, Error::LabelOutOfRange { label: -1, .. }), "{e}");
     let e = reference::forward(&spec, &f[..5], &[0, 1]).unwrap_err();
-    assert!(matches!(e, Error::ShapeMismatch { expected: 6, got: 5, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::ShapeMismatch {
+                expected: 6,
+                got: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let e = reference::forward(&spec, &[0.0, f32::NAN, 0.0], &[0]).unwrap_err();
     assert!(matches!(e, Error::NonFinite { index: 1, .. }), "{e}");
     let e = reference::forward(&spec.clone().label_smoothing(1.0), &f, &[0, 1]).unwrap_err();
     assert!(e.to_string().contains("label smoothing"), "{e}");
     let g = [1.0f32; 2];
-    let e = reference::forward_backward_scaled(&spec, &f, &[0, 1], Upstream::PerRow(&g)).unwrap_err();
+    let e =
+        reference::forward_backward_scaled(&spec, &f, &[0, 1], Upstream::PerRow(&g)).unwrap_err();
     assert!(e.to_string().contains("reduction none"), "{e}");
     let none = spec.clone().reduction(Reduction::None);
-    let e = reference::forward_backward_scaled(&none, &f, &[0, 1], Upstream::PerRow(&g[..1])).unwrap_err();
+    let e = reference::forward_backward_scaled(&none, &f, &[0, 1], Upstream::PerRow(&g[..1]))
+        .unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
     let e = LossSpec::custom(vec![0.0; 3], vec![0.0; 2], vec![1.0; 3]).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
@@ -119,7 +148,10 @@ fn bad_inputs_are_named_errors() {
 #[test]
 fn priors_reject_what_has_no_finite_log() {
     let zero = ClassPrior::from_counts(&[10.0, 0.0, 3.0]).unwrap_err();
-    assert!(matches!(zero, Error::InvalidPrior { class: 1, .. }), "{zero}");
+    assert!(
+        matches!(zero, Error::InvalidPrior { class: 1, .. }),
+        "{zero}"
+    );
     assert!(zero.to_string().contains("smoothing"), "{zero}");
     let smoothed = ClassPrior::from_counts_smoothed(&[10.0, 0.0, 3.0], 1.0).unwrap();
     let p = smoothed.probabilities();

@@ -14,10 +14,18 @@ fn shader_files() -> Vec<(String, String)> {
         .expect("shaders/ exists")
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect();
     files.sort();
-    assert!(files.len() >= 2, "expected the shader files, found {files:?}");
+    assert!(
+        files.len() >= 2,
+        "expected the shader files, found {files:?}"
+    );
     files
 }
 
@@ -42,11 +50,15 @@ fn every_shader_translates_for_every_backend() {
         for ep in &module.entry_points {
             for wg in WORKGROUP_SIZES {
                 let mut constants = PipelineConstants::default();
-                if module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some("WG_SIZE")) {
+                if module
+                    .overrides
+                    .iter()
+                    .any(|(_, o)| o.name.as_deref() == Some("WG_SIZE"))
+                {
                     constants.insert("WG_SIZE".to_string(), wg);
                 }
                 let what = format!("{file}:{} (WG_SIZE {wg})", ep.name);
-                let (module, info) = naga::back::pipeline_constants::process_overrides(
+                let (module, _) = naga::back::pipeline_constants::process_overrides(
                     &module,
                     &info,
                     Some((ep.stage, &ep.name)),
@@ -54,7 +66,6 @@ fn every_shader_translates_for_every_backend() {
                 )
                 .unwrap_or_else(|e| panic!("{what}: overrides: {e:?}"));
                 let info = validate(&module, &what);
-                let _ = &info;
 
                 naga::back::spv::write_vec(
                     &module,
@@ -116,7 +127,10 @@ fn every_shader_opens_with_a_header_comment() {
         assert!(header.len() >= 8, "{file}: header comment too short");
         let text = header.join("\n").to_lowercase();
         for topic in ["traffic", "workgroup", "barrier"] {
-            assert!(text.contains(topic), "{file}: header does not mention {topic}");
+            assert!(
+                text.contains(topic),
+                "{file}: header does not mention {topic}"
+            );
         }
     }
 }

@@ -51,7 +51,11 @@ fn run(
     };
 
     let mut per_row = vec![0.0; n];
-    let mut grad = if with_grad { vec![0.0; n * c] } else { Vec::new() };
+    let mut grad = if with_grad {
+        vec![0.0; n * c]
+    } else {
+        Vec::new()
+    };
     let mut z = vec![0.0f64; c];
     for (i, &label) in labels.iter().enumerate() {
         if !valid(label) {

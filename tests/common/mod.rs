@@ -50,7 +50,9 @@ impl Rng {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
                     .as_nanos() as u64;
-                t ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                t ^ COUNTER
+                    .fetch_add(1, Ordering::Relaxed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             }
         };
         Rng(seed)
@@ -87,7 +89,9 @@ impl Rng {
     }
 
     pub fn logits(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.range(-1.0, 1.0) as f32 * scale).collect()
+        (0..len)
+            .map(|_| self.range(-1.0, 1.0) as f32 * scale)
+            .collect()
     }
 
     /// Labels in [0, c), with about `ignored` of them set to `ignore_index`.
@@ -107,7 +111,11 @@ impl Rng {
     pub fn counts(&mut self, c: usize, rho: f64) -> Vec<f64> {
         (0..c)
             .map(|k| {
-                let t = if c > 1 { k as f64 / (c - 1) as f64 } else { 0.0 };
+                let t = if c > 1 {
+                    k as f64 / (c - 1) as f64
+                } else {
+                    0.0
+                };
                 (1000.0 * rho.powf(-t)).floor().max(1.0)
             })
             .collect()
@@ -125,7 +133,11 @@ pub fn worst(got: &[f32], want: &[f64], tol: impl Fn(f64) -> f64) -> Option<(usi
     let mut worst_excess = 0.0;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
-        let excess = if g.is_finite() { err - tol(w) } else { f64::INFINITY };
+        let excess = if g.is_finite() {
+            err - tol(w)
+        } else {
+            f64::INFINITY
+        };
         if excess > worst_excess {
             worst_excess = excess;
             worst = Some((i, g as f64, w));

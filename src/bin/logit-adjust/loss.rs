@@ -1,0 +1,162 @@
+//! `logit-adjust loss`: the logit-adjusted loss and its gradient from `.npy` files.
+
+use std::path::PathBuf;
+
+use logit_adjust::{reference, ClassPrior, Context, LossOutput, LossSpec, Reduction};
+use serde_json::json;
+
+use crate::npy;
+
+/// Arguments of `loss`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("prior_source").required(true).args(["class_counts", "prior"])))]
+pub struct LossArgs {
+    /// Logits, float32 (N, C), C-order.
+    #[arg(long)]
+    logits: PathBuf,
+    /// Labels, int32 or int64 (N,).
+    #[arg(long)]
+    labels: PathBuf,
+    /// Training counts per class, integer or float (C,).
+    #[arg(long)]
+    class_counts: Option<PathBuf>,
+    /// Additive smoothing of the counts (a zero count is an error without it).
+    #[arg(long, default_value_t = 0.0, requires = "class_counts")]
+    count_smoothing: f64,
+    /// Class prior, float (C,); normalised to sum to one.
+    #[arg(long)]
+    prior: Option<PathBuf>,
+    /// Scaling of log(prior); 0 is plain cross-entropy.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    tau: f64,
+    /// none, sum, mean or weighted-mean.
+    #[arg(long, default_value = "mean")]
+    reduction: String,
+    /// Rows with this label get loss 0 and a zero gradient.
+    #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
+    ignore_index: i64,
+    /// PyTorch-style label smoothing eps in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f32,
+    /// Write the per-row losses (N,) float32 here.
+    #[arg(long)]
+    out_loss: Option<PathBuf>,
+    /// Write the gradient of the reduced loss (N, C) float32 here.
+    #[arg(long)]
+    out_grad: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Use the f64 CPU reference instead of the GPU.
+    #[arg(long)]
+    cpu: bool,
+}
+
+pub fn run(a: &LossArgs) -> Result<(), String> {
+    let (n, c, logits) = npy::read_logits(&a.logits, "logits")?;
+    let labels = npy::read_labels(&a.labels, "labels")?;
+    if labels.len() != n {
+        return Err(format!(
+            "shape mismatch: logits have {n} rows but labels have {}",
+            labels.len()
+        ));
+    }
+    let prior = match (&a.class_counts, &a.prior) {
+        (Some(path), _) => {
+            let counts = npy::read_vector(path, "class counts", true)?;
+            ClassPrior::from_counts_smoothed(&counts, a.count_smoothing)
+        }
+        (None, Some(path)) => {
+            ClassPrior::from_probabilities(&npy::read_vector(path, "prior", false)?)
+        }
+        (None, None) => unreachable!("clap requires one prior source"),
+    }
+    .map_err(|e| e.to_string())?;
+    if prior.classes() != c {
+        return Err(format!(
+            "shape mismatch: logits have {c} classes but the prior has {}",
+            prior.classes()
+        ));
+    }
+    let reduction: Reduction = a
+        .reduction
+        .parse()
+        .map_err(|e: logit_adjust::Error| e.to_string())?;
+    let spec = LossSpec::logit_adjusted(&prior, a.tau)
+        .map_err(|e| e.to_string())?
+        .reduction(reduction)
+        .label_smoothing(a.label_smoothing)
+        .ignore_index(a.ignore_index);
+    let with_grad = a.out_grad.is_some();
+
+    let (out, adapter, backend): (LossOutput<f64>, String, String) = if a.cpu {
+        let out = if with_grad {
+            reference::forward_backward(&spec, &logits, &labels)
+        } else {
+            reference::forward(&spec, &logits, &labels)
+        }
+        .map_err(|e| e.to_string())?;
+        (out, "cpu-reference".into(), "cpu".into())
+    } else {
+        // Validate before touching the GPU, so bad input never needs a device.
+        spec.check_batch(&logits, &labels, Default::default())
+            .map_err(|e| e.to_string())?;
+        let ctx = Context::new().map_err(|e| e.to_string())?;
+        let op = ctx.softmax_xent(&spec).map_err(|e| e.to_string())?;
+        let out = if with_grad {
+            op.forward_backward(&logits, &labels)
+        } else {
+            op.forward(&logits, &labels)
+        }
+        .map_err(|e| e.to_string())?;
+        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
+        let out = LossOutput {
+            loss: out.loss.map(f64::from),
+            per_row: widen(out.per_row),
+            grad: out.grad.map(widen),
+        };
+        (
+            out,
+            ctx.info().name.clone(),
+            format!("{:?}", ctx.info().backend),
+        )
+    };
+
+    // Everything computed and checked: only now write files.
+    if let Some(path) = &a.out_loss {
+        let rows: Vec<f32> = out.per_row.iter().map(|&x| x as f32).collect();
+        npy::write(path, &[n as u64], &rows)?;
+    }
+    if let (Some(path), Some(grad)) = (&a.out_grad, &out.grad) {
+        let grad: Vec<f32> = grad.iter().map(|&x| x as f32).collect();
+        npy::write(path, &[n as u64, c as u64], &grad)?;
+    }
+
+    let per_row_sum: f64 = out.per_row.iter().sum();
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "loss": out.loss,
+                "per_row_sum": per_row_sum,
+                "reduction": a.reduction,
+                "tau": a.tau,
+                "label_smoothing": a.label_smoothing,
+                "n": n,
+                "c": c,
+                "adapter": adapter,
+                "backend": backend,
+            })
+        );
+    } else {
+        match out.loss {
+            Some(loss) => println!("loss ({}): {loss:.9}", a.reduction),
+            None => println!("loss (none): {n} per-row values, sum {per_row_sum:.9}"),
+        }
+        println!(
+            "N = {n}, C = {c}, tau = {}, on {adapter} ({backend})",
+            a.tau
+        );
+    }
+    Ok(())
+}

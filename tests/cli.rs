@@ -1,0 +1,431 @@
+//! The command-line tool end to end: files in, numbers and files out, and
+//! every kind of bad input refused with one line and no output file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Rng;
+use logit_adjust::{reference, ClassPrior, LossSpec, Reduction};
+
+const BIN: &str = env!("CARGO_BIN_EXE_logit-adjust");
+
+/// A minimal .npy writer, independent of the tool's own (npyz).
+fn write_npy(path: &Path, descr: &str, shape: &[usize], bytes: &[u8]) {
+    let shape = match shape {
+        [n] => format!("({n},)"),
+        s => format!(
+            "({})",
+            s.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(bytes);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Read the data of a little-endian f4 .npy file.
+fn read_f32_npy(path: &Path) -> (String, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let (len, start) = if bytes[6] == 1 {
+        (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)
+    } else {
+        (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        )
+    };
+    let header = String::from_utf8_lossy(&bytes[start..start + len]).into_owned();
+    assert!(header.contains("'<f4'"), "{header}");
+    let data = bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[start + len..]);
+    (header, data)
+}
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("logit-adjust-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Files { dir }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_number(json: &str, key: &str) -> f64 {
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {json}"))
+}
+
+#[test]
+fn loss_matches_the_reference_on_gpu_and_cpu() {
+    let f = Files::new("loss");
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, c) = (37, 53);
+    let logits = rng.logits(n * c, 20.0);
+    let labels = rng.labels(n, c, 0.1, -100);
+    let counts: Vec<i64> = rng.counts(c, 50.0).iter().map(|&x| x as i64).collect();
+    write_npy(
+        &f.path("l.npy"),
+        "<f4",
+        &[n, c],
+        bytemuck::cast_slice(&logits),
+    );
+    let l32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+    write_npy(&f.path("y.npy"), "<i4", &[n], bytemuck::cast_slice(&l32));
+    write_npy(&f.path("n.npy"), "<i8", &[c], bytemuck::cast_slice(&counts));
+
+    let prior =
+        ClassPrior::from_counts(&counts.iter().map(|&x| x as f64).collect::<Vec<_>>()).unwrap();
+    for (tau, reduction, eps) in [
+        ("1.0", "mean", "0"),
+        ("2.5", "sum", "0.1"),
+        ("0", "weighted-mean", "0"),
+        ("1", "none", "0.05"),
+    ] {
+        let spec = LossSpec::logit_adjusted(&prior, tau.parse().unwrap())
+            .unwrap()
+            .reduction(reduction.parse::<Reduction>().unwrap())
+            .label_smoothing(eps.parse().unwrap());
+        let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
+        for cpu in [false, true] {
+            let (gl, gg) = (f.path("out_l.npy"), f.path("out_g.npy"));
+            let (lp, yp, np) = (f.path("l.npy"), f.path("y.npy"), f.path("n.npy"));
+            let mut args = vec![
+                "loss",
+                "--logits",
+                lp.to_str().unwrap(),
+                "--labels",
+                yp.to_str().unwrap(),
+                "--class-counts",
+                np.to_str().unwrap(),
+                "--tau",
+                tau,
+                "--reduction",
+                reduction,
+                "--label-smoothing",
+                eps,
+                "--out-loss",
+                gl.to_str().unwrap(),
+                "--out-grad",
+                gg.to_str().unwrap(),
+                "--json",
+            ];
+            if cpu {
+                args.push("--cpu");
+            }
+            let (code, stdout, stderr) = run(&args);
+            let what = format!("tau={tau} {reduction} eps={eps} cpu={cpu} seed={seed}");
+            assert_eq!(code, 0, "{what}: {stderr}");
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert_eq!(v["n"], n);
+            assert_eq!(v["c"], c);
+            assert!(v["adapter"].is_string() && v["backend"].is_string());
+            match want.loss {
+                Some(w) => {
+                    let got = json_number(&stdout, "loss");
+                    assert!(
+                        (got - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{what}: {got} vs {w}"
+                    );
+                }
+                None => assert!(v["loss"].is_null(), "{what}"),
+            }
+            let (header, rows) = read_f32_npy(&gl);
+            assert!(
+                header.replace(" ", "").contains(&format!("({n},)")),
+                "{header}"
+            );
+            for (g, w) in rows.iter().zip(&want.per_row) {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{what}: row {g} vs {w}"
+                );
+            }
+            let (header, grad) = read_f32_npy(&gg);
+            assert!(
+                header
+                    .replace(" ", "")
+                    .replace(",)", ")")
+                    .contains(&format!("({n},{c})")),
+                "{header}"
+            );
+            let wg = want.grad.as_ref().unwrap();
+            let tol = 1e-6 + 1e-5 * common::max_abs(wg);
+            assert_eq!(grad.len(), wg.len());
+            for (g, w) in grad.iter().zip(wg) {
+                assert!((*g as f64 - w).abs() <= tol, "{what}: grad {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_non_zero_and_writes_nothing() {
+    let f = Files::new("bad");
+    let (n, c) = (4, 3);
+    let logits = vec![0.25f32; n * c];
+    write_npy(
+        &f.path("l.npy"),
+        "<f4",
+        &[n, c],
+        bytemuck::cast_slice(&logits),
+    );
+    write_npy(
+        &f.path("l64.npy"),
+        "<f8",
+        &[n, c],
+        bytemuck::cast_slice(&vec![0.25f64; n * c]),
+    );
+    write_npy(
+        &f.path("l1d.npy"),
+        "<f4",
+        &[n * c],
+        bytemuck::cast_slice(&logits),
+    );
+    write_npy(
+        &f.path("y.npy"),
+        "<i8",
+        &[n],
+        bytemuck::cast_slice(&[0i64, 1, 2, 1]),
+    );
+    write_npy(
+        &f.path("y_out.npy"),
+        "<i8",
+        &[n],
+        bytemuck::cast_slice(&[0i64, 3, 2, 1]),
+    );
+    write_npy(
+        &f.path("y_short.npy"),
+        "<i8",
+        &[3],
+        bytemuck::cast_slice(&[0i64, 1, 2]),
+    );
+    write_npy(
+        &f.path("y_float.npy"),
+        "<f4",
+        &[n],
+        bytemuck::cast_slice(&[0f32, 1.0, 2.0, 1.0]),
+    );
+    write_npy(
+        &f.path("n.npy"),
+        "<i8",
+        &[c],
+        bytemuck::cast_slice(&[5i64, 3, 2]),
+    );
+    write_npy(
+        &f.path("n_zero.npy"),
+        "<i8",
+        &[c],
+        bytemuck::cast_slice(&[5i64, 0, 2]),
+    );
+    write_npy(
+        &f.path("n_short.npy"),
+        "<i8",
+        &[2],
+        bytemuck::cast_slice(&[5i64, 3]),
+    );
+    write_npy(
+        &f.path("p_nan.npy"),
+        "<f8",
+        &[c],
+        bytemuck::cast_slice(&[0.5f64, f64::NAN, 0.5]),
+    );
+    write_npy(
+        &f.path("p_neg.npy"),
+        "<f8",
+        &[c],
+        bytemuck::cast_slice(&[0.5f64, -0.1, 0.6]),
+    );
+    write_npy(
+        &f.path("p_zero.npy"),
+        "<f8",
+        &[c],
+        bytemuck::cast_slice(&[0.5f64, 0.0, 0.5]),
+    );
+    write_npy(
+        &f.path("p_int.npy"),
+        "<i8",
+        &[c],
+        bytemuck::cast_slice(&[1i64, 1, 1]),
+    );
+    std::fs::write(f.path("garbage.npy"), b"not an npy file").unwrap();
+
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        (
+            "l.npy",
+            "y_out.npy",
+            "--class-counts",
+            "n.npy",
+            "label out of range",
+        ),
+        (
+            "l.npy",
+            "y_short.npy",
+            "--class-counts",
+            "n.npy",
+            "shape mismatch",
+        ),
+        (
+            "l.npy",
+            "y.npy",
+            "--class-counts",
+            "n_short.npy",
+            "shape mismatch",
+        ),
+        (
+            "l.npy",
+            "y.npy",
+            "--class-counts",
+            "n_zero.npy",
+            "zero count",
+        ),
+        ("l.npy", "y.npy", "--prior", "p_nan.npy", "not finite"),
+        ("l.npy", "y.npy", "--prior", "p_neg.npy", "negative"),
+        (
+            "l.npy",
+            "y.npy",
+            "--prior",
+            "p_zero.npy",
+            "zero probability",
+        ),
+        (
+            "l.npy",
+            "y.npy",
+            "--prior",
+            "p_int.npy",
+            "expected a float vector",
+        ),
+        (
+            "l64.npy",
+            "y.npy",
+            "--class-counts",
+            "n.npy",
+            "expected float32",
+        ),
+        (
+            "l1d.npy",
+            "y.npy",
+            "--class-counts",
+            "n.npy",
+            "expected float32",
+        ),
+        (
+            "l.npy",
+            "y_float.npy",
+            "--class-counts",
+            "n.npy",
+            "expected int32 or int64",
+        ),
+        (
+            "garbage.npy",
+            "y.npy",
+            "--class-counts",
+            "n.npy",
+            "not a valid .npy",
+        ),
+        (
+            "missing.npy",
+            "y.npy",
+            "--class-counts",
+            "n.npy",
+            "missing.npy",
+        ),
+    ];
+    for &(logits, labels, flag, prior, expect) in cases {
+        for cpu in [false, true] {
+            let (gl, gg) = (f.path("out_l.npy"), f.path("out_g.npy"));
+            let p = |x: &str| f.path(x).to_str().unwrap().to_string();
+            let mut args = vec![
+                "loss".to_string(),
+                "--logits".into(),
+                p(logits),
+                "--labels".into(),
+                p(labels),
+                flag.into(),
+                p(prior),
+                "--out-loss".into(),
+                p("out_l.npy"),
+                "--out-grad".into(),
+                p("out_g.npy"),
+            ];
+            if cpu {
+                args.push("--cpu".into());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, stdout, stderr) = run(&args);
+            let what = format!("{logits} {labels} {prior} cpu={cpu}");
+            assert_ne!(code, 0, "{what}: succeeded: {stdout}");
+            let lines: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+                .collect();
+            assert_eq!(lines.len(), 1, "{what}: want one line, got {stderr:?}");
+            assert!(
+                lines[0].starts_with("error: ") && lines[0].contains(expect),
+                "{what}: {stderr}"
+            );
+            assert!(!lines[0].contains("panicked"), "{what}");
+            assert!(
+                !gl.exists() && !gg.exists(),
+                "{what}: an output file was written"
+            );
+            assert!(!f.path("out_l.npy.partial").exists());
+        }
+    }
+}
+
+#[test]
+fn info_lists_the_adapters() {
+    let (code, stdout, stderr) = run(&["info", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let adapters = v["adapters"].as_array().unwrap();
+    assert!(!adapters.is_empty());
+    for a in adapters {
+        assert!(a["name"].is_string() && a["backend"].is_string());
+        assert!(
+            a["limits"]["max_storage_buffer_binding_size"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+}
