@@ -197,6 +197,14 @@ impl SoftmaxXent {
         self
     }
 
+    /// The element type of the logits and gradient buffers. Only
+    /// [`Dtype::F32`] exists today; the f16/bf16 variants will be chosen here.
+    pub fn with_dtype(self, dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F32 => self,
+        }
+    }
+
     /// The spec this operation computes.
     pub fn spec(&self) -> &LossSpec {
         &self.spec

@@ -82,6 +82,7 @@ def main():
                 if out.returncode != 0:
                     print(f"FAIL {what}: exit {out.returncode}: {out.stderr.strip()}")
                     failures += 1
+                    checks += 1
                     continue
                 got = json.loads(out.stdout)
                 rows = np.load(paths["ol"])
