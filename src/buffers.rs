@@ -60,6 +60,76 @@ fn check_buffer_size(ctx: &Context, label: &str, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// Uniform parameter blocks, one per slot, each at a multiple of the
+/// uniform offset alignment; bind slot `k` with [`param_slot`].
+pub(crate) fn param_slots<P: bytemuck::Pod>(ctx: &Context, slots: &[P]) -> Result<ParamSlots> {
+    let size = std::mem::size_of::<P>();
+    let stride = (ctx.limits().min_uniform_buffer_offset_alignment as usize).max(size);
+    let mut bytes = vec![0u8; stride * slots.len().max(1)];
+    for (k, p) in slots.iter().enumerate() {
+        bytes[stride * k..][..size].copy_from_slice(bytemuck::bytes_of(p));
+    }
+    Ok(ParamSlots {
+        buffer: upload(ctx, "params", &bytes, wgpu::BufferUsages::UNIFORM)?,
+        stride: stride as u64,
+        size: size as u64,
+    })
+}
+
+/// A uniform buffer of parameter slots.
+#[derive(Debug)]
+pub(crate) struct ParamSlots {
+    buffer: wgpu::Buffer,
+    stride: u64,
+    size: u64,
+}
+
+impl ParamSlots {
+    /// The binding of slot `k`.
+    pub(crate) fn slot(&self, k: usize) -> wgpu::BindingResource<'_> {
+        range(&self.buffer, self.stride * k as u64, self.size)
+    }
+}
+
+/// A bind group of `resources` at bindings 0, 1, 2, ...
+pub(crate) fn bind_group(
+    ctx: &Context,
+    label: &str,
+    layout: &wgpu::BindGroupLayout,
+    resources: Vec<wgpu::BindingResource<'_>>,
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = resources
+        .into_iter()
+        .enumerate()
+        .map(|(i, resource)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource,
+        })
+        .collect();
+    ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &entries,
+    })
+}
+
+/// Check that a caller's buffer holds `bytes` and can be bound as storage.
+pub(crate) fn check_storage(what: &str, buffer: &wgpu::Buffer, bytes: u64) -> Result<()> {
+    if buffer.size() < bytes {
+        return Err(Error::BufferTooSmall {
+            what: what.into(),
+            needed: bytes,
+            got: buffer.size(),
+        });
+    }
+    if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} buffer lacks BufferUsages::STORAGE"
+        )));
+    }
+    Ok(())
+}
+
 /// A binding of `size` bytes of `buffer` from `offset`.
 pub(crate) fn range(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {

@@ -10,6 +10,52 @@ use std::sync::Mutex;
 pub const SOFTMAX_XENT_WGSL: &str = include_str!("../shaders/softmax_xent.wgsl");
 /// `shaders/loss_reduce.wgsl`: the normalizer and the final reduction.
 pub const LOSS_REDUCE_WGSL: &str = include_str!("../shaders/loss_reduce.wgsl");
+/// `shaders/posthoc.wgsl`: batched post-hoc correction and argmax.
+pub const POSTHOC_WGSL: &str = include_str!("../shaders/posthoc.wgsl");
+/// `shaders/metrics.wgsl`: exact per-class counts and label histograms.
+pub const METRICS_WGSL: &str = include_str!("../shaders/metrics.wgsl");
+
+/// A shader file and the bind-group layout its entry points share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Family {
+    SoftmaxXent,
+    LossReduce,
+    PostHoc,
+    Metrics,
+}
+
+impl Family {
+    const ALL: [Family; 4] = [
+        Family::SoftmaxXent,
+        Family::LossReduce,
+        Family::PostHoc,
+        Family::Metrics,
+    ];
+
+    fn source(self) -> (&'static str, &'static str) {
+        match self {
+            Family::SoftmaxXent => ("softmax_xent.wgsl", SOFTMAX_XENT_WGSL),
+            Family::LossReduce => ("loss_reduce.wgsl", LOSS_REDUCE_WGSL),
+            Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
+            Family::Metrics => ("metrics.wgsl", METRICS_WGSL),
+        }
+    }
+
+    /// Binding 0 is the uniform `params`; then storage buffers, `true` for
+    /// read-only. Mirrors the WGSL declarations.
+    fn storage_bindings(self) -> &'static [bool] {
+        match self {
+            // logits (read_write for in-place), labels, class_params, grad, row_loss, upstream, norm
+            Family::SoftmaxXent => &[false, true, true, false, false, true, true],
+            // labels, class_params, row_loss, status
+            Family::LossReduce => &[true, true, true, false],
+            // logits, adjust, pred, corrected_out
+            Family::PostHoc => &[true, true, false, false],
+            // labels, pred, counts
+            Family::Metrics => &[true, true, false],
+        }
+    }
+}
 
 /// A compute entry point of one of the shaders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,6 +64,10 @@ pub(crate) enum Entry {
     XentRowPerThread,
     Normalizer,
     Finalize,
+    ArgmaxRowPerThread,
+    ArgmaxRowPerGroup,
+    Corrected,
+    ClassCounts,
 }
 
 impl Entry {
@@ -27,22 +77,39 @@ impl Entry {
             Entry::XentRowPerThread => "xent_row_per_thread",
             Entry::Normalizer => "normalizer",
             Entry::Finalize => "finalize",
+            Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
+            Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
+            Entry::Corrected => "corrected",
+            Entry::ClassCounts => "class_counts",
         }
     }
 
-    fn is_xent(self) -> bool {
-        matches!(self, Entry::XentRowPerGroup | Entry::XentRowPerThread)
+    pub(crate) fn family(self) -> Family {
+        match self {
+            Entry::XentRowPerGroup | Entry::XentRowPerThread => Family::SoftmaxXent,
+            Entry::Normalizer | Entry::Finalize => Family::LossReduce,
+            Entry::ArgmaxRowPerThread | Entry::ArgmaxRowPerGroup | Entry::Corrected => {
+                Family::PostHoc
+            }
+            Entry::ClassCounts => Family::Metrics,
+        }
+    }
+
+    /// Whether the shader declares `override WG_SIZE`.
+    fn has_workgroup_override(self) -> bool {
+        self.family() == Family::SoftmaxXent
     }
 }
 
-/// Layouts and modules, built on first use (inside an error scope).
+struct FamilyObjects {
+    module: wgpu::ShaderModule,
+    layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+}
+
+/// Modules and layouts, built on first use (inside an error scope).
 struct Built {
-    xent_module: wgpu::ShaderModule,
-    reduce_module: wgpu::ShaderModule,
-    xent_layout: wgpu::BindGroupLayout,
-    reduce_layout: wgpu::BindGroupLayout,
-    xent_pipeline_layout: wgpu::PipelineLayout,
-    reduce_pipeline_layout: wgpu::PipelineLayout,
+    families: HashMap<Family, FamilyObjects>,
     pipelines: HashMap<(Entry, u32), wgpu::ComputePipeline>,
 }
 
@@ -51,25 +118,12 @@ pub(crate) struct Kernels {
     built: Mutex<Option<Built>>,
 }
 
-fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
-}
-
-fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
+            ty,
             has_dynamic_offset: false,
             min_binding_size: None,
         },
@@ -79,50 +133,43 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 
 impl Built {
     fn new(device: &wgpu::Device) -> Self {
-        let module = |label, source: &'static str| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
+        let families = Family::ALL
+            .into_iter()
+            .map(|family| {
+                let (label, source) = family.source();
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
+                });
+                let mut entries = vec![layout_entry(0, wgpu::BufferBindingType::Uniform)];
+                for (i, &read_only) in family.storage_bindings().iter().enumerate() {
+                    entries.push(layout_entry(
+                        i as u32 + 1,
+                        wgpu::BufferBindingType::Storage { read_only },
+                    ));
+                }
+                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(label),
+                    entries: &entries,
+                });
+                let pipeline_layout =
+                    device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(label),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+                (
+                    family,
+                    FamilyObjects {
+                        module,
+                        layout,
+                        pipeline_layout,
+                    },
+                )
             })
-        };
-        // Binding numbers and access modes mirror the WGSL declarations.
-        let xent_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("softmax_xent"),
-            entries: &[
-                uniform_entry(0),
-                storage_entry(1, false), // logits (read_write for in-place)
-                storage_entry(2, true),  // labels
-                storage_entry(3, true),  // class_params
-                storage_entry(4, false), // grad
-                storage_entry(5, false), // row_loss
-                storage_entry(6, true),  // upstream
-                storage_entry(7, true),  // norm (status)
-            ],
-        });
-        let reduce_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("loss_reduce"),
-            entries: &[
-                uniform_entry(0),
-                storage_entry(1, true),  // labels
-                storage_entry(2, true),  // class_params
-                storage_entry(3, true),  // row_loss
-                storage_entry(4, false), // status
-            ],
-        });
-        let pipeline_layout = |label, layout: &wgpu::BindGroupLayout| {
-            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(label),
-                bind_group_layouts: &[Some(layout)],
-                immediate_size: 0,
-            })
-        };
+            .collect();
         Built {
-            xent_module: module("softmax_xent.wgsl", SOFTMAX_XENT_WGSL),
-            reduce_module: module("loss_reduce.wgsl", LOSS_REDUCE_WGSL),
-            xent_pipeline_layout: pipeline_layout("softmax_xent", &xent_layout),
-            reduce_pipeline_layout: pipeline_layout("loss_reduce", &reduce_layout),
-            xent_layout,
-            reduce_layout,
+            families,
             pipelines: HashMap::new(),
         }
     }
@@ -144,39 +191,31 @@ impl Kernels {
         f(built)
     }
 
-    /// The bind-group layout of the loss row pass.
-    pub(crate) fn xent_layout(&self) -> wgpu::BindGroupLayout {
-        self.with_built(|b| b.xent_layout.clone())
+    /// The bind-group layout shared by a shader file's entry points.
+    pub(crate) fn layout(&self, family: Family) -> wgpu::BindGroupLayout {
+        self.with_built(|b| b.families[&family].layout.clone())
     }
 
-    /// The bind-group layout of the normalizer and finalize passes.
-    pub(crate) fn reduce_layout(&self) -> wgpu::BindGroupLayout {
-        self.with_built(|b| b.reduce_layout.clone())
-    }
-
-    /// The pipeline for `entry` at `workgroup_size` (ignored by the
-    /// fixed-size reduce entries), built on first request.
+    /// The pipeline for `entry` at `workgroup_size` (ignored by the shaders
+    /// with a fixed size), built on first request.
     pub(crate) fn pipeline(&self, entry: Entry, workgroup_size: u32) -> wgpu::ComputePipeline {
         let device = self.device.clone();
         self.with_built(|b| {
-            let key = (entry, if entry.is_xent() { workgroup_size } else { 0 });
+            let overridable = entry.has_workgroup_override();
+            let key = (entry, if overridable { workgroup_size } else { 0 });
             if let Some(p) = b.pipelines.get(&key) {
                 return p.clone();
             }
-            let (module, layout) = if entry.is_xent() {
-                (&b.xent_module, &b.xent_pipeline_layout)
-            } else {
-                (&b.reduce_module, &b.reduce_pipeline_layout)
-            };
-            let constants: &[(&str, f64)] = if entry.is_xent() {
+            let objects = &b.families[&entry.family()];
+            let constants: &[(&str, f64)] = if overridable {
                 &[("WG_SIZE", workgroup_size as f64)]
             } else {
                 &[]
             };
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry.name()),
-                layout: Some(layout),
-                module,
+                layout: Some(&objects.pipeline_layout),
+                module: &objects.module,
                 entry_point: Some(entry.name()),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants,

@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::buffers::{self, plan_chunks, range};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::Entry;
+use crate::kernels::{Entry, Family};
 use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
 
 const FLAG_WRITE_GRAD: u32 = 1;
@@ -117,7 +117,7 @@ pub struct BoundLoss {
     chunks: Vec<(wgpu::BindGroup, u32)>,
     row_loss: wgpu::Buffer,
     status: wgpu::Buffer,
-    _params: wgpu::Buffer,
+    _params: buffers::ParamSlots,
 }
 
 impl BoundLoss {
@@ -233,21 +233,7 @@ impl SoftmaxXent {
         let (n, c) = (b.rows, self.spec.classes());
         let row_bytes = c as u64 * 4;
         let logit_bytes = n as u64 * row_bytes;
-        let need = |what: &str, buffer: &wgpu::Buffer, bytes: u64| -> Result<()> {
-            if buffer.size() < bytes {
-                return Err(Error::BufferTooSmall {
-                    what: what.into(),
-                    needed: bytes,
-                    got: buffer.size(),
-                });
-            }
-            if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-                return Err(Error::InvalidArgument(format!(
-                    "{what} buffer lacks BufferUsages::STORAGE"
-                )));
-            }
-            Ok(())
-        };
+        let need = buffers::check_storage;
         need("logits", b.logits, logit_bytes)?;
         need("labels", b.labels, n as u64 * 4)?;
         let mut flags = 0;
@@ -313,7 +299,6 @@ impl SoftmaxXent {
         let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
 
         // Parameter slots: slot 0 for the reduce passes, slot k + 1 for chunk k.
-        let stride = ctx.limits().min_uniform_buffer_offset_alignment.max(32) as usize;
         let base = Params {
             rows: n as u32,
             classes: c as u32,
@@ -322,17 +307,14 @@ impl SoftmaxXent {
             smoothing: self.spec.smoothing(),
             _pad: [0; 3],
         };
-        let mut slots = vec![0u8; stride * (chunks.len() + 1)];
-        slots[..32].copy_from_slice(bytemuck::bytes_of(&base));
-        for (k, ch) in chunks.iter().enumerate() {
-            let p = Params {
+        let slots: Vec<Params> = std::iter::once(base)
+            .chain(chunks.iter().map(|ch| Params {
                 rows: ch.rows as u32,
                 flags,
                 ..base
-            };
-            slots[stride * (k + 1)..][..32].copy_from_slice(bytemuck::bytes_of(&p));
-        }
-        let params = buffers::upload(ctx, "params", &slots, wgpu::BufferUsages::UNIFORM)?;
+            }))
+            .collect();
+        let params = buffers::param_slots(ctx, &slots)?;
         let status = buffers::storage(
             ctx,
             "status",
@@ -343,28 +325,27 @@ impl SoftmaxXent {
         )?;
 
         let kernels = ctx.kernels();
-        let device = ctx.device();
         let reduce_group = (n > 0).then(|| {
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("loss_reduce"),
-                layout: &kernels.reduce_layout(),
-                entries: &[
-                    entry(0, range(&params, 0, 32)),
-                    entry(1, range(b.labels, 0, n as u64 * 4)),
-                    entry(2, self.class_params.as_entire_binding()),
-                    entry(3, range(&row_loss, 0, n as u64 * 4)),
-                    entry(4, status.as_entire_binding()),
+            buffers::bind_group(
+                ctx,
+                "loss_reduce",
+                &kernels.layout(Family::LossReduce),
+                vec![
+                    params.slot(0),
+                    range(b.labels, 0, n as u64 * 4),
+                    self.class_params.as_entire_binding(),
+                    range(&row_loss, 0, n as u64 * 4),
+                    status.as_entire_binding(),
                 ],
-            })
+            )
         });
-        let xent_layout = kernels.xent_layout();
+        let xent_layout = kernels.layout(Family::SoftmaxXent);
         let chunk_groups = chunks
             .iter()
             .enumerate()
             .map(|(k, ch)| {
                 let rows = ch.rows as u64;
                 let (first, elems) = (ch.start as u64, rows * c as u64);
-                let logits = range(b.logits, first * row_bytes, elems * 4);
                 let grad = match b.grad {
                     GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
                     _ => self.one.as_entire_binding(),
@@ -374,22 +355,22 @@ impl SoftmaxXent {
                     UpstreamBuffer::Scalar(g) => range(g, 0, 4),
                     UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
                 };
-                let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("softmax_xent chunk"),
-                    layout: &xent_layout,
-                    entries: &[
-                        entry(0, range(&params, (stride * (k + 1)) as u64, 32)),
-                        entry(1, logits),
-                        entry(2, range(b.labels, first * 4, rows * 4)),
-                        entry(3, self.class_params.as_entire_binding()),
-                        entry(4, grad),
-                        entry(5, range(&row_loss, first * 4, rows * 4)),
-                        entry(6, upstream),
-                        entry(7, status.as_entire_binding()),
+                let group = buffers::bind_group(
+                    ctx,
+                    "softmax_xent chunk",
+                    &xent_layout,
+                    vec![
+                        params.slot(k + 1),
+                        range(b.logits, first * row_bytes, elems * 4),
+                        range(b.labels, first * 4, rows * 4),
+                        self.class_params.as_entire_binding(),
+                        grad,
+                        range(&row_loss, first * 4, rows * 4),
+                        upstream,
+                        status.as_entire_binding(),
                     ],
-                });
-                let workgroups = ch.rows.div_ceil(rows_per_group) as u32;
-                (group, workgroups)
+                );
+                (group, ch.rows.div_ceil(rows_per_group) as u32)
             })
             .collect();
         let xent_entry = match variant {
@@ -581,8 +562,4 @@ enum HostGrad {
     None,
     Separate,
     InPlace,
-}
-
-fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
-    wgpu::BindGroupEntry { binding, resource }
 }

@@ -1,0 +1,205 @@
+// posthoc.wgsl: batched post-hoc logit adjustment (MATH.md section 6).
+//
+// Math, for row i and each of T values tau_t:
+//   g_tc    = f_ic - a_tc,   a_tc = f32(tau_t * log pi_c), computed once on
+//             the host, so the GPU and the CPU reference subtract the same
+//             f32 numbers (one rounding, nothing for a compiler to fuse)
+//   pred_ti = argmax_c g_tc, ties to the smallest index (numpy's rule).
+// Comparisons run on order-preserving u32 keys of the f32 bits, so +-inf
+// logits order correctly without relying on float compares of infinities;
+// an infinite logit stays infinite whatever a_tc is. NaN logits are refused
+// by the host.
+//
+// Memory traffic: each logit is read from memory once for all T taus
+// (4 bytes per element); the T x C adjustments are shared by every row and
+// stay in cache; 4*T bytes of predictions are written per row, laid out
+// [row][t] so row chunks stay contiguous. `corrected` reads each logit once
+// and writes it once.
+//
+// Workgroup layouts (64 threads):
+//   argmax_row_per_thread - one thread per row, all T taus updated from each
+//                           register-held logit. For small C*T.
+//   argmax_row_per_group  - one workgroup per row. The row streams through a
+//                           workgroup-memory tile of TILE logits (one coalesced
+//                           read); thread j scans tau j / S over the tile's
+//                           columns j % S, j % S + S, ... (S = 64 / T_pad
+//                           slices per tau); the S partial maxima per tau then
+//                           meet in a workgroup-memory tree.
+//   corrected             - grid-stride over elements, one tau.
+// Barriers (row_per_group): after the tile is loaded (all threads read it),
+// after the scan (before the next load overwrites it), and one per merge
+// level. Every loop has a workgroup-uniform trip count, and each trip covers
+// 4 columns: llvmpipe/lavapipe end an invocation after about 65,535 trips.
+
+struct Params {
+    rows: u32,        // rows in this chunk
+    classes: u32,     // C
+    taus: u32,        // T (1..=64)
+    slices: u32,      // S = 64 / T_pad for argmax_row_per_group
+    tau_index: u32,   // the adjustment row used by `corrected`
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const WG: u32 = 64u;
+const TILE: u32 = 1024u;
+const MAX_TAUS: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+// a_tc at [t * C + c]
+@group(0) @binding(2) var<storage, read> adjust: array<f32>;
+// pred[row * T + t]
+@group(0) @binding(3) var<storage, read_write> pred: array<u32>;
+@group(0) @binding(4) var<storage, read_write> corrected_out: array<f32>;
+
+var<workgroup> tile: array<f32, TILE>;
+var<workgroup> red_key: array<u32, WG>;
+var<workgroup> red_idx: array<u32, WG>;
+
+fn is_inf(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u;
+}
+
+// f - a, with infinities passed through untouched.
+fn adjusted(f: f32, a: f32) -> f32 {
+    return select(f - a, f, is_inf(f));
+}
+
+// Order-preserving key: larger float, larger key (-inf lowest, +inf highest).
+fn key(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+@compute @workgroup_size(WG)
+fn argmax_row_per_thread(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= params.rows) {
+        return;
+    }
+    let c_len = params.classes;
+    let t_len = params.taus;
+    var best_key: array<u32, MAX_TAUS>;
+    var best_idx: array<u32, MAX_TAUS>;
+    // Column 0 seeds every tau, so a row of -inf still predicts 0.
+    let f0 = logits[row * c_len];
+    for (var t = 0u; t < t_len; t++) {
+        best_key[t] = key(adjusted(f0, adjust[t * c_len]));
+        best_idx[t] = 0u;
+    }
+    for (var c = 1u; c < c_len; c++) {
+        let f = logits[row * c_len + c];
+        for (var t = 0u; t < t_len; t++) {
+            let k = key(adjusted(f, adjust[t * c_len + c]));
+            // Strict: an equal later column keeps the earlier index.
+            if (k > best_key[t]) {
+                best_key[t] = k;
+                best_idx[t] = c;
+            }
+        }
+    }
+    for (var t = 0u; t < t_len; t++) {
+        pred[row * t_len + t] = best_idx[t];
+    }
+}
+
+fn load_tile(local: u32, tile_base: u32, row_base: u32) {
+    let c = tile_base + local;
+    tile[local] = select(0.0, logits[row_base + min(c, params.classes - 1u)], c < params.classes);
+}
+
+// Fold column c into (best_k, best_i) for tau row `t_base`.
+fn consider(c: u32, t_base: u32, tile_base: u32, best_k: ptr<function, u32>, best_i: ptr<function, u32>) {
+    if (c < params.classes) {
+        let k = key(adjusted(tile[c - tile_base], adjust[t_base + c]));
+        if (k > *best_k) {
+            *best_k = k;
+            *best_i = c;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn argmax_row_per_group(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) j: u32,
+) {
+    let row = wid.x;   // the host dispatches exactly `rows` workgroups
+    let c_len = params.classes;
+    let s_len = params.slices;
+    let t = j / s_len;
+    let s = j % s_len;
+    let on_duty = t < params.taus;
+    let t_base = select(0u, t, on_duty) * c_len;
+    let row_base = row * c_len;
+    // Seed with column 0 so ties and all -inf rows resolve to index 0.
+    var best_k = key(adjusted(logits[row_base], adjust[t_base]));
+    var best_i = 0u;
+
+    let tiles = (c_len + TILE - 1u) / TILE;
+    let per_slice = TILE / s_len;          // columns per thread per tile, multiple of 16
+    for (var k = 0u; k < tiles; k++) {
+        let tile_base = k * TILE;
+        // Cooperative load: 16 logits per thread in 4 trips of 4.
+        for (var q = 0u; q < TILE / (4u * WG); q++) {
+            let l = (q * 4u) * WG + j;
+            load_tile(l, tile_base, row_base);
+            load_tile(l + WG, tile_base, row_base);
+            load_tile(l + 2u * WG, tile_base, row_base);
+            load_tile(l + 3u * WG, tile_base, row_base);
+        }
+        // Barrier: the whole tile is in workgroup memory before any scan.
+        workgroupBarrier();
+        if (on_duty) {
+            for (var q = 0u; q < per_slice / 4u; q++) {
+                let c = tile_base + s + (q * 4u) * s_len;
+                consider(c, t_base, tile_base, &best_k, &best_i);
+                consider(c + s_len, t_base, tile_base, &best_k, &best_i);
+                consider(c + 2u * s_len, t_base, tile_base, &best_k, &best_i);
+                consider(c + 3u * s_len, t_base, tile_base, &best_k, &best_i);
+            }
+        }
+        // Barrier: every scan is done before the next tile overwrites it.
+        workgroupBarrier();
+    }
+
+    red_key[j] = best_k;
+    red_idx[j] = best_i;
+    // Barrier: all partials stored before the merge reads neighbours.
+    workgroupBarrier();
+    for (var stride = s_len / 2u; stride > 0u; stride >>= 1u) {
+        if (s < stride) {
+            let k_o = red_key[j + stride];
+            let i_o = red_idx[j + stride];
+            let k_s = red_key[j];
+            if (k_o > k_s || (k_o == k_s && i_o < red_idx[j])) {
+                red_key[j] = k_o;
+                red_idx[j] = i_o;
+            }
+        }
+        // Barrier: one merge level complete before the next reads it.
+        workgroupBarrier();
+    }
+    if (on_duty && s == 0u) {
+        pred[row * params.taus + t] = red_idx[j];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn corrected(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let total = params.rows * params.classes;
+    let stride = groups.x * WG;
+    let trips = (total + stride - 1u) / stride;
+    let a_base = params.tau_index * params.classes;
+    for (var k = 0u; k < trips; k++) {
+        let i = k * stride + gid.x;
+        if (i < total) {
+            corrected_out[i] = adjusted(logits[i], adjust[a_base + i % params.classes]);
+        }
+    }
+}
