@@ -107,12 +107,14 @@ fn argmax_row_per_thread(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 fn load_tile(local: u32, tile_base: u32, row_base: u32) {
     let c = tile_base + local;
-    tile[local] = select(0.0, logits[row_base + min(c, params.classes - 1u)], c < params.classes);
+    if (local < TILE && c < params.classes) {
+        tile[local] = logits[row_base + c];
+    }
 }
 
 // Fold column c into (best_k, best_i) for tau row `t_base`.
 fn consider(c: u32, t_base: u32, tile_base: u32, best_k: ptr<function, u32>, best_i: ptr<function, u32>) {
-    if (c < params.classes) {
+    if (c < params.classes && c - tile_base < TILE) {
         let k = key(adjusted(tile[c - tile_base], adjust[t_base + c]));
         if (k > *best_k) {
             *best_k = k;
@@ -139,11 +141,14 @@ fn argmax_row_per_group(
     var best_i = 0u;
 
     let tiles = (c_len + TILE - 1u) / TILE;
-    let per_slice = TILE / s_len;          // columns per thread per tile, multiple of 16
     for (var k = 0u; k < tiles; k++) {
         let tile_base = k * TILE;
-        // Cooperative load: 16 logits per thread in 4 trips of 4.
-        for (var q = 0u; q < TILE / (4u * WG); q++) {
+        // Trip counts follow the columns present (uniform), so a small C
+        // does not pay for a whole tile.
+        let cols = min(TILE, c_len - tile_base);
+        // Cooperative load: 4 logits per thread per trip.
+        let load_trips = (cols + 4u * WG - 1u) / (4u * WG);
+        for (var q = 0u; q < load_trips; q++) {
             let l = (q * 4u) * WG + j;
             load_tile(l, tile_base, row_base);
             load_tile(l + WG, tile_base, row_base);
@@ -153,7 +158,8 @@ fn argmax_row_per_group(
         // Barrier: the whole tile is in workgroup memory before any scan.
         workgroupBarrier();
         if (on_duty) {
-            for (var q = 0u; q < per_slice / 4u; q++) {
+            let scan_trips = (cols + 4u * s_len - 1u) / (4u * s_len);
+            for (var q = 0u; q < scan_trips; q++) {
                 let c = tile_base + s + (q * 4u) * s_len;
                 consider(c, t_base, tile_base, &best_k, &best_i);
                 consider(c + s_len, t_base, tile_base, &best_k, &best_i);

@@ -145,6 +145,15 @@ pub(crate) fn read_f32(
     ctx: &Context,
     regions: &[(&wgpu::Buffer, u64, usize)],
 ) -> Result<Vec<Vec<f32>>> {
+    read(ctx, regions)
+}
+
+/// Read back `(buffer, byte offset, element count)` regions of 4-byte
+/// elements, with one submission and one wait for all of them.
+pub(crate) fn read<T: bytemuck::Pod>(
+    ctx: &Context,
+    regions: &[(&wgpu::Buffer, u64, usize)],
+) -> Result<Vec<Vec<T>>> {
     let device = ctx.device();
     let mut encoder = device.create_command_encoder(&Default::default());
     let mut staging = Vec::with_capacity(regions.len());
@@ -182,7 +191,7 @@ pub(crate) fn read_f32(
             .slice(..)
             .get_mapped_range()
             .map_err(|e| Error::Gpu(format!("reading back: {e}")))?;
-        out.push(bytemuck::cast_slice::<u8, f32>(&view[..len * 4]).to_vec());
+        out.push(bytemuck::pod_collect_to_vec::<u8, T>(&view[..len * 4]));
         drop(view);
         stage.unmap();
     }

@@ -33,6 +33,8 @@ mod context;
 mod error;
 pub mod kernels;
 mod loss;
+mod metrics;
+mod posthoc;
 mod prior;
 pub mod reference;
 mod softmax_xent;
@@ -40,6 +42,11 @@ mod softmax_xent;
 pub use context::{adapters_from_env, instance_from_env, Capabilities, Context};
 pub use error::{Error, Result};
 pub use loss::{LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX};
+pub use metrics::{check_labels, report, BoundCounts, ClassCounts, CountsBuffers, Report};
+pub use posthoc::{
+    adjustments, check_logits, BoundPostHoc, PostHoc, PostHocBuffers, PostHocVariant,
+    Predictions, MAX_TAUS,
+};
 pub use prior::{count_labels, ClassPrior};
 pub use softmax_xent::{
     BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,

@@ -1,0 +1,398 @@
+//! Post-hoc logit adjustment on the GPU (MATH.md section 6): from one read
+//! of the logits, the predictions `argmax_c f_ic - tau_t log pi_c` for up to
+//! [`MAX_TAUS`] values of tau at once, and the corrected logits for one tau.
+//! Shader: `shaders/posthoc.wgsl`.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::buffers::{self, plan_chunks, range};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::kernels::{Entry, Family};
+use crate::prior::ClassPrior;
+
+/// The most taus one pass evaluates.
+pub const MAX_TAUS: usize = 64;
+const WG: usize = 64;
+const TILE: usize = 1024;
+/// Up to this C*T, one thread per row is the faster layout.
+const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
+/// llvmpipe/lavapipe end an invocation after about 65,535 loop trips.
+const MAX_LOOP_TRIPS: usize = 60_000;
+
+/// Which workgroup layout the argmax uses (see the shader's header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostHocVariant {
+    /// One thread per row for small `C * T`, else a workgroup per row.
+    #[default]
+    Auto,
+    /// One thread per row.
+    RowPerThread,
+    /// One workgroup per row, the row tiled through workgroup memory.
+    RowPerGroup,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    classes: u32,
+    taus: u32,
+    slices: u32,
+    tau_index: u32,
+    _pad: [u32; 3],
+}
+
+/// Predictions for every tau: `by_tau[t][i]` is row `i`'s class under `taus[t]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    /// The taus, in the order of `by_tau`.
+    pub taus: Vec<f64>,
+    /// `T x N` class indices.
+    pub by_tau: Vec<Vec<u32>>,
+}
+
+/// The caller's buffers for a device-resident post-hoc run.
+#[derive(Debug, Clone, Copy)]
+pub struct PostHocBuffers<'a> {
+    /// `N x C` f32 logits (`STORAGE`).
+    pub logits: &'a wgpu::Buffer,
+    /// `N`.
+    pub rows: usize,
+    /// `N x T` u32 predictions, row-major (`pred[i * T + t]`), so that row
+    /// chunks stay contiguous (`STORAGE`).
+    pub predictions: &'a wgpu::Buffer,
+}
+
+/// A post-hoc run bound to buffers; record it any number of times.
+#[derive(Debug)]
+pub struct BoundPostHoc {
+    pipeline: wgpu::ComputePipeline,
+    chunks: Vec<(wgpu::BindGroup, u32)>,
+    _params: buffers::ParamSlots,
+}
+
+/// Batched post-hoc correction for one prior and a list of taus.
+#[derive(Debug)]
+pub struct PostHoc {
+    ctx: Context,
+    classes: usize,
+    taus: Vec<f64>,
+    adjustments: Vec<f32>,
+    adjust: wgpu::Buffer,
+    /// Stands in for the writable binding an entry point does not use.
+    unused: wgpu::Buffer,
+    variant: PostHocVariant,
+}
+
+impl Context {
+    /// Post-hoc correction for `prior` at each of `taus` (1 to [`MAX_TAUS`]).
+    pub fn posthoc(&self, prior: &ClassPrior, taus: &[f64]) -> Result<PostHoc> {
+        PostHoc::new(self, prior, taus)
+    }
+}
+
+/// `a_tc = f32(tau_t * log pi_c)`, the numbers both paths subtract.
+pub fn adjustments(prior: &ClassPrior, taus: &[f64]) -> Result<Vec<f32>> {
+    if taus.is_empty() || taus.len() > MAX_TAUS {
+        return Err(Error::InvalidArgument(format!(
+            "need 1 to {MAX_TAUS} taus, got {}",
+            taus.len()
+        )));
+    }
+    if let Some(index) = taus.iter().position(|t| !t.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "taus".into(),
+            index,
+            value: taus[index],
+        });
+    }
+    let log_prior = prior.log_prior();
+    Ok(taus
+        .iter()
+        .flat_map(|&tau| log_prior.iter().map(move |&l| (tau * l) as f32))
+        .collect())
+}
+
+/// Check post-hoc logits: a multiple of `C` long, no NaN (+-inf are fine).
+/// Returns `N`.
+pub fn check_logits(logits: &[f32], classes: usize) -> Result<usize> {
+    if classes == 0 || logits.len() % classes != 0 {
+        return Err(Error::ShapeMismatch {
+            what: format!("logits length (a multiple of C = {classes})"),
+            expected: logits.len().div_ceil(classes.max(1)) * classes,
+            got: logits.len(),
+        });
+    }
+    if let Some(index) = logits.iter().position(|x| x.is_nan()) {
+        return Err(Error::NonFinite {
+            what: "logits (NaN)".into(),
+            index,
+            value: f64::NAN,
+        });
+    }
+    Ok(logits.len() / classes)
+}
+
+impl PostHoc {
+    /// Validate the taus and upload the `T x C` adjustments.
+    pub fn new(ctx: &Context, prior: &ClassPrior, taus: &[f64]) -> Result<Self> {
+        let adjustments = adjustments(prior, taus)?;
+        let (adjust, unused) = ctx.scoped(|| {
+            Ok((
+                buffers::upload(
+                    ctx,
+                    "adjust",
+                    bytemuck::cast_slice(&adjustments),
+                    wgpu::BufferUsages::STORAGE,
+                )?,
+                buffers::storage(ctx, "unused", 4, wgpu::BufferUsages::STORAGE)?,
+            ))
+        })?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            classes: prior.classes(),
+            taus: taus.to_vec(),
+            adjustments,
+            adjust,
+            unused,
+            variant: PostHocVariant::Auto,
+        })
+    }
+
+    /// Force a workgroup layout (tests use this).
+    pub fn with_variant(mut self, variant: PostHocVariant) -> Self {
+        self.variant = variant;
+        self
+    }
+
+    /// The taus, in output order.
+    pub fn taus(&self) -> &[f64] {
+        &self.taus
+    }
+
+    /// `C`.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// `a_tc = f32(tau_t * log pi_c)` at `[t * C + c]`.
+    pub fn adjustments(&self) -> &[f32] {
+        &self.adjustments
+    }
+
+    fn t_pad(&self) -> usize {
+        self.taus.len().next_power_of_two()
+    }
+
+    fn trips(&self, variant: PostHocVariant) -> usize {
+        let (c, t) = (self.classes, self.taus.len());
+        match variant {
+            PostHocVariant::RowPerThread => c.saturating_mul(t) + 2 * t,
+            _ => {
+                let per_slice = TILE / (WG / self.t_pad());
+                c.div_ceil(TILE) * (TILE / (4 * WG) + per_slice / 4) + 8
+            }
+        }
+    }
+
+    /// The layout used for this `C` and `T`.
+    pub fn resolved_variant(&self) -> PostHocVariant {
+        match self.variant {
+            PostHocVariant::Auto
+                if self.classes * self.taus.len() <= ROW_PER_THREAD_AUTO_MAX =>
+            {
+                PostHocVariant::RowPerThread
+            }
+            PostHocVariant::Auto => PostHocVariant::RowPerGroup,
+            v => v,
+        }
+    }
+
+    /// Prepare a device-resident run on the caller's buffers.
+    pub fn bind(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
+        self.ctx.scoped(|| self.bind_unscoped(b))
+    }
+
+    fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
+        let ctx = &self.ctx;
+        let (n, c, t) = (b.rows, self.classes, self.taus.len());
+        buffers::check_storage("logits", b.logits, (n * c * 4) as u64)?;
+        buffers::check_storage("predictions", b.predictions, (n * t * 4) as u64)?;
+        let variant = self.resolved_variant();
+        if self.trips(variant) > MAX_LOOP_TRIPS {
+            return Err(Error::TooLarge(format!(
+                "{c} classes x {t} taus with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation"
+            )));
+        }
+        let (entry, rows_per_group) = match variant {
+            PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
+            _ => (Entry::ArgmaxRowPerGroup, 1),
+        };
+        let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+        let row_bytes = (c.max(t) * 4) as u64;
+        let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
+        let slots: Vec<Params> = chunks
+            .iter()
+            .map(|ch| Params {
+                rows: ch.rows as u32,
+                classes: c as u32,
+                taus: t as u32,
+                slices: (WG / self.t_pad()) as u32,
+                tau_index: 0,
+                _pad: [0; 3],
+            })
+            .collect();
+        let params = buffers::param_slots(ctx, &slots)?;
+        let layout = ctx.kernels().layout(Family::PostHoc);
+        let chunks = chunks
+            .iter()
+            .enumerate()
+            .map(|(k, ch)| {
+                let (first, rows) = (ch.start as u64, ch.rows as u64);
+                let group = buffers::bind_group(
+                    ctx,
+                    "posthoc chunk",
+                    &layout,
+                    vec![
+                        params.slot(k),
+                        range(b.logits, first * c as u64 * 4, rows * c as u64 * 4),
+                        self.adjust.as_entire_binding(),
+                        range(b.predictions, first * t as u64 * 4, rows * t as u64 * 4),
+                        // `corrected_out` is unused by the argmax entries.
+                        self.unused.as_entire_binding(),
+                    ],
+                );
+                (group, ch.rows.div_ceil(rows_per_group) as u32)
+            })
+            .collect();
+        Ok(BoundPostHoc {
+            pipeline: ctx.kernels().pipeline(entry, 0),
+            chunks,
+            _params: params,
+        })
+    }
+
+    /// Record the argmax over every chunk. No host wait, no allocation.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, bound: &BoundPostHoc) {
+        record_chunks(encoder, "logit-adjust posthoc", &bound.pipeline, &bound.chunks);
+    }
+
+    /// Host convenience: predictions for every tau (`T x N`).
+    pub fn predict(&self, logits: &[f32]) -> Result<Predictions> {
+        let n = check_logits(logits, self.classes)?;
+        let t = self.taus.len();
+        if n == 0 {
+            return Ok(Predictions {
+                taus: self.taus.clone(),
+                by_tau: vec![Vec::new(); t],
+            });
+        }
+        let ctx = &self.ctx;
+        let rows = ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            let logits_buf = buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
+            let pred = buffers::storage(ctx, "predictions", (n * t * 4) as u64, U::STORAGE | U::COPY_SRC)?;
+            let bound = self.bind_unscoped(&PostHocBuffers {
+                logits: &logits_buf,
+                rows: n,
+                predictions: &pred,
+            })?;
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            self.record(&mut encoder, &bound);
+            ctx.queue().submit([encoder.finish()]);
+            let out = buffers::read::<u32>(ctx, &[(&pred, 0, n * t)])?;
+            Ok(out.into_iter().next().unwrap_or_default())
+        })?;
+        Ok(Predictions {
+            taus: self.taus.clone(),
+            by_tau: (0..t)
+                .map(|k| (0..n).map(|i| rows[i * t + k]).collect())
+                .collect(),
+        })
+    }
+
+    /// Host convenience: `f_ic - a_tc` for the tau at `tau_index`.
+    pub fn corrected(&self, logits: &[f32], tau_index: usize) -> Result<Vec<f32>> {
+        let n = check_logits(logits, self.classes)?;
+        if tau_index >= self.taus.len() {
+            return Err(Error::InvalidArgument(format!(
+                "tau index {tau_index} out of range: {} taus",
+                self.taus.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ctx = &self.ctx;
+        let c = self.classes;
+        ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            let logits_buf = buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
+            let out = buffers::storage(ctx, "corrected", (n * c * 4) as u64, U::STORAGE | U::COPY_SRC)?;
+            let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+            let chunks = plan_chunks(ctx.limits(), n, (c * 4) as u64, usize::MAX)?;
+            let slots: Vec<Params> = chunks
+                .iter()
+                .map(|ch| Params {
+                    rows: ch.rows as u32,
+                    classes: c as u32,
+                    taus: self.taus.len() as u32,
+                    slices: 1,
+                    tau_index: tau_index as u32,
+                    _pad: [0; 3],
+                })
+                .collect();
+            let params = buffers::param_slots(ctx, &slots)?;
+            let layout = ctx.kernels().layout(Family::PostHoc);
+            let groups: Vec<(wgpu::BindGroup, u32)> = chunks
+                .iter()
+                .enumerate()
+                .map(|(k, ch)| {
+                    let (bytes_at, bytes) = ((ch.start * c * 4) as u64, (ch.rows * c * 4) as u64);
+                    let group = buffers::bind_group(
+                        ctx,
+                        "corrected chunk",
+                        &layout,
+                        vec![
+                            params.slot(k),
+                            range(&logits_buf, bytes_at, bytes),
+                            self.adjust.as_entire_binding(),
+                            // `pred` is unused by `corrected`.
+                            self.unused.as_entire_binding(),
+                            range(&out, bytes_at, bytes),
+                        ],
+                    );
+                    (group, (ch.rows * c).div_ceil(WG).min(groups_max) as u32)
+                })
+                .collect();
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            let pipeline = ctx.kernels().pipeline(Entry::Corrected, 0);
+            record_chunks(&mut encoder, "logit-adjust corrected", &pipeline, &groups);
+            ctx.queue().submit([encoder.finish()]);
+            let out = buffers::read_f32(ctx, &[(&out, 0, n * c)])?;
+            Ok(out.into_iter().next().unwrap_or_default())
+        })
+    }
+}
+
+/// One compute pass: `pipeline` dispatched once per `(bind group, workgroups)`.
+pub(crate) fn record_chunks(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    pipeline: &wgpu::ComputePipeline,
+    chunks: &[(wgpu::BindGroup, u32)],
+) {
+    if chunks.is_empty() {
+        return;
+    }
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(pipeline);
+    for (group, workgroups) in chunks {
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(*workgroups, 1, 1);
+    }
+}

@@ -1,0 +1,244 @@
+//! Post-hoc correction and the metrics on the GPU against the CPU
+//! reference: predictions and counts must be identical, not merely close.
+//! Fresh random inputs per case, with ties and +-inf logits; every layout
+//! forced in turn; prediction buffers poisoned before each device run.
+
+mod common;
+
+use common::{contexts, name, Rng};
+use logit_adjust::{
+    reference, report, ClassPrior, Context, CountsBuffers, PostHoc, PostHocBuffers,
+    PostHocVariant, Predictions,
+};
+use wgpu::util::DeviceExt;
+
+const VARIANTS: [PostHocVariant; 2] = [PostHocVariant::RowPerThread, PostHocVariant::RowPerGroup];
+
+/// Logits with many ties (values on a coarse grid) and some +-inf entries,
+/// whole rows of -inf and of +inf.
+fn nasty_logits(rng: &mut Rng, n: usize, c: usize) -> Vec<f32> {
+    let mut f: Vec<f32> = (0..n * c)
+        .map(|_| match rng.below(50) {
+            0 => f32::INFINITY,
+            1 => f32::NEG_INFINITY,
+            k if k < 25 => (rng.below(7) as f32 - 3.0) * 0.5, // ties
+            _ => rng.range(-10.0, 10.0) as f32,
+        })
+        .collect();
+    if n >= 3 {
+        f[..c].fill(f32::NEG_INFINITY);
+        f[c..2 * c].fill(f32::INFINITY);
+        f[2 * c..3 * c].fill(1.5);
+    }
+    f
+}
+
+fn taus(t: usize) -> Vec<f64> {
+    (0..t).map(|k| k as f64 * 2.5 / t.max(2) as f64 - 0.25).collect()
+}
+
+fn run_device(ph: &PostHoc, ctx: &Context, logits: &[f32], n: usize) -> Predictions {
+    let t = ph.taus().len();
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+    let logits_buf = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(if logits.is_empty() { &[0.0f32][..] } else { logits }),
+        usage,
+    });
+    let poison = vec![u32::MAX; (n * t).max(1)];
+    let pred = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&poison),
+        usage,
+    });
+    let bound = ph
+        .bind(&PostHocBuffers {
+            logits: &logits_buf,
+            rows: n,
+            predictions: &pred,
+        })
+        .unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    ph.record(&mut encoder, &bound);
+    ctx.queue().submit([encoder.finish()]);
+    let raw: Vec<u32> = ctx
+        .read_f32(&pred, 0, n * t)
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    Predictions {
+        taus: ph.taus().to_vec(),
+        by_tau: (0..t).map(|k| (0..n).map(|i| raw[i * t + k]).collect()).collect(),
+    }
+}
+
+fn first_difference(got: &Predictions, want: &Predictions) -> Option<(usize, usize, u32, u32)> {
+    for (t, (g, w)) in got.by_tau.iter().zip(&want.by_tau).enumerate() {
+        assert_eq!(g.len(), w.len());
+        if let Some(i) = (0..g.len()).find(|&i| g[i] != w[i]) {
+            return Some((t, i, g[i], w[i]));
+        }
+    }
+    None
+}
+
+fn check(n: usize, c: usize, t: usize, variants: &[PostHocVariant]) {
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+    let taus = taus(t);
+    let logits = nasty_logits(&mut rng, n, c);
+    let labels: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let want = reference::predict(&prior, &taus, &logits).unwrap();
+    let want_counts = reference::class_counts(&labels, c, &want).unwrap();
+    for ctx in contexts() {
+        for &variant in variants {
+            let ph = ctx.posthoc(&prior, &taus).unwrap().with_variant(variant);
+            let got = run_device(&ph, ctx, &logits, n);
+            if let Some((tt, i, g, w)) = first_difference(&got, &want) {
+                let row = &logits[i * c..(i + 1) * c.min(8) + i * c - i * c.min(8)];
+                panic!(
+                    "{} {variant:?} N={n} C={c} T={t} seed={seed}: tau #{tt} row {i}: GPU {g}, reference {w}; row starts {row:?}",
+                    name(ctx)
+                );
+            }
+        }
+        // Host path (auto layout) and the GPU counts.
+        let ph = ctx.posthoc(&prior, &taus).unwrap();
+        let got = ph.predict(&logits).unwrap();
+        assert!(first_difference(&got, &want).is_none(), "{} host N={n} C={c} T={t} seed={seed}", name(ctx));
+        let counts = ctx.class_counts(&labels, c, &got).unwrap();
+        assert_eq!(counts, want_counts, "{} counts N={n} C={c} T={t} seed={seed}", name(ctx));
+        assert_eq!(
+            ctx.label_histogram(&labels, c).unwrap(),
+            reference::label_histogram(&labels, c).unwrap(),
+            "{} histogram seed={seed}",
+            name(ctx)
+        );
+    }
+}
+
+#[test]
+fn small_vocabularies_a_million_rows_and_64_taus() {
+    check(1_000_000, 10, 16, &[PostHocVariant::RowPerThread]);
+    check(70_000, 10, 64, &[PostHocVariant::RowPerGroup]);
+    check(20_000, 2, 64, &VARIANTS);
+    check(7, 2, 1, &VARIANTS);
+}
+
+#[test]
+fn a_thousand_classes() {
+    check(3000, 1000, 64, &[PostHocVariant::RowPerGroup]);
+    check(3000, 1000, 4, &VARIANTS);
+    check(1, 1000, 17, &VARIANTS);
+}
+
+#[test]
+fn a_hundred_thousand_classes() {
+    check(40, 100_000, 64, &[PostHocVariant::RowPerGroup]);
+    check(9, 100_000, 5, &[PostHocVariant::RowPerGroup]);
+}
+
+#[test]
+fn empty_batch_and_one_class() {
+    check(0, 10, 3, &VARIANTS);
+    check(100, 1, 8, &VARIANTS);
+}
+
+#[test]
+fn corrected_logits_are_the_same_floats() {
+    let mut rng = Rng::fresh();
+    let (n, c) = (333, 257);
+    let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+    let logits = nasty_logits(&mut rng, n, c);
+    for ctx in contexts() {
+        let taus = [0.0, 1.0, 1.7];
+        let ph = ctx.posthoc(&prior, &taus).unwrap();
+        for (k, &tau) in taus.iter().enumerate() {
+            let got = ph.corrected(&logits, k).unwrap();
+            let want = reference::corrected(&prior, tau, &logits).unwrap();
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{} tau={tau}",
+                name(ctx)
+            );
+        }
+    }
+}
+
+#[test]
+fn device_counts_clear_and_recount() {
+    let mut rng = Rng::fresh();
+    let (n, c, t) = (5000, 30, 3);
+    let labels: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let preds: Vec<Vec<u32>> = (0..t).map(|_| (0..n).map(|_| rng.below(c) as u32).collect()).collect();
+    let p = Predictions { taus: vec![0.0; t], by_tau: preds };
+    let want = reference::class_counts(&labels, c, &p).unwrap();
+    for ctx in contexts() {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let l32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+        let inter: Vec<u32> = (0..n).flat_map(|i| p.by_tau.iter().map(move |v| v[i])).collect();
+        let mk = |data: &[u8]| {
+            ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: data, usage })
+        };
+        let (lb, pb) = (mk(bytemuck::cast_slice(&l32)), mk(bytemuck::cast_slice(&inter)));
+        let counts = mk(bytemuck::cast_slice(&vec![7u32; c * (t + 1) + 1]));
+        let bound = ctx
+            .bind_counts(&CountsBuffers { labels: &lb, predictions: Some(&pb), rows: n, classes: c, taus: t, counts: &counts })
+            .unwrap();
+        for _ in 0..2 {
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            bound.record(&mut encoder);
+            ctx.queue().submit([encoder.finish()]);
+        }
+        let raw: Vec<u64> = ctx.read_f32(&counts, 0, c * (t + 1) + 1).unwrap().iter().map(|x| x.to_bits() as u64).collect();
+        assert_eq!(raw[..c], want.total[..], "{}", name(ctx));
+        for k in 0..t {
+            assert_eq!(raw[(k + 1) * c..(k + 2) * c], want.correct[k][..], "{}", name(ctx));
+        }
+        assert_eq!(raw[c * (t + 1)], 0);
+    }
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let prior = ClassPrior::from_counts(&[5.0, 3.0, 1.0]).unwrap();
+    for ctx in contexts() {
+        assert!(ctx.posthoc(&prior, &[]).is_err());
+        assert!(ctx.posthoc(&prior, &vec![1.0; 65]).is_err());
+        assert!(ctx.posthoc(&prior, &[f64::NAN]).is_err());
+        let ph = ctx.posthoc(&prior, &[1.0]).unwrap();
+        let e = ph.predict(&[0.0, f32::NAN, 1.0]).unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::NonFinite { index: 1, .. }), "{e}");
+        let e = ph.predict(&[0.0; 4]).unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::ShapeMismatch { .. }), "{e}");
+        let p = ph.predict(&[0.0; 6]).unwrap();
+        let e = ctx.class_counts(&[0, 3], 3, &p).unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::LabelOutOfRange { row: 1, label: 3, .. }), "{e}");
+        let e = ctx.class_counts(&[0, 1, 2], 3, &p).unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::ShapeMismatch { .. }), "{e}");
+    }
+}
+
+#[test]
+fn report_by_hand() {
+    // 4 classes; class 3 has no evaluation examples.
+    let total = [10u64, 4, 5, 0];
+    let correct = [9u64, 2, 0, 0];
+    let train = [500.0, 50.0, 5.0, 3.0];
+    let r = report(&total, &correct, Some(&train)).unwrap();
+    assert!((r.accuracy - 11.0 / 19.0).abs() < 1e-15);
+    let mean = (0.9 + 0.5 + 0.0) / 3.0;
+    assert!((r.balanced_error - (1.0 - mean)).abs() < 1e-15);
+    assert_eq!(r.worst_class_recall, 0.0);
+    assert_eq!(r.many, Some(0.9));
+    assert_eq!(r.medium, Some(0.5));
+    assert_eq!(r.few, Some(0.0)); // class 3 has no examples, so only class 2 counts
+    assert_eq!(r.per_class_recall[3], None);
+    let no_groups = report(&total, &correct, None).unwrap();
+    assert_eq!((no_groups.many, no_groups.medium, no_groups.few), (None, None, None));
+    let no_medium = report(&total, &correct, Some(&[500.0, 500.0, 5.0, 3.0])).unwrap();
+    assert_eq!(no_medium.medium, None);
+    assert!(report(&[0, 0], &[0, 0], None).is_err());
+}
