@@ -115,7 +115,10 @@ impl ClassCounts {
     /// The report for tau number `t`.
     pub fn report(&self, t: usize, train_counts: Option<&[f64]>) -> Result<Report> {
         let correct = self.correct.get(t).ok_or_else(|| {
-            Error::InvalidArgument(format!("tau index {t} out of range: {} taus", self.correct.len()))
+            Error::InvalidArgument(format!(
+                "tau index {t} out of range: {} taus",
+                self.correct.len()
+            ))
         })?;
         report(&self.total, correct, train_counts)
     }
@@ -163,7 +166,12 @@ impl BoundCounts {
     /// Record: clear the counters, then count every chunk.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.clear_buffer(&self.counts, 0, None);
-        record_chunks(encoder, "logit-adjust class_counts", &self.pipeline, &self.chunks);
+        record_chunks(
+            encoder,
+            "logit-adjust class_counts",
+            &self.pipeline,
+            &self.chunks,
+        );
     }
 }
 
@@ -225,12 +233,23 @@ impl Context {
         self.scoped(|| {
             use wgpu::BufferUsages as U;
             let labels32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
-            let labels_buf = buffers::upload(self, "labels", bytemuck::cast_slice(&labels32), U::STORAGE)?;
+            let labels_buf =
+                buffers::upload(self, "labels", bytemuck::cast_slice(&labels32), U::STORAGE)?;
             let pred_buf = match predictions {
-                Some(p) => Some(buffers::upload(self, "predictions", bytemuck::cast_slice(p), U::STORAGE)?),
+                Some(p) => Some(buffers::upload(
+                    self,
+                    "predictions",
+                    bytemuck::cast_slice(p),
+                    U::STORAGE,
+                )?),
                 None => None,
             };
-            let counts = buffers::storage(self, "counts", (len * 4) as u64, U::STORAGE | U::COPY_SRC | U::COPY_DST)?;
+            let counts = buffers::storage(
+                self,
+                "counts",
+                (len * 4) as u64,
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            )?;
             let bound = bind_counts(
                 self,
                 &CountsBuffers {
@@ -246,9 +265,17 @@ impl Context {
             bound.record(&mut encoder);
             self.queue().submit([encoder.finish()]);
             let raw = buffers::read::<u32>(self, &[(&counts, 0, len)])?;
-            let raw: Vec<u64> = raw.into_iter().next().unwrap_or_default().into_iter().map(u64::from).collect();
+            let raw: Vec<u64> = raw
+                .into_iter()
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .map(u64::from)
+                .collect();
             if raw[len - 1] != 0 {
-                return Err(Error::Gpu("the device saw labels the host had validated".into()));
+                return Err(Error::Gpu(
+                    "the device saw labels the host had validated".into(),
+                ));
             }
             Ok(raw)
         })
@@ -258,7 +285,9 @@ impl Context {
 fn bind_counts(ctx: &Context, b: &CountsBuffers) -> Result<BoundCounts> {
     let taus = if b.predictions.is_some() { b.taus } else { 0 };
     if taus > MAX_TAUS {
-        return Err(Error::InvalidArgument(format!("at most {MAX_TAUS} taus, got {taus}")));
+        return Err(Error::InvalidArgument(format!(
+            "at most {MAX_TAUS} taus, got {taus}"
+        )));
     }
     let (n, c) = (b.rows, b.classes);
     buffers::check_storage("labels", b.labels, (n * 4) as u64)?;
@@ -268,7 +297,9 @@ fn bind_counts(ctx: &Context, b: &CountsBuffers) -> Result<BoundCounts> {
     let len = (c * (taus + 1) + 1) as u64 * 4;
     buffers::check_storage("counts", b.counts, len)?;
     if len > ctx.limits().max_storage_buffer_binding_size {
-        return Err(Error::TooLarge(format!("{c} classes x {taus} taus of counters exceed a storage binding")));
+        return Err(Error::TooLarge(format!(
+            "{c} classes x {taus} taus of counters exceed a storage binding"
+        )));
     }
     let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     let chunks = plan_chunks(ctx.limits(), n, (taus.max(1) * 4) as u64, groups_max * WG)?;

@@ -117,7 +117,7 @@ pub fn adjustments(prior: &ClassPrior, taus: &[f64]) -> Result<Vec<f32>> {
 /// Check post-hoc logits: a multiple of `C` long, no NaN (+-inf are fine).
 /// Returns `N`.
 pub fn check_logits(logits: &[f32], classes: usize) -> Result<usize> {
-    if classes == 0 || logits.len() % classes != 0 {
+    if classes == 0 || !logits.len().is_multiple_of(classes) {
         return Err(Error::ShapeMismatch {
             what: format!("logits length (a multiple of C = {classes})"),
             expected: logits.len().div_ceil(classes.max(1)) * classes,
@@ -199,9 +199,7 @@ impl PostHoc {
     /// The layout used for this `C` and `T`.
     pub fn resolved_variant(&self) -> PostHocVariant {
         match self.variant {
-            PostHocVariant::Auto
-                if self.classes * self.taus.len() <= ROW_PER_THREAD_AUTO_MAX =>
-            {
+            PostHocVariant::Auto if self.classes * self.taus.len() <= ROW_PER_THREAD_AUTO_MAX => {
                 PostHocVariant::RowPerThread
             }
             PostHocVariant::Auto => PostHocVariant::RowPerGroup,
@@ -275,7 +273,12 @@ impl PostHoc {
 
     /// Record the argmax over every chunk. No host wait, no allocation.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, bound: &BoundPostHoc) {
-        record_chunks(encoder, "logit-adjust posthoc", &bound.pipeline, &bound.chunks);
+        record_chunks(
+            encoder,
+            "logit-adjust posthoc",
+            &bound.pipeline,
+            &bound.chunks,
+        );
     }
 
     /// Host convenience: predictions for every tau (`T x N`).
@@ -291,8 +294,14 @@ impl PostHoc {
         let ctx = &self.ctx;
         let rows = ctx.scoped(|| {
             use wgpu::BufferUsages as U;
-            let logits_buf = buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
-            let pred = buffers::storage(ctx, "predictions", (n * t * 4) as u64, U::STORAGE | U::COPY_SRC)?;
+            let logits_buf =
+                buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
+            let pred = buffers::storage(
+                ctx,
+                "predictions",
+                (n * t * 4) as u64,
+                U::STORAGE | U::COPY_SRC,
+            )?;
             let bound = self.bind_unscoped(&PostHocBuffers {
                 logits: &logits_buf,
                 rows: n,
@@ -328,8 +337,14 @@ impl PostHoc {
         let c = self.classes;
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;
-            let logits_buf = buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
-            let out = buffers::storage(ctx, "corrected", (n * c * 4) as u64, U::STORAGE | U::COPY_SRC)?;
+            let logits_buf =
+                buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
+            let out = buffers::storage(
+                ctx,
+                "corrected",
+                (n * c * 4) as u64,
+                U::STORAGE | U::COPY_SRC,
+            )?;
             let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
             let chunks = plan_chunks(ctx.limits(), n, (c * 4) as u64, usize::MAX)?;
             let slots: Vec<Params> = chunks

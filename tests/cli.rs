@@ -429,3 +429,283 @@ fn info_lists_the_adapters() {
         );
     }
 }
+
+fn read_i64_npy(path: &Path) -> Vec<i64> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8_lossy(&bytes[10..10 + len]);
+    assert!(header.contains("'<i8'"), "{header}");
+    bytemuck::pod_collect_to_vec::<u8, i64>(&bytes[10 + len..])
+}
+
+#[test]
+fn posthoc_sweep_matches_the_reference_exactly() {
+    let f = Files::new("posthoc");
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, c) = (2000, 12);
+    let counts: Vec<f64> = rng.counts(c, 100.0);
+    let train_labels: Vec<i64> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &m)| std::iter::repeat_n(k as i64, m as usize))
+        .collect();
+    let mut logits = rng.logits(n * c, 4.0);
+    logits[5] = f32::INFINITY;
+    logits[c + 3] = f32::NEG_INFINITY;
+    let labels: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    write_npy(
+        &f.path("l.npy"),
+        "<f4",
+        &[n, c],
+        bytemuck::cast_slice(&logits),
+    );
+    write_npy(&f.path("y.npy"), "<i8", &[n], bytemuck::cast_slice(&labels));
+    write_npy(&f.path("n.npy"), "<f8", &[c], bytemuck::cast_slice(&counts));
+    write_npy(
+        &f.path("t.npy"),
+        "<i8",
+        &[train_labels.len()],
+        bytemuck::cast_slice(&train_labels),
+    );
+    let prior = ClassPrior::from_counts(&counts).unwrap();
+    let taus: Vec<f64> = (0..=8).map(|k| k as f64 * 0.25).collect();
+    let want_pred = reference::predict(&prior, &taus, &logits).unwrap();
+    let want = reference::class_counts(&labels, c, &want_pred).unwrap();
+    let reports: Vec<_> = (0..taus.len())
+        .map(|t| want.report(t, Some(&counts)).unwrap())
+        .collect();
+    let best = (0..taus.len())
+        .min_by(|&a, &b| {
+            reports[a]
+                .balanced_error
+                .total_cmp(&reports[b].balanced_error)
+        })
+        .unwrap();
+
+    let p = |x: &str| f.path(x).to_str().unwrap().to_string();
+    for (source, file) in [("--class-counts", "n.npy"), ("--train-labels", "t.npy")] {
+        for cpu in [false, true] {
+            let mut args = vec![
+                "posthoc".to_string(),
+                "--logits".into(),
+                p("l.npy"),
+                "--labels".into(),
+                p("y.npy"),
+                source.into(),
+                p(file),
+                "--tau-range".into(),
+                "0:2:0.25".into(),
+                "--json".into(),
+                "--out-pred".into(),
+                p("pred.npy"),
+            ];
+            if cpu {
+                args.push("--cpu".into());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, stdout, stderr) = run(&args);
+            let what = format!("{source} cpu={cpu} seed={seed}");
+            assert_eq!(code, 0, "{what}: {stderr}");
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            let results = v["results"].as_array().unwrap();
+            assert_eq!(results.len(), 9, "{what}");
+            for (r, w) in results.iter().zip(&reports) {
+                assert_eq!(
+                    r["balanced_error"].as_f64().unwrap(),
+                    w.balanced_error,
+                    "{what}"
+                );
+                assert_eq!(r["accuracy"].as_f64().unwrap(), w.accuracy, "{what}");
+                assert_eq!(
+                    r["worst_class_recall"].as_f64().unwrap(),
+                    w.worst_class_recall,
+                    "{what}"
+                );
+                assert_eq!(r["many"].as_f64(), w.many, "{what}");
+                assert_eq!(r["medium"].as_f64(), w.medium, "{what}");
+                assert_eq!(r["few"].as_f64(), w.few, "{what}");
+                assert_eq!(r["per_class_recall"].as_array().unwrap().len(), c);
+            }
+            assert_eq!(v["best_tau"].as_f64().unwrap(), taus[best], "{what}");
+            let pred = read_i64_npy(&f.path("pred.npy"));
+            let want_best: Vec<i64> = want_pred.by_tau[best].iter().map(|&x| x as i64).collect();
+            assert_eq!(pred, want_best, "{what}");
+            std::fs::remove_file(f.path("pred.npy")).unwrap();
+        }
+    }
+    // A prior alone: no shot groups (null), and the plain table works.
+    let probs: Vec<f64> = prior.probabilities().to_vec();
+    write_npy(&f.path("p.npy"), "<f8", &[c], bytemuck::cast_slice(&probs));
+    let (code, stdout, stderr) = run(&[
+        "posthoc",
+        "--logits",
+        &p("l.npy"),
+        "--labels",
+        &p("y.npy"),
+        "--prior",
+        &p("p.npy"),
+        "--taus",
+        "0,1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["results"][0]["many"].is_null() && v["results"][1]["few"].is_null());
+    let (code, stdout, _) = run(&[
+        "posthoc",
+        "--logits",
+        &p("l.npy"),
+        "--labels",
+        &p("y.npy"),
+        "--prior",
+        &p("p.npy"),
+    ]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("best tau: 1"), "{stdout}");
+}
+
+#[test]
+fn posthoc_bad_input_is_one_line_and_writes_nothing() {
+    let f = Files::new("posthoc-bad");
+    let (n, c) = (3, 2);
+    let p = |x: &str| f.path(x).to_str().unwrap().to_string();
+    write_npy(
+        &f.path("l.npy"),
+        "<f4",
+        &[n, c],
+        bytemuck::cast_slice(&[0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0]),
+    );
+    write_npy(
+        &f.path("l_nan.npy"),
+        "<f4",
+        &[n, c],
+        bytemuck::cast_slice(&[0.0f32, f32::NAN, 2.0, 3.0, 4.0, 5.0]),
+    );
+    write_npy(
+        &f.path("y.npy"),
+        "<i4",
+        &[n],
+        bytemuck::cast_slice(&[0i32, 1, 1]),
+    );
+    write_npy(
+        &f.path("y_bad.npy"),
+        "<i4",
+        &[n],
+        bytemuck::cast_slice(&[0i32, 2, 1]),
+    );
+    write_npy(
+        &f.path("y_ignored.npy"),
+        "<i4",
+        &[n],
+        bytemuck::cast_slice(&[0i32, -100, 1]),
+    );
+    write_npy(
+        &f.path("n.npy"),
+        "<i8",
+        &[c],
+        bytemuck::cast_slice(&[10i64, 2]),
+    );
+    write_npy(
+        &f.path("n_zero.npy"),
+        "<i8",
+        &[c],
+        bytemuck::cast_slice(&[10i64, 0]),
+    );
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--labels".into(),
+                p("y_bad.npy"),
+                "--class-counts".into(),
+                p("n.npy"),
+            ],
+            "label out of range",
+        ),
+        (
+            vec![
+                "--labels".into(),
+                p("y_ignored.npy"),
+                "--class-counts".into(),
+                p("n.npy"),
+            ],
+            "label out of range",
+        ),
+        (
+            vec![
+                "--labels".into(),
+                p("y.npy"),
+                "--class-counts".into(),
+                p("n_zero.npy"),
+            ],
+            "zero count",
+        ),
+        (
+            vec![
+                "--labels".into(),
+                p("y.npy"),
+                "--class-counts".into(),
+                p("n.npy"),
+                "--tau-range".into(),
+                "0:100:1".into(),
+            ],
+            "at most 64",
+        ),
+        (
+            vec![
+                "--labels".into(),
+                p("y.npy"),
+                "--class-counts".into(),
+                p("n.npy"),
+                "--tau-range".into(),
+                "2:1:0.5".into(),
+            ],
+            "start:stop:step",
+        ),
+        (
+            vec![
+                "--labels".into(),
+                p("y.npy"),
+                "--train-labels".into(),
+                p("y_bad.npy"),
+            ],
+            "training label out of range",
+        ),
+    ];
+    for (extra, expect) in cases {
+        for logits in ["l.npy", "l_nan.npy"] {
+            let mut args = vec![
+                "posthoc".to_string(),
+                "--logits".into(),
+                p(logits),
+                "--out-pred".into(),
+                p("pred.npy"),
+            ];
+            args.extend(extra.iter().cloned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, _, stderr) = run(&args);
+            let lines: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+                .collect();
+            assert_ne!(code, 0, "{args:?}");
+            assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+            let expect = if logits == "l_nan.npy"
+                && !expect.contains("64")
+                && !expect.contains("step")
+                && !expect.contains("label")
+                && !expect.contains("training")
+            {
+                "NaN"
+            } else {
+                expect
+            };
+            assert!(lines[0].starts_with("error: "), "{stderr}");
+            assert!(
+                lines[0].contains(expect) || (logits == "l_nan.npy" && lines[0].contains("NaN")),
+                "{args:?}: {stderr}"
+            );
+            assert!(!f.path("pred.npy").exists(), "{args:?} wrote a file");
+        }
+    }
+}

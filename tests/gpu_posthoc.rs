@@ -7,8 +7,8 @@ mod common;
 
 use common::{contexts, name, Rng};
 use logit_adjust::{
-    reference, report, ClassPrior, Context, CountsBuffers, PostHoc, PostHocBuffers,
-    PostHocVariant, Predictions,
+    reference, report, ClassPrior, Context, CountsBuffers, PostHoc, PostHocBuffers, PostHocVariant,
+    Predictions,
 };
 use wgpu::util::DeviceExt;
 
@@ -34,23 +34,33 @@ fn nasty_logits(rng: &mut Rng, n: usize, c: usize) -> Vec<f32> {
 }
 
 fn taus(t: usize) -> Vec<f64> {
-    (0..t).map(|k| k as f64 * 2.5 / t.max(2) as f64 - 0.25).collect()
+    (0..t)
+        .map(|k| k as f64 * 2.5 / t.max(2) as f64 - 0.25)
+        .collect()
 }
 
 fn run_device(ph: &PostHoc, ctx: &Context, logits: &[f32], n: usize) -> Predictions {
     let t = ph.taus().len();
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-    let logits_buf = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: None,
-        contents: bytemuck::cast_slice(if logits.is_empty() { &[0.0f32][..] } else { logits }),
-        usage,
-    });
+    let logits_buf = ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(if logits.is_empty() {
+                &[0.0f32][..]
+            } else {
+                logits
+            }),
+            usage,
+        });
     let poison = vec![u32::MAX; (n * t).max(1)];
-    let pred = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: None,
-        contents: bytemuck::cast_slice(&poison),
-        usage,
-    });
+    let pred = ctx
+        .device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::cast_slice(&poison),
+            usage,
+        });
     let bound = ph
         .bind(&PostHocBuffers {
             logits: &logits_buf,
@@ -69,7 +79,9 @@ fn run_device(ph: &PostHoc, ctx: &Context, logits: &[f32], n: usize) -> Predicti
         .collect();
     Predictions {
         taus: ph.taus().to_vec(),
-        by_tau: (0..t).map(|k| (0..n).map(|i| raw[i * t + k]).collect()).collect(),
+        by_tau: (0..t)
+            .map(|k| (0..n).map(|i| raw[i * t + k]).collect())
+            .collect(),
     }
 }
 
@@ -107,9 +119,18 @@ fn check(n: usize, c: usize, t: usize, variants: &[PostHocVariant]) {
         // Host path (auto layout) and the GPU counts.
         let ph = ctx.posthoc(&prior, &taus).unwrap();
         let got = ph.predict(&logits).unwrap();
-        assert!(first_difference(&got, &want).is_none(), "{} host N={n} C={c} T={t} seed={seed}", name(ctx));
+        assert!(
+            first_difference(&got, &want).is_none(),
+            "{} host N={n} C={c} T={t} seed={seed}",
+            name(ctx)
+        );
         let counts = ctx.class_counts(&labels, c, &got).unwrap();
-        assert_eq!(counts, want_counts, "{} counts N={n} C={c} T={t} seed={seed}", name(ctx));
+        assert_eq!(
+            counts,
+            want_counts,
+            "{} counts N={n} C={c} T={t} seed={seed}",
+            name(ctx)
+        );
         assert_eq!(
             ctx.label_histogram(&labels, c).unwrap(),
             reference::label_histogram(&labels, c).unwrap(),
@@ -159,7 +180,9 @@ fn corrected_logits_are_the_same_floats() {
             let got = ph.corrected(&logits, k).unwrap();
             let want = reference::corrected(&prior, tau, &logits).unwrap();
             assert!(
-                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{} tau={tau}",
                 name(ctx)
             );
@@ -172,30 +195,64 @@ fn device_counts_clear_and_recount() {
     let mut rng = Rng::fresh();
     let (n, c, t) = (5000, 30, 3);
     let labels: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
-    let preds: Vec<Vec<u32>> = (0..t).map(|_| (0..n).map(|_| rng.below(c) as u32).collect()).collect();
-    let p = Predictions { taus: vec![0.0; t], by_tau: preds };
+    let preds: Vec<Vec<u32>> = (0..t)
+        .map(|_| (0..n).map(|_| rng.below(c) as u32).collect())
+        .collect();
+    let p = Predictions {
+        taus: vec![0.0; t],
+        by_tau: preds,
+    };
     let want = reference::class_counts(&labels, c, &p).unwrap();
     for ctx in contexts() {
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
         let l32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
-        let inter: Vec<u32> = (0..n).flat_map(|i| p.by_tau.iter().map(move |v| v[i])).collect();
+        let inter: Vec<u32> = (0..n)
+            .flat_map(|i| p.by_tau.iter().map(move |v| v[i]))
+            .collect();
         let mk = |data: &[u8]| {
-            ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: data, usage })
+            ctx.device()
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: data,
+                    usage,
+                })
         };
-        let (lb, pb) = (mk(bytemuck::cast_slice(&l32)), mk(bytemuck::cast_slice(&inter)));
+        let (lb, pb) = (
+            mk(bytemuck::cast_slice(&l32)),
+            mk(bytemuck::cast_slice(&inter)),
+        );
         let counts = mk(bytemuck::cast_slice(&vec![7u32; c * (t + 1) + 1]));
         let bound = ctx
-            .bind_counts(&CountsBuffers { labels: &lb, predictions: Some(&pb), rows: n, classes: c, taus: t, counts: &counts })
+            .bind_counts(&CountsBuffers {
+                labels: &lb,
+                predictions: Some(&pb),
+                rows: n,
+                classes: c,
+                taus: t,
+                counts: &counts,
+            })
             .unwrap();
         for _ in 0..2 {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             bound.record(&mut encoder);
             ctx.queue().submit([encoder.finish()]);
         }
-        let raw: Vec<u64> = ctx.read_f32(&counts, 0, c * (t + 1) + 1).unwrap().iter().map(|x| x.to_bits() as u64).collect();
+        let raw: Vec<u64> = ctx
+            .read_f32(&counts, 0, c * (t + 1) + 1)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits() as u64)
+            .collect();
         assert_eq!(raw[..c], want.total[..], "{}", name(ctx));
         for k in 0..t {
-            assert_eq!(raw[(k + 1) * c..(k + 2) * c], want.correct[k][..], "{}", name(ctx));
+            assert_eq!(
+                raw[(k + 1) * c..(k + 2) * c],
+                want.correct[k][..],
+                "{}",
+                name(ctx)
+            );
         }
         assert_eq!(raw[c * (t + 1)], 0);
     }
@@ -210,14 +267,33 @@ fn bad_input_is_refused() {
         assert!(ctx.posthoc(&prior, &[f64::NAN]).is_err());
         let ph = ctx.posthoc(&prior, &[1.0]).unwrap();
         let e = ph.predict(&[0.0, f32::NAN, 1.0]).unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::NonFinite { index: 1, .. }), "{e}");
+        assert!(
+            matches!(e, logit_adjust::Error::NonFinite { index: 1, .. }),
+            "{e}"
+        );
         let e = ph.predict(&[0.0; 4]).unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::ShapeMismatch { .. }), "{e}");
+        assert!(
+            matches!(e, logit_adjust::Error::ShapeMismatch { .. }),
+            "{e}"
+        );
         let p = ph.predict(&[0.0; 6]).unwrap();
         let e = ctx.class_counts(&[0, 3], 3, &p).unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::LabelOutOfRange { row: 1, label: 3, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                logit_adjust::Error::LabelOutOfRange {
+                    row: 1,
+                    label: 3,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let e = ctx.class_counts(&[0, 1, 2], 3, &p).unwrap_err();
-        assert!(matches!(e, logit_adjust::Error::ShapeMismatch { .. }), "{e}");
+        assert!(
+            matches!(e, logit_adjust::Error::ShapeMismatch { .. }),
+            "{e}"
+        );
     }
 }
 
@@ -237,7 +313,10 @@ fn report_by_hand() {
     assert_eq!(r.few, Some(0.0)); // class 3 has no examples, so only class 2 counts
     assert_eq!(r.per_class_recall[3], None);
     let no_groups = report(&total, &correct, None).unwrap();
-    assert_eq!((no_groups.many, no_groups.medium, no_groups.few), (None, None, None));
+    assert_eq!(
+        (no_groups.many, no_groups.medium, no_groups.few),
+        (None, None, None)
+    );
     let no_medium = report(&total, &correct, Some(&[500.0, 500.0, 5.0, 3.0])).unwrap();
     assert_eq!(no_medium.medium, None);
     assert!(report(&[0, 0], &[0, 0], None).is_err());

@@ -42,11 +42,19 @@ pub fn corrected(prior: &ClassPrior, tau: f64, logits: &[f32]) -> Result<Vec<f32
     let c = prior.classes();
     check_logits(logits, c)?;
     let a = adjustments(prior, &[tau])?;
-    Ok(logits.iter().enumerate().map(|(i, &f)| f - a[i % c]).collect())
+    Ok(logits
+        .iter()
+        .enumerate()
+        .map(|(i, &f)| f - a[i % c])
+        .collect())
 }
 
 /// Per-class totals and correct counts for every tau.
-pub fn class_counts(labels: &[i64], classes: usize, predictions: &Predictions) -> Result<ClassCounts> {
+pub fn class_counts(
+    labels: &[i64],
+    classes: usize,
+    predictions: &Predictions,
+) -> Result<ClassCounts> {
     check_labels(labels, classes)?;
     let mut total = vec![0u64; classes];
     for &y in labels {
@@ -70,5 +78,13 @@ pub fn class_counts(labels: &[i64], classes: usize, predictions: &Predictions) -
 
 /// The label histogram `n_c`.
 pub fn label_histogram(labels: &[i64], classes: usize) -> Result<Vec<u64>> {
-    Ok(class_counts(labels, classes, &Predictions { taus: vec![], by_tau: vec![] })?.total)
+    Ok(class_counts(
+        labels,
+        classes,
+        &Predictions {
+            taus: vec![],
+            by_tau: vec![],
+        },
+    )?
+    .total)
 }

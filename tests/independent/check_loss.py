@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""An independent implementation of MATH.md sections 1-5 in numpy (float64),
-checked against `logit-adjust loss` (GPU and --cpu) on files the tool has
-never seen: fresh random shapes, priors, labels and options every run.
+"""An independent implementation of MATH.md sections 1-7 in numpy, checked
+against `logit-adjust loss` and `logit-adjust posthoc` (GPU and --cpu) on
+files the tool has never seen: fresh random shapes, priors, labels and
+options every run.
 
 Usage: python3 tests/independent/check_loss.py [path/to/logit-adjust] [--rounds K]
 Exits non-zero on any disagreement beyond the core issue's tolerances.
@@ -39,6 +40,70 @@ def la_loss(f, y, log_prior, tau, reduction, ignore_index, eps):
     if count == 0:
         return per_row, 0.0, grad * 0
     return per_row, per_row.sum() / count, grad / count
+
+
+def posthoc_metrics(f, y, counts, taus):
+    """Balanced error etc. per tau, predictions for each tau (numpy argmax:
+    ties to the smallest index). The adjustment is rounded to float32 once,
+    as MATH.md's batched correction does on both paths."""
+    log_prior = np.log(counts / counts.sum())
+    c = f.shape[1]
+    out = []
+    for tau in taus:
+        g = f - (tau * log_prior).astype(np.float32)
+        pred = g.argmax(axis=1)
+        total = np.bincount(y, minlength=c)
+        correct = np.bincount(y[pred == y], minlength=c)
+        present = total > 0
+        recall = correct[present] / total[present]
+        groups = {}
+        for name, keep in [("many", counts > 100), ("medium", (counts >= 20) & (counts <= 100)), ("few", counts < 20)]:
+            sel = keep & present
+            groups[name] = float((correct[sel] / total[sel]).mean()) if sel.any() else None
+        out.append(dict(tau=tau, pred=pred, balanced_error=1 - recall.mean(), accuracy=correct.sum() / len(y),
+                        worst=recall.min(), **groups))
+    return out
+
+
+def check_posthoc(tool, rng, d, r):
+    n = int(rng.choice([1, 50, 5000]))
+    c = int(rng.choice([2, 10, 1000]))
+    counts = np.maximum(np.floor(1000 * 100.0 ** (-np.arange(c) / max(c - 1, 1))), 1).astype(np.int64)
+    f = rng.normal(size=(n, c)).astype(np.float32) * 3
+    f[rng.uniform(size=(n, c)) < 0.01] = np.inf
+    f[rng.uniform(size=(n, c)) < 0.01] = -np.inf
+    y = rng.integers(0, c, size=n)
+    paths = {k: os.path.join(d, f"ph_{k}{r}.npy") for k in ["l", "y", "n", "p"]}
+    np.save(paths["l"], f)
+    np.save(paths["y"], y)
+    np.save(paths["n"], counts)
+    taus = [0.0, 0.5, 1.0, 1.5, 2.0]
+    want = posthoc_metrics(f, y, counts, taus)
+    best = min(range(len(taus)), key=lambda k: (want[k]["balanced_error"], k))
+    failures = 0
+    for cpu in [False, True]:
+        cmd = [tool, "posthoc", "--logits", paths["l"], "--labels", paths["y"], "--class-counts", paths["n"],
+               "--taus", ",".join(map(str, taus)), "--out-pred", paths["p"], "--json"] + (["--cpu"] if cpu else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        what = f"posthoc round {r}: N={n} C={c} cpu={cpu}"
+        if out.returncode != 0:
+            print(f"FAIL {what}: {out.stderr.strip()}")
+            failures += 1
+            continue
+        got = json.loads(out.stdout)
+        ok = got["best_tau"] == taus[best]
+        for g, w in zip(got["results"], want):
+            ok &= abs(g["balanced_error"] - w["balanced_error"]) <= 1e-9
+            ok &= abs(g["accuracy"] - w["accuracy"]) <= 1e-9
+            ok &= abs(g["worst_class_recall"] - w["worst"]) <= 1e-9
+            for k in ["many", "medium", "few"]:
+                ok &= (g[k] is None) == (w[k] is None) and (g[k] is None or abs(g[k] - w[k]) <= 1e-9)
+        pred = np.load(paths["p"])
+        ok &= pred.dtype == np.int64 and bool(np.array_equal(pred, want[best]["pred"]))
+        print(f"{'ok  ' if ok else 'FAIL'} {what} on {got['adapter']}: best tau {got['best_tau']}, "
+              f"balanced error {got['results'][best]['balanced_error']:.6f}")
+        failures += not ok
+    return failures
 
 
 def main():
@@ -99,6 +164,10 @@ def main():
                 print(f"{status} {what} on {got['adapter']} ({got['backend']}): loss {got['loss']} vs {want_loss}")
                 failures += not ok
                 checks += 1
+        for r in range(rounds // 2):
+            bad = check_posthoc(tool, rng, d, r)
+            failures += bad
+            checks += 2
     print(f"{checks - failures} passed, {failures} failed")
     sys.exit(1 if failures else 0)
 

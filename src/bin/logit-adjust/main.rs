@@ -4,6 +4,7 @@ mod demo;
 mod info;
 mod loss;
 mod npy;
+mod posthoc;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ enum Command {
     },
     /// Logit-adjusted softmax cross-entropy (and gradient) from .npy files.
     Loss(loss::LossArgs),
+    /// Post-hoc logit adjustment of saved logits: a tau sweep in one GPU
+    /// pass, with balanced error, worst-class and many/medium/few recall.
+    Posthoc(posthoc::PostHocArgs),
 }
 
 fn main() {
@@ -36,6 +40,7 @@ fn main() {
         Command::Demo => demo::run(),
         Command::Info { json } => info::run(json),
         Command::Loss(args) => loss::run(&args),
+        Command::Posthoc(args) => posthoc::run(&args),
     };
     if let Err(message) = result {
         eprintln!("error: {message}");
