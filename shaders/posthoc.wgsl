@@ -26,6 +26,10 @@
 //                           slices per tau); the S partial maxima per tau then
 //                           meet in a workgroup-memory tree.
 //   corrected             - grid-stride over elements, one tau.
+//   topk_row_per_group    - one workgroup per row, one tau: each thread keeps
+//                           a sorted top-K of its strided columns in registers,
+//                           then thread 0 merges the 64 lists from workgroup
+//                           memory. Ties order by the smaller index first.
 // Barriers (row_per_group): after the tile is loaded (all threads read it),
 // after the scan (before the next load overwrites it), and one per merge
 // level. Every loop has a workgroup-uniform trip count, and each trip covers
@@ -36,8 +40,8 @@ struct Params {
     classes: u32,     // C
     taus: u32,        // T (1..=64)
     slices: u32,      // S = 64 / T_pad for argmax_row_per_group
-    tau_index: u32,   // the adjustment row used by `corrected`
-    _pad0: u32,
+    tau_index: u32,   // the adjustment row used by `corrected` and `topk`
+    k: u32,           // K for `topk_row_per_group` (1..=MAX_K)
     _pad1: u32,
     _pad2: u32,
 }
@@ -45,6 +49,7 @@ struct Params {
 const WG: u32 = 64u;
 const TILE: u32 = 1024u;
 const MAX_TAUS: u32 = 64u;
+const MAX_K: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -57,6 +62,8 @@ const MAX_TAUS: u32 = 64u;
 var<workgroup> tile: array<f32, TILE>;
 var<workgroup> red_key: array<u32, WG>;
 var<workgroup> red_idx: array<u32, WG>;
+var<workgroup> cand_key: array<u32, 512>;   // WG * MAX_K
+var<workgroup> cand_idx: array<u32, 512>;
 
 fn is_inf(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u;
@@ -68,8 +75,10 @@ fn adjusted(f: f32, a: f32) -> f32 {
 }
 
 // Order-preserving key: larger float, larger key (-inf lowest, +inf highest).
+// -0 maps to +0's key, so the two tie as IEEE compares (and numpy) say.
 fn key(x: f32) -> u32 {
-    let b = bitcast<u32>(x);
+    let raw = bitcast<u32>(x);
+    let b = select(raw, 0u, raw == 0x80000000u);
     return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
@@ -206,6 +215,77 @@ fn corrected(
         let i = k * stride + gid.x;
         if (i < total) {
             corrected_out[i] = adjusted(logits[i], adjust[a_base + i % params.classes]);
+        }
+    }
+}
+
+// (k_a, i_a) ranks before (k_b, i_b): larger value, then smaller index.
+fn ranks_before(k_a: u32, i_a: u32, k_b: u32, i_b: u32) -> bool {
+    return k_a > k_b || (k_a == k_b && i_a < i_b);
+}
+
+// Insert (key, idx) into a sorted list of length `len` (<= K), keeping K.
+fn insert(list_k: ptr<function, array<u32, MAX_K>>, list_i: ptr<function, array<u32, MAX_K>>,
+          len: ptr<function, u32>, kk: u32, key_new: u32, idx_new: u32) {
+    var pos = *len;
+    // Find the slot: walk from the end while the new one ranks before.
+    for (var q = 0u; q < kk; q++) {
+        if (pos > 0u && ranks_before(key_new, idx_new, (*list_k)[pos - 1u], (*list_i)[pos - 1u])) {
+            if (pos < kk) {
+                (*list_k)[pos] = (*list_k)[pos - 1u];
+                (*list_i)[pos] = (*list_i)[pos - 1u];
+            }
+            pos -= 1u;
+        }
+    }
+    if (pos < kk) {
+        (*list_k)[pos] = key_new;
+        (*list_i)[pos] = idx_new;
+        *len = min(*len + 1u, kk);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn topk_row_per_group(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) j: u32,
+) {
+    let row = wid.x;
+    let c_len = params.classes;
+    let kk = params.k;
+    let a_base = params.tau_index * c_len;
+    var list_k: array<u32, MAX_K>;
+    var list_i: array<u32, MAX_K>;
+    var len = 0u;
+    let trips = (c_len + WG - 1u) / WG;
+    for (var q = 0u; q < trips; q++) {
+        let c = q * WG + j;
+        if (c < c_len) {
+            let key_c = key(adjusted(logits[row * c_len + c], adjust[a_base + c]));
+            insert(&list_k, &list_i, &len, kk, key_c, c);
+        }
+    }
+    for (var q = 0u; q < kk; q++) {
+        // Empty slots rank last: key 0 is below -inf's key, index past C.
+        cand_key[j * MAX_K + q] = select(0u, list_k[q], q < len);
+        cand_idx[j * MAX_K + q] = select(0xffffffffu, list_i[q], q < len);
+    }
+    // Barrier: every thread's list is in workgroup memory before the merge.
+    workgroupBarrier();
+    if (j == 0u) {
+        var best_k: array<u32, MAX_K>;
+        var best_i: array<u32, MAX_K>;
+        var best_len = 0u;
+        for (var q = 0u; q < WG * kk; q++) {
+            let t = q / kk;
+            let slot = q % kk;
+            let idx = cand_idx[t * MAX_K + slot];
+            if (idx < c_len) {
+                insert(&best_k, &best_i, &best_len, kk, cand_key[t * MAX_K + slot], idx);
+            }
+        }
+        for (var q = 0u; q < kk; q++) {
+            pred[row * kk + q] = best_i[q];
         }
     }
 }

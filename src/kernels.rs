@@ -67,6 +67,7 @@ pub(crate) enum Entry {
     ArgmaxRowPerThread,
     ArgmaxRowPerGroup,
     Corrected,
+    TopK,
     ClassCounts,
 }
 
@@ -80,6 +81,7 @@ impl Entry {
             Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
             Entry::Corrected => "corrected",
+            Entry::TopK => "topk_row_per_group",
             Entry::ClassCounts => "class_counts",
         }
     }
@@ -88,9 +90,10 @@ impl Entry {
         match self {
             Entry::XentRowPerGroup | Entry::XentRowPerThread => Family::SoftmaxXent,
             Entry::Normalizer | Entry::Finalize => Family::LossReduce,
-            Entry::ArgmaxRowPerThread | Entry::ArgmaxRowPerGroup | Entry::Corrected => {
-                Family::PostHoc
-            }
+            Entry::ArgmaxRowPerThread
+            | Entry::ArgmaxRowPerGroup
+            | Entry::Corrected
+            | Entry::TopK => Family::PostHoc,
             Entry::ClassCounts => Family::Metrics,
         }
     }

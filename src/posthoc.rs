@@ -13,6 +13,8 @@ use crate::prior::ClassPrior;
 
 /// The most taus one pass evaluates.
 pub const MAX_TAUS: usize = 64;
+/// The largest `k` of [`PostHoc::top_k`].
+pub const MAX_TOP_K: usize = 8;
 const WG: usize = 64;
 const TILE: usize = 1024;
 /// Up to this C*T, one thread per row is the faster layout.
@@ -40,7 +42,8 @@ struct Params {
     taus: u32,
     slices: u32,
     tau_index: u32,
-    _pad: [u32; 3],
+    k: u32,
+    _pad: [u32; 2],
 }
 
 /// Predictions for every tau: `by_tau[t][i]` is row `i`'s class under `taus[t]`.
@@ -238,7 +241,8 @@ impl PostHoc {
                 taus: t as u32,
                 slices: (WG / self.t_pad()) as u32,
                 tau_index: 0,
-                _pad: [0; 3],
+                k: 0,
+                _pad: [0; 2],
             })
             .collect();
         let params = buffers::param_slots(ctx, &slots)?;
@@ -355,7 +359,8 @@ impl PostHoc {
                     taus: self.taus.len() as u32,
                     slices: 1,
                     tau_index: tau_index as u32,
-                    _pad: [0; 3],
+                    k: 0,
+                    _pad: [0; 2],
                 })
                 .collect();
             let params = buffers::param_slots(ctx, &slots)?;
@@ -386,6 +391,85 @@ impl PostHoc {
             record_chunks(&mut encoder, "logit-adjust corrected", &pipeline, &groups);
             ctx.queue().submit([encoder.finish()]);
             let out = buffers::read_f32(ctx, &[(&out, 0, n * c)])?;
+            Ok(out.into_iter().next().unwrap_or_default())
+        })
+    }
+}
+
+impl PostHoc {
+    /// Host convenience: the `k` best classes of each row under the tau at
+    /// `tau_index`, best first, ties to the smaller index (`N x k`,
+    /// row-major). `1 <= k <= min(C, MAX_TOP_K)`.
+    pub fn top_k(&self, logits: &[f32], tau_index: usize, k: usize) -> Result<Vec<u32>> {
+        let n = check_logits(logits, self.classes)?;
+        let c = self.classes;
+        if tau_index >= self.taus.len() {
+            return Err(Error::InvalidArgument(format!(
+                "tau index {tau_index} out of range: {} taus",
+                self.taus.len()
+            )));
+        }
+        if k == 0 || k > c.min(MAX_TOP_K) {
+            return Err(Error::InvalidArgument(format!(
+                "top-k needs 1 <= k <= min(C, {MAX_TOP_K}) = {}, got {k}",
+                c.min(MAX_TOP_K)
+            )));
+        }
+        if c.div_ceil(WG) * k > MAX_LOOP_TRIPS {
+            return Err(Error::TooLarge(format!(
+                "top-{k} over {c} classes: too many loop trips per invocation"
+            )));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ctx = &self.ctx;
+        ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            let logits_buf =
+                buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
+            let out = buffers::storage(ctx, "top_k", (n * k * 4) as u64, U::STORAGE | U::COPY_SRC)?;
+            let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+            let chunks = plan_chunks(ctx.limits(), n, (c.max(k) * 4) as u64, groups_max)?;
+            let slots: Vec<Params> = chunks
+                .iter()
+                .map(|ch| Params {
+                    rows: ch.rows as u32,
+                    classes: c as u32,
+                    taus: self.taus.len() as u32,
+                    slices: 1,
+                    tau_index: tau_index as u32,
+                    k: k as u32,
+                    _pad: [0; 2],
+                })
+                .collect();
+            let params = buffers::param_slots(ctx, &slots)?;
+            let layout = ctx.kernels().layout(Family::PostHoc);
+            let groups: Vec<(wgpu::BindGroup, u32)> = chunks
+                .iter()
+                .enumerate()
+                .map(|(q, ch)| {
+                    let (first, rows) = (ch.start as u64, ch.rows as u64);
+                    let group = buffers::bind_group(
+                        ctx,
+                        "top_k chunk",
+                        &layout,
+                        vec![
+                            params.slot(q),
+                            range(&logits_buf, first * c as u64 * 4, rows * c as u64 * 4),
+                            self.adjust.as_entire_binding(),
+                            range(&out, first * k as u64 * 4, rows * k as u64 * 4),
+                            self.unused.as_entire_binding(),
+                        ],
+                    );
+                    (group, ch.rows as u32)
+                })
+                .collect();
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            let pipeline = ctx.kernels().pipeline(Entry::TopK, 0);
+            record_chunks(&mut encoder, "logit-adjust top_k", &pipeline, &groups);
+            ctx.queue().submit([encoder.finish()]);
+            let out = buffers::read::<u32>(ctx, &[(&out, 0, n * k)])?;
             Ok(out.into_iter().next().unwrap_or_default())
         })
     }

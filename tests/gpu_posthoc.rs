@@ -21,6 +21,7 @@ fn nasty_logits(rng: &mut Rng, n: usize, c: usize) -> Vec<f32> {
         .map(|_| match rng.below(50) {
             0 => f32::INFINITY,
             1 => f32::NEG_INFINITY,
+            2 => -0.0, // ties +0 under IEEE compares
             k if k < 25 => (rng.below(7) as f32 - 3.0) * 0.5, // ties
             _ => rng.range(-10.0, 10.0) as f32,
         })
@@ -320,4 +321,35 @@ fn report_by_hand() {
     let no_medium = report(&total, &correct, Some(&[500.0, 500.0, 5.0, 3.0])).unwrap();
     assert_eq!(no_medium.medium, None);
     assert!(report(&[0, 0], &[0, 0], None).is_err());
+}
+
+#[test]
+fn top_k_with_ties_and_infinities() {
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    for (n, c, k) in [
+        (200, 10, 5),
+        (50, 1000, 3),
+        (5, 100_000, 5),
+        (30, 3, 3),
+        (10, 1, 1),
+    ] {
+        let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+        let logits = nasty_logits(&mut rng, n, c);
+        let taus = [0.0, 1.0];
+        for ctx in contexts() {
+            let ph = ctx.posthoc(&prior, &taus).unwrap();
+            for (t, &tau) in taus.iter().enumerate() {
+                let got = ph.top_k(&logits, t, k).unwrap();
+                let want = reference::top_k(&prior, tau, &logits, k).unwrap();
+                assert_eq!(
+                    got,
+                    want,
+                    "{} N={n} C={c} k={k} tau={tau} seed={seed}",
+                    name(ctx)
+                );
+            }
+            assert!(ph.top_k(&logits, 0, c + 1).is_err());
+        }
+    }
 }

@@ -7,4 +7,4 @@ mod loss;
 mod posthoc;
 
 pub use loss::{forward, forward_backward, forward_backward_scaled};
-pub use posthoc::{class_counts, corrected, label_histogram, predict};
+pub use posthoc::{class_counts, corrected, label_histogram, predict, top_k};

@@ -49,6 +49,26 @@ pub fn corrected(prior: &ClassPrior, tau: f64, logits: &[f32]) -> Result<Vec<f32
         .collect())
 }
 
+/// The `k` best classes of each row under `tau`, best first, ties to the
+/// smaller index (`N x k`, row-major).
+pub fn top_k(prior: &ClassPrior, tau: f64, logits: &[f32], k: usize) -> Result<Vec<u32>> {
+    let c = prior.classes();
+    let g = corrected(prior, tau, logits)?;
+    let mut out = Vec::with_capacity(g.len() / c.max(1) * k);
+    for row in g.chunks(c) {
+        let mut order: Vec<usize> = (0..c).collect();
+        // A stable sort by value, descending, keeps equal values (-0 == +0
+        // included) in index order. check_logits refused NaN.
+        order.sort_by(|&a, &b| {
+            row[b]
+                .partial_cmp(&row[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        out.extend(order.iter().take(k).map(|&i| i as u32));
+    }
+    Ok(out)
+}
+
 /// Per-class totals and correct counts for every tau.
 pub fn class_counts(
     labels: &[i64],
