@@ -111,6 +111,66 @@ impl LossSpec {
         Ok(spec)
     }
 
+    /// The balanced (re-weighted) loss (paper eq. 4): `alpha_c = 1 / pi_c`.
+    pub fn balanced(prior: &ClassPrior) -> Self {
+        let mut spec = Self::cross_entropy(prior.classes());
+        spec.weight = prior.probabilities().iter().map(|p| (1.0 / p) as f32).collect();
+        spec
+    }
+
+    /// The adaptive-margin loss, LDAM (paper eq. 5): `m_c = K n_c^(-1/4)`
+    /// with `K` so that the largest margin is 0.5. `n_c` proportional to
+    /// `pi_c` gives the same margins, so the prior suffices.
+    pub fn ldam(prior: &ClassPrior) -> Self {
+        let mut spec = Self::cross_entropy(prior.classes());
+        spec.margin = adaptive_margins(prior);
+        spec
+    }
+
+    /// The equalised loss (paper eq. 6, `F(z) = z^tau`):
+    /// `b_c = m_c = tau log pi_c`.
+    pub fn equalised(prior: &ClassPrior, tau: f64) -> Result<Self> {
+        let mut spec = Self::logit_adjusted(prior, tau)?;
+        spec.margin = spec.bias.clone();
+        Ok(spec)
+    }
+
+    /// The Theorem 1 family for a given `delta > 0` (length C):
+    /// `b_c = log delta_c`, `alpha_c = delta_c / pi_c`. Fisher-consistent for
+    /// the balanced error; `delta = pi` is the logit-adjusted loss and
+    /// `delta = 1` the balanced loss.
+    pub fn theorem1(prior: &ClassPrior, delta: &[f64]) -> Result<Self> {
+        if delta.len() != prior.classes() {
+            return Err(Error::ShapeMismatch {
+                what: "delta length (classes)".into(),
+                expected: prior.classes(),
+                got: delta.len(),
+            });
+        }
+        if let Some(class) = delta.iter().position(|d| !(d.is_finite() && *d > 0.0)) {
+            return Err(Error::InvalidArgument(format!(
+                "delta[{class}] = {} must be finite and > 0",
+                delta[class]
+            )));
+        }
+        let mut spec = Self::cross_entropy(prior.classes());
+        spec.bias = delta.iter().map(|d| d.ln() as f32).collect();
+        spec.weight = delta
+            .iter()
+            .zip(prior.probabilities())
+            .map(|(d, p)| (d / p) as f32)
+            .collect();
+        Ok(spec)
+    }
+
+    /// Logit adjustment plus adaptive margins (the paper's Table 4):
+    /// `b_c = tau log pi_c`, `m_c = K pi_c^(-1/4)` with the largest margin 0.5.
+    pub fn logit_adjusted_adaptive(prior: &ClassPrior, tau: f64) -> Result<Self> {
+        let mut spec = Self::logit_adjusted(prior, tau)?;
+        spec.margin = adaptive_margins(prior);
+        Ok(spec)
+    }
+
     /// Any per-class `b`, `m`, `alpha` (equal lengths, finite, `alpha >= 0`).
     pub fn custom(bias: Vec<f32>, margin: Vec<f32>, weight: Vec<f32>) -> Result<Self> {
         let spec = Self {
@@ -293,6 +353,16 @@ impl LossSpec {
             Upstream::Scalar(_) => Ok(n),
         }
     }
+}
+
+/// `m_c = K pi_c^(-1/4)`, `K` so that `max_c m_c = 0.5`.
+fn adaptive_margins(prior: &ClassPrior) -> Vec<f32> {
+    let p_min = prior.probabilities().iter().cloned().fold(f64::INFINITY, f64::min);
+    prior
+        .probabilities()
+        .iter()
+        .map(|p| (0.5 * (p / p_min).powf(-0.25)) as f32)
+        .collect()
 }
 
 /// What a loss call returns. `T` is `f32` on the GPU and `f64` in the reference.

@@ -617,3 +617,61 @@ fn labels_out_of_range_on_the_device_are_reported_and_loud() {
         }
     }
 }
+
+#[test]
+fn every_preset_of_the_family_matches_the_reference() {
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, c) = (400, 37);
+    let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+    let delta: Vec<f64> = (0..c).map(|_| rng.range(0.2, 2.0)).collect();
+    let presets = [
+        ("cross-entropy", LossSpec::cross_entropy(c)),
+        ("logit-adjusted", LossSpec::logit_adjusted(&prior, 1.0).unwrap()),
+        ("balanced", LossSpec::balanced(&prior)),
+        ("ldam", LossSpec::ldam(&prior)),
+        ("equalised", LossSpec::equalised(&prior, 1.0).unwrap()),
+        ("theorem1", LossSpec::theorem1(&prior, &delta).unwrap()),
+        ("la-ldam", LossSpec::logit_adjusted_adaptive(&prior, 1.0).unwrap()),
+    ];
+    let logits = rng.logits(n * c, 8.0);
+    let labels = rng.labels(n, c, 0.05, -100);
+    for (name_, spec) in presets {
+        for reduction in [Reduction::Mean, Reduction::WeightedMean] {
+            let spec = spec.clone().reduction(reduction);
+            let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
+            for ctx in contexts() {
+                for variant in VARIANTS {
+                    let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
+                    let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
+                    compare(&format!("{} {variant:?} {name_} {reduction:?} seed={seed}", name(ctx)), &got, &want, Tolerance::Ordinary);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn presets_follow_the_paper() {
+    let prior = ClassPrior::from_counts(&[800.0, 150.0, 40.0, 10.0]).unwrap();
+    let pi: Vec<f64> = prior.probabilities().to_vec();
+    // Theorem 1 with delta = pi is the logit-adjusted loss; delta = 1 the balanced loss.
+    let t_pi = LossSpec::theorem1(&prior, &pi).unwrap();
+    let la = LossSpec::logit_adjusted(&prior, 1.0).unwrap();
+    for (a, b) in t_pi.bias().iter().zip(la.bias()) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    assert!(t_pi.weight().iter().all(|&w| (w - 1.0).abs() < 1e-6));
+    let t_one = LossSpec::theorem1(&prior, &[1.0; 4]).unwrap();
+    assert_eq!(t_one.weight(), LossSpec::balanced(&prior).weight());
+    assert!(t_one.bias().iter().all(|&b| b == 0.0));
+    // LDAM: largest margin 0.5 on the rarest class, m proportional to n^(-1/4).
+    let ldam = LossSpec::ldam(&prior);
+    assert!((ldam.margin()[3] - 0.5).abs() < 1e-6);
+    assert!((ldam.margin()[0] - 0.5 * (10.0f32 / 800.0).powf(0.25)).abs() < 1e-6);
+    // Equalised: b = m = tau log pi.
+    let eq = LossSpec::equalised(&prior, 0.5).unwrap();
+    assert_eq!(eq.bias(), eq.margin());
+    assert!((eq.bias()[1] as f64 - 0.5 * pi[1].ln()).abs() < 1e-6);
+    assert!(LossSpec::theorem1(&prior, &[1.0, 0.0, 1.0, 1.0]).is_err());
+}
