@@ -14,6 +14,10 @@ pub const LOSS_REDUCE_WGSL: &str = include_str!("../shaders/loss_reduce.wgsl");
 pub const POSTHOC_WGSL: &str = include_str!("../shaders/posthoc.wgsl");
 /// `shaders/metrics.wgsl`: exact per-class counts and label histograms.
 pub const METRICS_WGSL: &str = include_str!("../shaders/metrics.wgsl");
+/// `shaders/gather.wgsl`: mini-batch assembly and the running loss.
+pub const GATHER_WGSL: &str = include_str!("../shaders/gather.wgsl");
+/// `shaders/linear.wgsl`: the linear classifier's forward and SGD step.
+pub const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
 
 /// A shader file and the bind-group layout its entry points share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,14 +26,18 @@ pub(crate) enum Family {
     LossReduce,
     PostHoc,
     Metrics,
+    Gather,
+    Linear,
 }
 
 impl Family {
-    const ALL: [Family; 4] = [
+    const ALL: [Family; 6] = [
         Family::SoftmaxXent,
         Family::LossReduce,
         Family::PostHoc,
         Family::Metrics,
+        Family::Gather,
+        Family::Linear,
     ];
 
     fn source(self) -> (&'static str, &'static str) {
@@ -38,6 +46,8 @@ impl Family {
             Family::LossReduce => ("loss_reduce.wgsl", LOSS_REDUCE_WGSL),
             Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
             Family::Metrics => ("metrics.wgsl", METRICS_WGSL),
+            Family::Gather => ("gather.wgsl", GATHER_WGSL),
+            Family::Linear => ("linear.wgsl", LINEAR_WGSL),
         }
     }
 
@@ -53,6 +63,10 @@ impl Family {
             Family::PostHoc => &[true, true, false, false],
             // labels, pred, counts
             Family::Metrics => &[true, true, false],
+            // features, perm, labels, batch_features, batch_labels, status, acc
+            Family::Gather => &[true, true, true, false, false, true, false],
+            // a, w, velocity, g_logits, wgrad, out
+            Family::Linear => &[true, false, false, true, false, false],
         }
     }
 }
@@ -69,6 +83,10 @@ pub(crate) enum Entry {
     Corrected,
     TopK,
     ClassCounts,
+    Gather,
+    Accumulate,
+    LinearForward,
+    LinearUpdate,
 }
 
 impl Entry {
@@ -83,6 +101,10 @@ impl Entry {
             Entry::Corrected => "corrected",
             Entry::TopK => "topk_row_per_group",
             Entry::ClassCounts => "class_counts",
+            Entry::Gather => "gather",
+            Entry::Accumulate => "accumulate",
+            Entry::LinearForward => "forward",
+            Entry::LinearUpdate => "update",
         }
     }
 
@@ -95,6 +117,8 @@ impl Entry {
             | Entry::Corrected
             | Entry::TopK => Family::PostHoc,
             Entry::ClassCounts => Family::Metrics,
+            Entry::Gather | Entry::Accumulate => Family::Gather,
+            Entry::LinearForward | Entry::LinearUpdate => Family::Linear,
         }
     }
 

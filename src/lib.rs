@@ -38,6 +38,8 @@ mod posthoc;
 mod prior;
 pub mod reference;
 mod softmax_xent;
+pub mod synthetic;
+mod train;
 
 pub use context::{adapters_from_env, instance_from_env, Capabilities, Context};
 pub use error::{Error, Result};
@@ -52,3 +54,4 @@ pub use softmax_xent::{
     BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,
     ROW_PER_THREAD_MAX_CLASSES,
 };
+pub use train::{LinearTrainer, Standardizer, TrainConfig, MAX_BATCH};

@@ -114,7 +114,11 @@ impl LossSpec {
     /// The balanced (re-weighted) loss (paper eq. 4): `alpha_c = 1 / pi_c`.
     pub fn balanced(prior: &ClassPrior) -> Self {
         let mut spec = Self::cross_entropy(prior.classes());
-        spec.weight = prior.probabilities().iter().map(|p| (1.0 / p) as f32).collect();
+        spec.weight = prior
+            .probabilities()
+            .iter()
+            .map(|p| (1.0 / p) as f32)
+            .collect();
         spec
     }
 
@@ -357,7 +361,11 @@ impl LossSpec {
 
 /// `m_c = K pi_c^(-1/4)`, `K` so that `max_c m_c = 0.5`.
 fn adaptive_margins(prior: &ClassPrior) -> Vec<f32> {
-    let p_min = prior.probabilities().iter().cloned().fold(f64::INFINITY, f64::min);
+    let p_min = prior
+        .probabilities()
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
     prior
         .probabilities()
         .iter()

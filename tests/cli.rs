@@ -709,3 +709,125 @@ fn posthoc_bad_input_is_one_line_and_writes_nothing() {
         }
     }
 }
+
+#[test]
+fn train_reports_metrics_and_refuses_bad_input() {
+    use logit_adjust::synthetic::{GaussianMixture, Rng as DataRng};
+    let f = Files::new("train");
+    let mut rng = DataRng::new(Rng::fresh().seed());
+    let mixture = GaussianMixture::random(4, 3, 1.5, &mut rng);
+    let train = mixture.sample(&[400, 100, 30, 8], &mut rng);
+    let test = mixture.sample(&[50, 50, 50, 50], &mut rng);
+    let p = |x: &str| f.path(x).to_str().unwrap().to_string();
+    write_npy(
+        &f.path("x.npy"),
+        "<f4",
+        &[train.labels.len(), 3],
+        bytemuck::cast_slice(&train.features),
+    );
+    write_npy(
+        &f.path("y.npy"),
+        "<i8",
+        &[train.labels.len()],
+        bytemuck::cast_slice(&train.labels),
+    );
+    write_npy(
+        &f.path("xt.npy"),
+        "<f4",
+        &[test.labels.len(), 3],
+        bytemuck::cast_slice(&test.features),
+    );
+    write_npy(
+        &f.path("yt.npy"),
+        "<i8",
+        &[test.labels.len()],
+        bytemuck::cast_slice(&test.labels),
+    );
+    write_npy(
+        &f.path("xt_wide.npy"),
+        "<f4",
+        &[2, 4],
+        bytemuck::cast_slice(&[0.0f32; 8]),
+    );
+    write_npy(
+        &f.path("yt_neg.npy"),
+        "<i8",
+        &[test.labels.len()],
+        bytemuck::cast_slice(&vec![-1i64; test.labels.len()]),
+    );
+    let base = |xt: &str, yt: &str| {
+        vec![
+            "train".to_string(),
+            "--train-features".into(),
+            p("x.npy"),
+            "--train-labels".into(),
+            p("y.npy"),
+            "--test-features".into(),
+            p(xt),
+            "--test-labels".into(),
+            p(yt),
+            "--epochs".into(),
+            "5".into(),
+            "--out-logits".into(),
+            p("out.npy"),
+        ]
+    };
+    for loss in [
+        "ce",
+        "logit-adjusted",
+        "balanced",
+        "ldam",
+        "equalised",
+        "la-ldam",
+    ] {
+        let mut args = base("xt.npy", "yt.npy");
+        args.extend(["--loss".into(), loss.into(), "--json".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, 0, "{loss}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        for key in [
+            "loss",
+            "accuracy",
+            "balanced_error",
+            "worst_class_recall",
+            "many",
+            "medium",
+            "few",
+            "per_class_recall",
+        ] {
+            assert!(v.get(key).is_some(), "{loss}: {key} missing");
+        }
+        let be = v["balanced_error"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&be), "{loss}: {be}");
+        assert_eq!(v["per_class_recall"].as_array().unwrap().len(), 4);
+        assert!(
+            v["few"].as_f64().is_some(),
+            "a class with 8 training rows is few-shot"
+        );
+        let (header, logits) = read_f32_npy(&f.path("out.npy"));
+        assert!(header.replace(' ', "").contains("(200,4"), "{header}");
+        assert_eq!(logits.len(), 800);
+        std::fs::remove_file(f.path("out.npy")).unwrap();
+    }
+    for (xt, yt, extra, expect) in [
+        ("xt_wide.npy", "yt.npy", "", "shape mismatch"),
+        ("xt.npy", "yt_neg.npy", "", "label out of range"),
+        ("xt.npy", "yt.npy", "nonsense", "unknown loss"),
+    ] {
+        let mut args = base(xt, yt);
+        if !extra.is_empty() {
+            args.extend(["--loss".into(), extra.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = run(&args);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+            .collect();
+        assert_ne!(code, 0);
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(expect), "{stderr}");
+        assert!(!f.path("out.npy").exists());
+    }
+}

@@ -627,12 +627,18 @@ fn every_preset_of_the_family_matches_the_reference() {
     let delta: Vec<f64> = (0..c).map(|_| rng.range(0.2, 2.0)).collect();
     let presets = [
         ("cross-entropy", LossSpec::cross_entropy(c)),
-        ("logit-adjusted", LossSpec::logit_adjusted(&prior, 1.0).unwrap()),
+        (
+            "logit-adjusted",
+            LossSpec::logit_adjusted(&prior, 1.0).unwrap(),
+        ),
         ("balanced", LossSpec::balanced(&prior)),
         ("ldam", LossSpec::ldam(&prior)),
         ("equalised", LossSpec::equalised(&prior, 1.0).unwrap()),
         ("theorem1", LossSpec::theorem1(&prior, &delta).unwrap()),
-        ("la-ldam", LossSpec::logit_adjusted_adaptive(&prior, 1.0).unwrap()),
+        (
+            "la-ldam",
+            LossSpec::logit_adjusted_adaptive(&prior, 1.0).unwrap(),
+        ),
     ];
     let logits = rng.logits(n * c, 8.0);
     let labels = rng.labels(n, c, 0.05, -100);
@@ -644,7 +650,15 @@ fn every_preset_of_the_family_matches_the_reference() {
                 for variant in VARIANTS {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
-                    compare(&format!("{} {variant:?} {name_} {reduction:?} seed={seed}", name(ctx)), &got, &want, Tolerance::Ordinary);
+                    compare(
+                        &format!(
+                            "{} {variant:?} {name_} {reduction:?} seed={seed}",
+                            name(ctx)
+                        ),
+                        &got,
+                        &want,
+                        Tolerance::Ordinary,
+                    );
                 }
             }
         }

@@ -5,6 +5,7 @@ mod info;
 mod loss;
 mod npy;
 mod posthoc;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -18,8 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// A self-contained run on synthetic long-tailed data: the logit-adjusted
-    /// loss on the GPU checked against the CPU reference (the default).
+    /// The paper end to end on built-in synthetic long-tailed data, trained
+    /// on the GPU (the default when no command is given).
     Demo,
     /// List every adapter wgpu sees and what the kernels can use on it.
     Info {
@@ -32,6 +33,9 @@ enum Command {
     /// Post-hoc logit adjustment of saved logits: a tau sweep in one GPU
     /// pass, with balanced error, worst-class and many/medium/few recall.
     Posthoc(posthoc::PostHocArgs),
+    /// Train a linear classifier on saved features on the GPU with any loss
+    /// of the family, then report the long-tail metrics on a test set.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -41,6 +45,7 @@ fn main() {
         Command::Info { json } => info::run(json),
         Command::Loss(args) => loss::run(&args),
         Command::Posthoc(args) => posthoc::run(&args),
+        Command::Train(args) => train::run(&args),
     };
     if let Err(message) = result {
         eprintln!("error: {message}");

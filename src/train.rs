@@ -1,0 +1,628 @@
+//! A linear classifier trained entirely on the GPU, as a training engine
+//! embedding the library would: `logits = X W` (bias folded into `W`), the
+//! fused loss recorded into the same command encoder, the weight gradient
+//! and an SGD step with momentum and weight decay. One host round trip per
+//! epoch, for the running loss. Shaders: `gather.wgsl`, `linear.wgsl`.
+//!
+//! This is also classifier re-training on frozen features: train a linear
+//! head with a logit-adjusted loss on embeddings from a pretrained network.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::buffers::{self, range};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::kernels::{Entry, Family};
+use crate::loss::{LossSpec, Reduction};
+use crate::softmax_xent::{BoundLoss, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer};
+
+const WG: usize = 64;
+const FLAG_WRITE_GRAD: u32 = 1;
+/// The update loops over the batch's rows; llvmpipe ends an invocation
+/// after about 65,535 loop trips.
+pub const MAX_BATCH: usize = 16_384;
+
+/// Optimisation settings; the defaults suit standardised features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Rows per mini-batch (the last batch of an epoch holds the rest;
+    /// rows are reshuffled every epoch).
+    pub batch_size: usize,
+    /// SGD learning rate.
+    pub lr: f32,
+    /// SGD momentum.
+    pub momentum: f32,
+    /// L2 weight decay (not on the bias).
+    pub weight_decay: f32,
+    /// Seed of the shuffling; the same seed gives the same weights on the same adapter.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 128,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Epochs that give at least about 3000 SGD steps (and at least 30
+    /// epochs, at most 1000): small training sets need more passes to
+    /// converge, large ones fewer.
+    pub fn epochs_for(rows: usize, batch_size: usize) -> usize {
+        let batches = rows.div_ceil(batch_size.max(1)).max(1);
+        3000usize.div_ceil(batches).clamp(30, 1000)
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GatherParams {
+    rows: u32,
+    dim: u32,
+    start: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct LinearParams {
+    rows: u32,
+    dim: u32,
+    classes: u32,
+    flags: u32,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    _pad: u32,
+}
+
+/// SplitMix64 for the per-epoch shuffle.
+#[derive(Debug)]
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Append the constant-1 feature that carries the bias.
+fn with_bias_column(features: &[f32], dim: usize) -> Vec<f32> {
+    features
+        .chunks(dim.max(1))
+        .flat_map(|row| row.iter().copied().chain(std::iter::once(1.0)))
+        .collect()
+}
+
+fn check_features(features: &[f32], dim: usize, what: &str) -> Result<usize> {
+    if dim == 0 || !features.len().is_multiple_of(dim) {
+        return Err(Error::ShapeMismatch {
+            what: format!("{what} length (a multiple of D = {dim})"),
+            expected: features.len().div_ceil(dim.max(1)) * dim,
+            got: features.len(),
+        });
+    }
+    if let Some(index) = features.iter().position(|x| !x.is_finite()) {
+        return Err(Error::NonFinite {
+            what: what.into(),
+            index,
+            value: features[index] as f64,
+        });
+    }
+    Ok(features.len() / dim)
+}
+
+/// One batch size's loss binding and linear bind group.
+#[derive(Debug)]
+struct Shape {
+    rows: usize,
+    bound_loss: BoundLoss,
+    linear_group: wgpu::BindGroup,
+}
+
+/// A linear classifier and its training state on the GPU.
+#[derive(Debug)]
+pub struct LinearTrainer {
+    ctx: Context,
+    config: TrainConfig,
+    loss: SoftmaxXent,
+    /// The full batch and, when the rows do not divide evenly, the last one.
+    shapes: Vec<Shape>,
+    /// Each mini-batch of an epoch: its gather bind group and its shape.
+    steps: Vec<(wgpu::BindGroup, usize)>,
+    dim: usize,
+    classes: usize,
+    rows: usize,
+    rng: SplitMix,
+    perm: wgpu::Buffer,
+    weights: wgpu::Buffer,
+    velocity: wgpu::Buffer,
+    acc: wgpu::Buffer,
+    _params: Vec<buffers::ParamSlots>,
+    _keep: Vec<wgpu::Buffer>,
+}
+
+impl LinearTrainer {
+    /// Upload the training set (`N x D` features, `N` labels in `[0, C)` or
+    /// the spec's ignore index) and set up every buffer and bind group; the
+    /// weights start at zero. The loss is `spec` with the weighted-mean
+    /// reduction (the mean when every `alpha` is 1).
+    pub fn new(
+        ctx: &Context,
+        spec: &LossSpec,
+        features: &[f32],
+        labels: &[i64],
+        dim: usize,
+        config: TrainConfig,
+    ) -> Result<Self> {
+        let n = check_features(features, dim, "training features")?;
+        if labels.len() != n {
+            return Err(Error::ShapeMismatch {
+                what: "training labels (rows of the features)".into(),
+                expected: n,
+                got: labels.len(),
+            });
+        }
+        if n == 0 {
+            return Err(Error::InvalidArgument("the training set is empty".into()));
+        }
+        let c = spec.classes();
+        spec.validate()?;
+        for (row, &y) in labels.iter().enumerate() {
+            if y != spec.ignored_label() && !usize::try_from(y).is_ok_and(|y| y < c) {
+                return Err(Error::LabelOutOfRange {
+                    row,
+                    label: y,
+                    classes: c,
+                });
+            }
+        }
+        if config.batch_size == 0 || config.batch_size > MAX_BATCH {
+            return Err(Error::InvalidArgument(format!(
+                "batch size must be 1..={MAX_BATCH}, got {}",
+                config.batch_size
+            )));
+        }
+        for (what, v) in [
+            ("lr", config.lr),
+            ("momentum", config.momentum),
+            ("weight decay", config.weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "{what} must be finite and >= 0, got {v}"
+                )));
+            }
+        }
+        let d = dim + 1;
+        let batch = config.batch_size.min(n);
+        let spec = spec.clone().reduction(Reduction::WeightedMean);
+        let loss = ctx.softmax_xent(&spec)?;
+        ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            let x = with_bias_column(features, dim);
+            let labels32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+            let features_buf =
+                buffers::upload(ctx, "features", bytemuck::cast_slice(&x), U::STORAGE)?;
+            let labels_buf =
+                buffers::upload(ctx, "labels", bytemuck::cast_slice(&labels32), U::STORAGE)?;
+            let perm = buffers::storage(ctx, "perm", (n * 4) as u64, U::STORAGE | U::COPY_DST)?;
+            let zeros = vec![0.0f32; d * c];
+            let weights = buffers::upload(
+                ctx,
+                "weights",
+                bytemuck::cast_slice(&zeros),
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            )?;
+            let velocity = buffers::upload(
+                ctx,
+                "velocity",
+                bytemuck::cast_slice(&zeros),
+                U::STORAGE | U::COPY_DST,
+            )?;
+            let batch_features =
+                buffers::storage(ctx, "batch features", (batch * d * 4) as u64, U::STORAGE)?;
+            let batch_labels =
+                buffers::storage(ctx, "batch labels", (batch * 4) as u64, U::STORAGE)?;
+            let logits = buffers::storage(ctx, "batch logits", (batch * c * 4) as u64, U::STORAGE)?;
+            let grad = buffers::storage(ctx, "batch dlogits", (batch * c * 4) as u64, U::STORAGE)?;
+            let acc = buffers::storage(
+                ctx,
+                "running loss",
+                4,
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            )?;
+            let unused = buffers::storage(ctx, "unused", 4, U::STORAGE)?;
+            for (what, bytes) in [
+                ("training features", x.len() * 4),
+                ("batch features", batch * d * 4),
+            ] {
+                if bytes as u64 > ctx.limits().max_storage_buffer_binding_size {
+                    return Err(Error::TooLarge(format!(
+                        "{what}: {bytes} bytes exceed the storage binding limit of {}",
+                        ctx.limits().max_storage_buffer_binding_size
+                    )));
+                }
+            }
+            // Full batches of `batch` rows, then one shorter batch for the
+            // rest: every row is used every epoch.
+            let batches = n.div_ceil(batch);
+            let rest = n - (batches - 1) * batch;
+            let linear_layout = ctx.kernels().layout(Family::Linear);
+            let gather_layout = ctx.kernels().layout(Family::Gather);
+            let mut shapes = Vec::new();
+            let mut params = Vec::new();
+            for rows in if rest == batch {
+                vec![batch]
+            } else {
+                vec![batch, rest]
+            } {
+                let bound_loss = loss.bind(&LossBuffers {
+                    logits: &logits,
+                    labels: &batch_labels,
+                    rows,
+                    grad: GradOutput::Separate(&grad),
+                    upstream: UpstreamBuffer::One,
+                    row_loss: None,
+                })?;
+                let linear_params = buffers::param_slots(
+                    ctx,
+                    &[LinearParams {
+                        rows: rows as u32,
+                        dim: d as u32,
+                        classes: c as u32,
+                        flags: 0,
+                        lr: config.lr,
+                        momentum: config.momentum,
+                        weight_decay: config.weight_decay,
+                        _pad: 0,
+                    }],
+                )?;
+                let linear_group = buffers::bind_group(
+                    ctx,
+                    "linear",
+                    &linear_layout,
+                    vec![
+                        linear_params.slot(0),
+                        batch_features.as_entire_binding(),
+                        weights.as_entire_binding(),
+                        velocity.as_entire_binding(),
+                        grad.as_entire_binding(),
+                        unused.as_entire_binding(),
+                        logits.as_entire_binding(),
+                    ],
+                );
+                params.push(linear_params);
+                shapes.push(Shape {
+                    rows,
+                    bound_loss,
+                    linear_group,
+                });
+            }
+            let shape_of = |k: usize| {
+                if k + 1 == batches {
+                    shapes.len() - 1
+                } else {
+                    0
+                }
+            };
+            let gather_params = buffers::param_slots(
+                ctx,
+                &(0..batches)
+                    .map(|k| GatherParams {
+                        rows: shapes[shape_of(k)].rows as u32,
+                        dim: d as u32,
+                        start: (k * batch) as u32,
+                        _pad: 0,
+                    })
+                    .collect::<Vec<_>>(),
+            )?;
+            let steps = (0..batches)
+                .map(|k| {
+                    let group = buffers::bind_group(
+                        ctx,
+                        "gather",
+                        &gather_layout,
+                        vec![
+                            gather_params.slot(k),
+                            features_buf.as_entire_binding(),
+                            perm.as_entire_binding(),
+                            labels_buf.as_entire_binding(),
+                            batch_features.as_entire_binding(),
+                            batch_labels.as_entire_binding(),
+                            range(shapes[shape_of(k)].bound_loss.status(), 0, 12),
+                            acc.as_entire_binding(),
+                        ],
+                    );
+                    (group, shape_of(k))
+                })
+                .collect();
+            params.push(gather_params);
+            Ok(Self {
+                ctx: ctx.clone(),
+                rng: SplitMix(config.seed),
+                config,
+                loss,
+                shapes,
+                steps,
+                dim,
+                classes: c,
+                rows: n,
+                perm,
+                weights,
+                velocity,
+                acc,
+                _params: params,
+                _keep: vec![
+                    features_buf,
+                    labels_buf,
+                    batch_features,
+                    batch_labels,
+                    logits,
+                    grad,
+                    unused,
+                ],
+            })
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// One epoch: shuffle, then every full mini-batch (gather, logits, fused
+    /// loss forward+backward, SGD step) recorded into one encoder and
+    /// submitted once. Returns the mean of the batches' losses, the only
+    /// value read back.
+    pub fn epoch(&mut self) -> Result<f32> {
+        let mut order: Vec<u32> = (0..self.rows as u32).collect();
+        for i in (1..order.len()).rev() {
+            let j = (self.rng.next() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let ctx = &self.ctx;
+        let batches = self.steps.len();
+        ctx.scoped(|| {
+            ctx.queue()
+                .write_buffer(&self.perm, 0, bytemuck::cast_slice(&order));
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            encoder.clear_buffer(&self.acc, 0, None);
+            let gather = ctx.kernels().pipeline(Entry::Gather, 0);
+            let accumulate = ctx.kernels().pipeline(Entry::Accumulate, 0);
+            let forward = ctx.kernels().pipeline(Entry::LinearForward, 0);
+            let update = ctx.kernels().pipeline(Entry::LinearUpdate, 0);
+            let groups = |elements: usize| elements.div_ceil(WG).clamp(1, 65_535) as u32;
+            let (d, c) = (self.dim + 1, self.classes);
+            for (gather_group, shape) in &self.steps {
+                let shape = &self.shapes[*shape];
+                {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    pass.set_pipeline(&gather);
+                    pass.set_bind_group(0, gather_group, &[]);
+                    pass.dispatch_workgroups(groups(shape.rows * d), 1, 1);
+                    pass.set_pipeline(&forward);
+                    pass.set_bind_group(0, &shape.linear_group, &[]);
+                    pass.dispatch_workgroups(groups(shape.rows * c), 1, 1);
+                }
+                self.loss.record(&mut encoder, &shape.bound_loss);
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&update);
+                pass.set_bind_group(0, &shape.linear_group, &[]);
+                pass.dispatch_workgroups(groups(d * c), 1, 1);
+                pass.set_pipeline(&accumulate);
+                pass.set_bind_group(0, gather_group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+            ctx.queue().submit([encoder.finish()]);
+            let total = buffers::read_f32(ctx, &[(&self.acc, 0, 1)])?;
+            Ok(total[0][0] / batches.max(1) as f32)
+        })
+    }
+
+    /// All epochs; `progress(epoch, mean batch loss)` after each.
+    pub fn fit(&mut self, mut progress: impl FnMut(usize, f32)) -> Result<()> {
+        for epoch in 0..self.config.epochs {
+            let loss = self.epoch()?;
+            if !loss.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "training diverged at epoch {epoch} (loss {loss}); lower the learning rate"
+                )));
+            }
+            progress(epoch, loss);
+        }
+        Ok(())
+    }
+
+    /// The weights `(D + 1) x C`, row-major; the last row is the bias.
+    pub fn weights(&self) -> Result<Vec<f32>> {
+        let len = (self.dim + 1) * self.classes;
+        self.ctx.read_f32(&self.weights, 0, len)
+    }
+
+    /// Replace the weights (and reset the momentum), `(D + 1) x C`.
+    pub fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
+        let len = (self.dim + 1) * self.classes;
+        if weights.len() != len {
+            return Err(Error::ShapeMismatch {
+                what: "weights ((D + 1) x C)".into(),
+                expected: len,
+                got: weights.len(),
+            });
+        }
+        self.ctx
+            .queue()
+            .write_buffer(&self.weights, 0, bytemuck::cast_slice(weights));
+        self.ctx
+            .queue()
+            .write_buffer(&self.velocity, 0, bytemuck::cast_slice(&vec![0.0f32; len]));
+        Ok(())
+    }
+
+    /// `X W` for any `N x D` features, on the GPU.
+    pub fn logits(&self, features: &[f32]) -> Result<Vec<f32>> {
+        let n = check_features(features, self.dim, "features")?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let x = with_bias_column(features, self.dim);
+        let out = self.run_linear(&x, n, None, Entry::LinearForward)?;
+        Ok(out)
+    }
+
+    /// The gradient of the mean loss over this batch with respect to the
+    /// weights, `(D + 1) x C`, computed by the same kernels as training
+    /// (no step is taken). For checking against finite differences.
+    pub fn weight_gradient(&self, features: &[f32], labels: &[i64]) -> Result<Vec<f32>> {
+        let n = check_features(features, self.dim, "features")?;
+        if labels.len() != n || n == 0 || n > MAX_BATCH {
+            return Err(Error::ShapeMismatch {
+                what: "labels (rows, 1..=MAX_BATCH)".into(),
+                expected: n,
+                got: labels.len(),
+            });
+        }
+        let x = with_bias_column(features, self.dim);
+        let logits = self.run_linear(&x, n, None, Entry::LinearForward)?;
+        let out = self.loss.forward_backward(&logits, labels)?;
+        let grad = out.grad.unwrap_or_default();
+        self.run_linear(&x, n, Some(&grad), Entry::LinearUpdate)
+    }
+
+    /// One forward (`out = A W`) or gradient-only update (`wgrad = A^T G`).
+    fn run_linear(&self, a: &[f32], n: usize, g: Option<&[f32]>, entry: Entry) -> Result<Vec<f32>> {
+        let ctx = &self.ctx;
+        let (d, c) = (self.dim + 1, self.classes);
+        ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            let a_buf = buffers::upload(ctx, "features", bytemuck::cast_slice(a), U::STORAGE)?;
+            let g_buf = buffers::upload(
+                ctx,
+                "dlogits",
+                bytemuck::cast_slice(g.unwrap_or(&[])),
+                U::STORAGE,
+            )?;
+            let out_len = if entry == Entry::LinearForward {
+                n * c
+            } else {
+                d * c
+            };
+            let out = buffers::storage(ctx, "out", (out_len * 4) as u64, U::STORAGE | U::COPY_SRC)?;
+            let params = buffers::param_slots(
+                ctx,
+                &[LinearParams {
+                    rows: n as u32,
+                    dim: d as u32,
+                    classes: c as u32,
+                    flags: FLAG_WRITE_GRAD,
+                    lr: 0.0,
+                    momentum: 0.0,
+                    weight_decay: 0.0,
+                    _pad: 0,
+                }],
+            )?;
+            let unused = buffers::storage(ctx, "unused", 4, U::STORAGE)?;
+            let (wgrad, forward_out) = if entry == Entry::LinearForward {
+                (&unused, &out)
+            } else {
+                (&out, &unused)
+            };
+            let group = buffers::bind_group(
+                ctx,
+                "linear (host)",
+                &ctx.kernels().layout(Family::Linear),
+                vec![
+                    params.slot(0),
+                    a_buf.as_entire_binding(),
+                    self.weights.as_entire_binding(),
+                    self.velocity.as_entire_binding(),
+                    g_buf.as_entire_binding(),
+                    wgrad.as_entire_binding(),
+                    forward_out.as_entire_binding(),
+                ],
+            );
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&ctx.kernels().pipeline(entry, 0));
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(out_len.div_ceil(WG).clamp(1, 65_535) as u32, 1, 1);
+            }
+            ctx.queue().submit([encoder.finish()]);
+            Ok(buffers::read_f32(ctx, &[(&out, 0, out_len)])?.remove(0))
+        })
+    }
+}
+
+/// Per-feature standardisation fitted on training features: `(x - mean) / std`
+/// (a feature with zero spread is only centred).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standardizer {
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+}
+
+impl Standardizer {
+    /// Fit on `N x D` features.
+    pub fn fit(features: &[f32], dim: usize) -> Result<Self> {
+        let n = check_features(features, dim, "features")?;
+        if n == 0 {
+            return Err(Error::InvalidArgument(
+                "cannot standardise an empty set".into(),
+            ));
+        }
+        let mut mean = vec![0.0; dim];
+        for row in features.chunks(dim) {
+            for (m, &x) in mean.iter_mut().zip(row) {
+                *m += x as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        let mut var = vec![0.0; dim];
+        for row in features.chunks(dim) {
+            for ((v, &x), m) in var.iter_mut().zip(row).zip(&mean) {
+                *v += (x as f64 - m).powi(2);
+            }
+        }
+        let scale = var
+            .iter()
+            .map(|v| {
+                let sd = (v / n as f64).sqrt();
+                if sd > 0.0 {
+                    1.0 / sd
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        Ok(Self { mean, scale })
+    }
+
+    /// Apply to `N x D` features.
+    pub fn apply(&self, features: &[f32]) -> Result<Vec<f32>> {
+        let dim = self.mean.len();
+        check_features(features, dim, "features")?;
+        Ok(features
+            .chunks(dim)
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&self.mean)
+                    .zip(&self.scale)
+                    .map(|((&x, m), s)| ((x as f64 - m) * s) as f32)
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,214 @@
+//! The GPU trainer: its weight gradient against CPU finite differences, the
+//! same seed giving the same bits, and the paper's finding on synthetic data.
+
+mod common;
+
+use common::{contexts, name, Rng};
+use logit_adjust::synthetic::{exponential_profile, normal_cdf, GaussianMixture, Rng as DataRng};
+use logit_adjust::{reference, ClassPrior, LinearTrainer, LossSpec, Reduction, TrainConfig};
+
+/// The mean loss of `X W` (bias row last) in f64 on the CPU.
+fn cpu_loss(spec: &LossSpec, x: &[f32], labels: &[i64], w: &[f64], dim: usize) -> f64 {
+    let c = spec.classes();
+    let n = labels.len();
+    let logits: Vec<f32> = (0..n * c)
+        .map(|e| {
+            let (i, k) = (e / c, e % c);
+            let mut s = w[dim * c + k];
+            for d in 0..dim {
+                s += x[i * dim + d] as f64 * w[d * c + k];
+            }
+            s as f32
+        })
+        .collect();
+    reference::forward(spec, &logits, labels)
+        .unwrap()
+        .loss
+        .unwrap()
+}
+
+#[test]
+fn weight_gradient_matches_finite_differences() {
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, dim, c) = (40, 5, 4);
+    let x: Vec<f32> = (0..n * dim).map(|_| rng.range(-1.0, 1.0) as f32).collect();
+    let labels: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let prior = ClassPrior::from_counts(&[20.0, 10.0, 6.0, 4.0]).unwrap();
+    for spec in [
+        LossSpec::logit_adjusted(&prior, 1.0).unwrap(),
+        LossSpec::ldam(&prior),
+        LossSpec::balanced(&prior),
+    ] {
+        let spec = spec.reduction(Reduction::WeightedMean);
+        let w: Vec<f32> = (0..(dim + 1) * c)
+            .map(|_| rng.range(-0.5, 0.5) as f32)
+            .collect();
+        for ctx in contexts() {
+            let mut trainer =
+                LinearTrainer::new(ctx, &spec, &x, &labels, dim, TrainConfig::default()).unwrap();
+            trainer.set_weights(&w).unwrap();
+            let g = trainer.weight_gradient(&x, &labels).unwrap();
+            // Central differences in f64 around the same weights. The loss goes
+            // through f32 logits, so h is large enough to clear their rounding.
+            let h = 1e-2;
+            let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            for k in 0..w.len() {
+                let (mut plus, mut minus) = (w64.clone(), w64.clone());
+                plus[k] += h;
+                minus[k] -= h;
+                let fd = (cpu_loss(&spec, &x, &labels, &plus, dim)
+                    - cpu_loss(&spec, &x, &labels, &minus, dim))
+                    / (2.0 * h);
+                assert!(
+                    (fd - g[k] as f64).abs() < 2e-3 * fd.abs().max(0.1),
+                    "{} weight {k}: GPU {} vs finite difference {fd} (seed {seed})",
+                    name(ctx),
+                    g[k]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_weights() {
+    let mut rng = DataRng::new(Rng::fresh().seed());
+    let mixture = GaussianMixture::random(5, 6, 1.0, &mut rng);
+    let data = mixture.sample(&[300, 120, 50, 20, 9], &mut rng);
+    let prior = ClassPrior::from_counts(&[300.0, 120.0, 50.0, 20.0, 9.0]).unwrap();
+    let spec = LossSpec::logit_adjusted(&prior, 1.0).unwrap();
+    for ctx in contexts() {
+        let config = TrainConfig {
+            epochs: 3,
+            batch_size: 64,
+            seed: 7,
+            ..TrainConfig::default()
+        };
+        let run = |config: &TrainConfig| {
+            let mut t = LinearTrainer::new(
+                ctx,
+                &spec,
+                &data.features,
+                &data.labels,
+                data.dim,
+                config.clone(),
+            )
+            .unwrap();
+            t.fit(|_, _| {}).unwrap();
+            t.weights().unwrap()
+        };
+        let (a, b) = (run(&config), run(&config));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}",
+            name(ctx)
+        );
+        let other = run(&TrainConfig {
+            seed: 8,
+            ..config.clone()
+        });
+        assert_ne!(
+            a,
+            other,
+            "{}: the seed changes the shuffle, so the weights",
+            name(ctx)
+        );
+    }
+}
+
+fn balanced_error(ctx: &logit_adjust::Context, logits: &[f32], labels: &[i64], c: usize) -> f64 {
+    let uniform = ClassPrior::from_probabilities(&vec![1.0; c]).unwrap();
+    let p = ctx
+        .posthoc(&uniform, &[0.0])
+        .unwrap()
+        .predict(logits)
+        .unwrap();
+    ctx.class_counts(labels, c, &p)
+        .unwrap()
+        .report(0, None)
+        .unwrap()
+        .balanced_error
+}
+
+#[test]
+fn logit_adjustment_beats_erm_on_a_long_tail_and_reaches_bayes_on_two_gaussians() {
+    let seed = Rng::fresh().seed();
+    let mut rng = DataRng::new(seed);
+    let config = TrainConfig {
+        epochs: 20,
+        batch_size: 256,
+        lr: 0.1,
+        ..TrainConfig::default()
+    };
+    let (c, dim) = (10, 16);
+    let mixture = GaussianMixture::random(c, dim, 0.75, &mut rng);
+    let counts = exponential_profile(c, 5000, 100.0);
+    let train = mixture.sample(&counts, &mut rng);
+    let test = mixture.sample(&vec![1000; c], &mut rng);
+    let prior =
+        ClassPrior::from_counts(&counts.iter().map(|&n| n as f64).collect::<Vec<_>>()).unwrap();
+
+    let two = GaussianMixture {
+        means: vec![vec![-1.0, -1.0], vec![1.0, 1.0]],
+    };
+    let train2 = two.sample(&[9500, 500], &mut rng);
+    let test2 = two.sample(&[20_000, 20_000], &mut rng);
+    let prior2 = ClassPrior::from_counts(&[9500.0, 500.0]).unwrap();
+    let bayes2 = normal_cdf(-std::f64::consts::SQRT_2);
+
+    for ctx in contexts() {
+        let fit = |spec: &LossSpec,
+                   data: &logit_adjust::synthetic::Sample,
+                   test: &logit_adjust::synthetic::Sample,
+                   c: usize| {
+            let mut t = LinearTrainer::new(
+                ctx,
+                spec,
+                &data.features,
+                &data.labels,
+                data.dim,
+                config.clone(),
+            )
+            .unwrap();
+            t.fit(|_, _| {}).unwrap();
+            let logits = t.logits(&test.features).unwrap();
+            (balanced_error(ctx, &logits, &test.labels, c), logits)
+        };
+        let (erm, erm_logits) = fit(&LossSpec::cross_entropy(c), &train, &test, c);
+        let (la, _) = fit(
+            &LossSpec::logit_adjusted(&prior, 1.0).unwrap(),
+            &train,
+            &test,
+            c,
+        );
+        let p = ctx
+            .posthoc(&prior, &[1.0])
+            .unwrap()
+            .predict(&erm_logits)
+            .unwrap();
+        let posthoc = ctx
+            .class_counts(&test.labels, c, &p)
+            .unwrap()
+            .report(0, None)
+            .unwrap()
+            .balanced_error;
+        let what = format!(
+            "{} seed={seed}: ERM {erm:.4}, LA {la:.4}, post-hoc {posthoc:.4}",
+            name(ctx)
+        );
+        assert!(la <= 0.8 * erm && posthoc <= 0.8 * erm, "{what}");
+
+        let (la2, _) = fit(
+            &LossSpec::logit_adjusted(&prior2, 1.0).unwrap(),
+            &train2,
+            &test2,
+            2,
+        );
+        assert!(
+            (la2 - bayes2).abs() < 0.01,
+            "{}: two Gaussians: LA {la2:.4} vs Bayes {bayes2:.4} (seed {seed})",
+            name(ctx)
+        );
+    }
+}
