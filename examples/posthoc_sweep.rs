@@ -9,27 +9,12 @@
 //!
 //! Run: `cargo run --release --example posthoc_sweep`
 
+use logit_adjust::synthetic::Rng;
 use logit_adjust::{ClassPrior, Context};
-
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform().max(1e-300), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (c, d, rho, per_class_test) = (10usize, 4usize, 100.0f64, 2000usize);
-    let mut rng = SplitMix(7);
+    let mut rng = Rng::new(7);
     let means: Vec<Vec<f64>> = (0..c)
         .map(|_| (0..d).map(|_| 1.2 * rng.normal()).collect())
         .collect();

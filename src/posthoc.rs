@@ -337,62 +337,21 @@ impl PostHoc {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let ctx = &self.ctx;
+        let groups_max = self.ctx.limits().max_compute_workgroups_per_dimension as usize;
         let c = self.classes;
-        ctx.scoped(|| {
-            use wgpu::BufferUsages as U;
-            let logits_buf =
-                buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
-            let out = buffers::storage(
-                ctx,
-                "corrected",
-                (n * c * 4) as u64,
-                U::STORAGE | U::COPY_SRC,
-            )?;
-            let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-            let chunks = plan_chunks(ctx.limits(), n, (c * 4) as u64, usize::MAX)?;
-            let slots: Vec<Params> = chunks
-                .iter()
-                .map(|ch| Params {
-                    rows: ch.rows as u32,
-                    classes: c as u32,
-                    taus: self.taus.len() as u32,
-                    slices: 1,
-                    tau_index: tau_index as u32,
-                    k: 0,
-                    _pad: [0; 2],
-                })
-                .collect();
-            let params = buffers::param_slots(ctx, &slots)?;
-            let layout = ctx.kernels().layout(Family::PostHoc);
-            let groups: Vec<(wgpu::BindGroup, u32)> = chunks
-                .iter()
-                .enumerate()
-                .map(|(k, ch)| {
-                    let (bytes_at, bytes) = ((ch.start * c * 4) as u64, (ch.rows * c * 4) as u64);
-                    let group = buffers::bind_group(
-                        ctx,
-                        "corrected chunk",
-                        &layout,
-                        vec![
-                            params.slot(k),
-                            range(&logits_buf, bytes_at, bytes),
-                            self.adjust.as_entire_binding(),
-                            // `pred` is unused by `corrected`.
-                            self.unused.as_entire_binding(),
-                            range(&out, bytes_at, bytes),
-                        ],
-                    );
-                    (group, (ch.rows * c).div_ceil(WG).min(groups_max) as u32)
-                })
-                .collect();
-            let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            let pipeline = ctx.kernels().pipeline(Entry::Corrected, 0);
-            record_chunks(&mut encoder, "logit-adjust corrected", &pipeline, &groups);
-            ctx.queue().submit([encoder.finish()]);
-            let out = buffers::read_f32(ctx, &[(&out, 0, n * c)])?;
-            Ok(out.into_iter().next().unwrap_or_default())
-        })
+        self.run_rows(
+            logits,
+            n,
+            RowJob {
+                entry: Entry::Corrected,
+                per_row: c,
+                into_pred: false,
+                tau_index,
+                k: 0,
+                max_rows_per_dispatch: usize::MAX,
+                workgroups: &|rows| (rows * c).div_ceil(WG).min(groups_max) as u32,
+            },
+        )
     }
 }
 
@@ -423,14 +382,36 @@ impl PostHoc {
         if n == 0 {
             return Ok(Vec::new());
         }
+        let groups_max = self.ctx.limits().max_compute_workgroups_per_dimension as usize;
+        self.run_rows(
+            logits,
+            n,
+            RowJob {
+                entry: Entry::TopK,
+                per_row: k,
+                into_pred: true,
+                tau_index,
+                k,
+                max_rows_per_dispatch: groups_max,
+                workgroups: &|rows| rows as u32,
+            },
+        )
+    }
+
+    /// Upload `logits` (`n` rows), run `job.entry` over row chunks, and read
+    /// back its `job.per_row` 4-byte outputs per row.
+    fn run_rows<T: Pod>(&self, logits: &[f32], n: usize, job: RowJob) -> Result<Vec<T>> {
         let ctx = &self.ctx;
+        let c = self.classes;
+        let per_row = job.per_row as u64;
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;
             let logits_buf =
                 buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
-            let out = buffers::storage(ctx, "top_k", (n * k * 4) as u64, U::STORAGE | U::COPY_SRC)?;
-            let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-            let chunks = plan_chunks(ctx.limits(), n, (c.max(k) * 4) as u64, groups_max)?;
+            let out =
+                buffers::storage(ctx, "out", n as u64 * per_row * 4, U::STORAGE | U::COPY_SRC)?;
+            let row_bytes = (c.max(job.per_row) * 4) as u64;
+            let chunks = plan_chunks(ctx.limits(), n, row_bytes, job.max_rows_per_dispatch)?;
             let slots: Vec<Params> = chunks
                 .iter()
                 .map(|ch| Params {
@@ -438,8 +419,8 @@ impl PostHoc {
                     classes: c as u32,
                     taus: self.taus.len() as u32,
                     slices: 1,
-                    tau_index: tau_index as u32,
-                    k: k as u32,
+                    tau_index: job.tau_index as u32,
+                    k: job.k as u32,
                     _pad: [0; 2],
                 })
                 .collect();
@@ -450,29 +431,54 @@ impl PostHoc {
                 .enumerate()
                 .map(|(q, ch)| {
                     let (first, rows) = (ch.start as u64, ch.rows as u64);
+                    let out_range = range(&out, first * per_row * 4, rows * per_row * 4);
+                    let (pred, corrected) = if job.into_pred {
+                        (out_range, self.unused.as_entire_binding())
+                    } else {
+                        (self.unused.as_entire_binding(), out_range)
+                    };
                     let group = buffers::bind_group(
                         ctx,
-                        "top_k chunk",
+                        "posthoc rows",
                         &layout,
                         vec![
                             params.slot(q),
                             range(&logits_buf, first * c as u64 * 4, rows * c as u64 * 4),
                             self.adjust.as_entire_binding(),
-                            range(&out, first * k as u64 * 4, rows * k as u64 * 4),
-                            self.unused.as_entire_binding(),
+                            pred,
+                            corrected,
                         ],
                     );
-                    (group, ch.rows as u32)
+                    (group, (job.workgroups)(ch.rows))
                 })
                 .collect();
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            let pipeline = ctx.kernels().pipeline(Entry::TopK, 0);
-            record_chunks(&mut encoder, "logit-adjust top_k", &pipeline, &groups);
+            let pipeline = ctx.kernels().pipeline(job.entry, 0);
+            record_chunks(
+                &mut encoder,
+                "logit-adjust posthoc rows",
+                &pipeline,
+                &groups,
+            );
             ctx.queue().submit([encoder.finish()]);
-            let out = buffers::read::<u32>(ctx, &[(&out, 0, n * k)])?;
+            let out = buffers::read::<T>(ctx, &[(&out, 0, n * job.per_row)])?;
             Ok(out.into_iter().next().unwrap_or_default())
         })
     }
+}
+
+/// A per-row post-hoc job for [`PostHoc::run_rows`].
+struct RowJob<'a> {
+    entry: Entry,
+    /// 4-byte outputs per row.
+    per_row: usize,
+    /// Outputs go to the `pred` binding (u32), else to `corrected_out` (f32).
+    into_pred: bool,
+    tau_index: usize,
+    k: usize,
+    max_rows_per_dispatch: usize,
+    /// Workgroups for a chunk of this many rows.
+    workgroups: &'a dyn Fn(usize) -> u32,
 }
 
 /// One compute pass: `pipeline` dispatched once per `(bind group, workgroups)`.

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{Entry, Family};
 use crate::loss::{LossSpec, Reduction};
 use crate::softmax_xent::{BoundLoss, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer};
+use crate::synthetic::Rng;
 
 const WG: usize = 64;
 const FLAG_WRITE_GRAD: u32 = 1;
@@ -85,20 +86,6 @@ struct LinearParams {
     _pad: u32,
 }
 
-/// SplitMix64 for the per-epoch shuffle.
-#[derive(Debug)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Append the constant-1 feature that carries the bias.
 fn with_bias_column(features: &[f32], dim: usize) -> Vec<f32> {
     features
@@ -146,7 +133,7 @@ pub struct LinearTrainer {
     dim: usize,
     classes: usize,
     rows: usize,
-    rng: SplitMix,
+    rng: Rng,
     perm: wgpu::Buffer,
     weights: wgpu::Buffer,
     velocity: wgpu::Buffer,
@@ -353,7 +340,7 @@ impl LinearTrainer {
             params.push(gather_params);
             Ok(Self {
                 ctx: ctx.clone(),
-                rng: SplitMix(config.seed),
+                rng: Rng::new(config.seed),
                 config,
                 loss,
                 shapes,
@@ -391,7 +378,7 @@ impl LinearTrainer {
     pub fn epoch(&mut self) -> Result<f32> {
         let mut order: Vec<u32> = (0..self.rows as u32).collect();
         for i in (1..order.len()).rev() {
-            let j = (self.rng.next() % (i as u64 + 1)) as usize;
+            let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
         let ctx = &self.ctx;

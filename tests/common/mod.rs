@@ -35,8 +35,8 @@ pub fn name(ctx: &Context) -> String {
     format!("{} / {:?}", ctx.info().name, ctx.info().backend)
 }
 
-/// SplitMix64: small, seedable, good enough for test data.
-pub struct Rng(u64);
+/// Test data from the library's seedable generator, remembering its seed.
+pub struct Rng(logit_adjust::synthetic::Rng, u64);
 
 impl Rng {
     /// A fresh seed per call (time and a counter), or `LOGIT_ADJUST_SEED`.
@@ -55,28 +55,20 @@ impl Rng {
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             }
         };
-        Rng(seed)
-    }
-
-    pub fn seeded(seed: u64) -> Self {
-        Rng(seed)
+        Rng(logit_adjust::synthetic::Rng::new(seed), seed)
     }
 
     pub fn seed(&self) -> u64 {
-        self.0
+        self.1
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.uniform()
     }
 
     /// Uniform in [lo, hi).
