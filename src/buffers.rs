@@ -148,7 +148,7 @@ pub(crate) fn read_f32(
     read(ctx, regions)
 }
 
-/// Read back `(buffer, byte offset, element count)` regions of 4-byte
+/// Read back `(buffer, byte offset, element count)` regions of `T`
 /// elements, with one submission and one wait for all of them.
 pub(crate) fn read<T: bytemuck::Pod>(
     ctx: &Context,
@@ -158,7 +158,7 @@ pub(crate) fn read<T: bytemuck::Pod>(
     let mut encoder = device.create_command_encoder(&Default::default());
     let mut staging = Vec::with_capacity(regions.len());
     for &(buffer, offset, len) in regions {
-        let bytes = (len as u64) * 4;
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
         let stage = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("logit-adjust read-back"),
             size: bytes.max(4),
@@ -191,7 +191,9 @@ pub(crate) fn read<T: bytemuck::Pod>(
             .slice(..)
             .get_mapped_range()
             .map_err(|e| Error::Gpu(format!("reading back: {e}")))?;
-        out.push(bytemuck::pod_collect_to_vec::<u8, T>(&view[..len * 4]));
+        out.push(bytemuck::pod_collect_to_vec::<u8, T>(
+            &view[..len * std::mem::size_of::<T>()],
+        ));
         drop(view);
         stage.unmap();
     }

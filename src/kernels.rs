@@ -18,6 +18,8 @@ pub const METRICS_WGSL: &str = include_str!("../shaders/metrics.wgsl");
 pub const GATHER_WGSL: &str = include_str!("../shaders/gather.wgsl");
 /// `shaders/linear.wgsl`: the linear classifier's forward and SGD step.
 pub const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
+/// `shaders/baseline.wgsl`: the copy floor and the unfused sequence (bench only).
+pub const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
 
 /// A shader file and the bind-group layout its entry points share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,16 +30,18 @@ pub(crate) enum Family {
     Metrics,
     Gather,
     Linear,
+    Baseline,
 }
 
 impl Family {
-    const ALL: [Family; 6] = [
+    const ALL: [Family; 7] = [
         Family::SoftmaxXent,
         Family::LossReduce,
         Family::PostHoc,
         Family::Metrics,
         Family::Gather,
         Family::Linear,
+        Family::Baseline,
     ];
 
     fn source(self) -> (&'static str, &'static str) {
@@ -48,6 +52,7 @@ impl Family {
             Family::Metrics => ("metrics.wgsl", METRICS_WGSL),
             Family::Gather => ("gather.wgsl", GATHER_WGSL),
             Family::Linear => ("linear.wgsl", LINEAR_WGSL),
+            Family::Baseline => ("baseline.wgsl", BASELINE_WGSL),
         }
     }
 
@@ -67,6 +72,8 @@ impl Family {
             Family::Gather => &[true, true, true, false, false, true, false],
             // a, w, velocity, g_logits, wgrad, out
             Family::Linear => &[true, false, false, true, false, false],
+            // src, dst, a, b, out, labels
+            Family::Baseline => &[true, false, true, true, false, true],
         }
     }
 }
@@ -87,6 +94,13 @@ pub(crate) enum Entry {
     Accumulate,
     LinearForward,
     LinearUpdate,
+    CopyVec4,
+    ReadVec4,
+    AddBias,
+    LogSoftmax,
+    Nll,
+    NllBackward,
+    LogSoftmaxBackward,
 }
 
 impl Entry {
@@ -105,6 +119,13 @@ impl Entry {
             Entry::Accumulate => "accumulate",
             Entry::LinearForward => "forward",
             Entry::LinearUpdate => "update",
+            Entry::CopyVec4 => "copy_vec4",
+            Entry::ReadVec4 => "read_vec4",
+            Entry::AddBias => "add_bias",
+            Entry::LogSoftmax => "log_softmax",
+            Entry::Nll => "nll",
+            Entry::NllBackward => "nll_backward",
+            Entry::LogSoftmaxBackward => "log_softmax_bw",
         }
     }
 
@@ -119,6 +140,13 @@ impl Entry {
             Entry::ClassCounts => Family::Metrics,
             Entry::Gather | Entry::Accumulate => Family::Gather,
             Entry::LinearForward | Entry::LinearUpdate => Family::Linear,
+            Entry::CopyVec4
+            | Entry::ReadVec4
+            | Entry::AddBias
+            | Entry::LogSoftmax
+            | Entry::Nll
+            | Entry::NllBackward
+            | Entry::LogSoftmaxBackward => Family::Baseline,
         }
     }
 

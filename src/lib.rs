@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 mod buffers;
 mod context;
 mod error;

@@ -285,6 +285,11 @@ impl PostHoc {
         );
     }
 
+    /// Record the argmax into a compute pass the caller has open.
+    pub fn record_in_pass(&self, pass: &mut wgpu::ComputePass<'_>, bound: &BoundPostHoc) {
+        dispatch_chunks(pass, &bound.pipeline, &bound.chunks);
+    }
+
     /// Host convenience: predictions for every tau (`T x N`).
     pub fn predict(&self, logits: &[f32]) -> Result<Predictions> {
         let n = check_logits(logits, self.classes)?;
@@ -495,6 +500,15 @@ pub(crate) fn record_chunks(
         label: Some(label),
         timestamp_writes: None,
     });
+    dispatch_chunks(&mut pass, pipeline, chunks);
+}
+
+/// `pipeline` dispatched once per `(bind group, workgroups)` in an open pass.
+pub(crate) fn dispatch_chunks(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    chunks: &[(wgpu::BindGroup, u32)],
+) {
     pass.set_pipeline(pipeline);
     for (group, workgroups) in chunks {
         pass.set_bind_group(0, group, &[]);

@@ -153,8 +153,11 @@ pub struct SoftmaxXent {
     variant: Variant,
     workgroup_size: u32,
     class_params: wgpu::Buffer,
-    /// `[1.0]`: the default upstream, and the unused gradient binding.
+    /// `[1.0]`: the default upstream.
     one: wgpu::Buffer,
+    /// Stands in for the gradient binding when there is no separate gradient
+    /// (it is writable, so it cannot be `one`, which is bound read-only).
+    unused_grad: wgpu::Buffer,
 }
 
 impl Context {
@@ -187,6 +190,7 @@ impl SoftmaxXent {
                     bytemuck::bytes_of(&1.0f32),
                     wgpu::BufferUsages::STORAGE,
                 )?,
+                unused_grad: buffers::storage(ctx, "unused grad", 4, wgpu::BufferUsages::STORAGE)?,
             })
         })
     }
@@ -348,7 +352,7 @@ impl SoftmaxXent {
                 let (first, elems) = (ch.start as u64, rows * c as u64);
                 let grad = match b.grad {
                     GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
-                    _ => self.one.as_entire_binding(),
+                    _ => self.unused_grad.as_entire_binding(),
                 };
                 let upstream = match b.upstream {
                     UpstreamBuffer::One => self.one.as_entire_binding(),
@@ -394,15 +398,26 @@ impl SoftmaxXent {
     /// Record the run into `encoder`: normalizer, the row pass over every
     /// chunk, then the reduction. No host wait, no allocation.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, bound: &BoundLoss) {
-        let Some(reduce_group) = &bound.reduce_group else {
+        if bound.reduce_group.is_none() {
             // N = 0: denom 0, no bad labels, loss 0.
             encoder.clear_buffer(&bound.status, 0, None);
             return;
-        };
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("logit-adjust softmax_xent"),
             timestamp_writes: None,
         });
+        self.record_in_pass(&mut pass, bound);
+    }
+
+    /// Record the run's dispatches into a compute pass the caller has open
+    /// (e.g. an engine's own pass, or one with timestamp writes). With
+    /// `N = 0` this records nothing and leaves the status buffer as it was;
+    /// use [`SoftmaxXent::record`] to have it cleared.
+    pub fn record_in_pass(&self, pass: &mut wgpu::ComputePass<'_>, bound: &BoundLoss) {
+        let Some(reduce_group) = &bound.reduce_group else {
+            return;
+        };
         pass.set_pipeline(&bound.normalizer);
         pass.set_bind_group(0, reduce_group, &[]);
         pass.dispatch_workgroups(1, 1, 1);

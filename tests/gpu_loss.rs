@@ -440,6 +440,57 @@ fn same_input_same_bits() {
 }
 
 #[test]
+fn device_forward_and_in_place_with_the_default_upstream() {
+    // GradOutput::None / InPlace with UpstreamBuffer::One must not bind one
+    // buffer both writable and read-only.
+    let mut rng = Rng::fresh();
+    let (n, c) = (50, 300);
+    let spec = LossSpec::cross_entropy(c).reduction(Reduction::Mean);
+    let logits = rng.logits(n * c, 5.0);
+    let labels = rng.labels(n, c, 0.1, -100);
+    let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
+    for ctx in contexts() {
+        for variant in VARIANTS {
+            let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
+            let l32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+            let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&l32));
+            for in_place in [false, true] {
+                let logits_buf = init(ctx, "logits", bytemuck::cast_slice(&logits));
+                let bound = op
+                    .bind(&LossBuffers {
+                        logits: &logits_buf,
+                        labels: &labels_buf,
+                        rows: n,
+                        grad: if in_place {
+                            GradOutput::InPlace
+                        } else {
+                            GradOutput::None
+                        },
+                        upstream: UpstreamBuffer::One,
+                        row_loss: None,
+                    })
+                    .unwrap();
+                let mut encoder = ctx.device().create_command_encoder(&Default::default());
+                op.record(&mut encoder, &bound);
+                ctx.queue().submit([encoder.finish()]);
+                let loss = ctx.read_f32(bound.status(), 8, 1).unwrap()[0] as f64;
+                assert!(
+                    (loss - want.loss.unwrap()).abs() < 1e-5,
+                    "{} {variant:?} in_place={in_place}",
+                    name(ctx)
+                );
+                let after = ctx.read_f32(&logits_buf, 0, n * c).unwrap();
+                if in_place {
+                    assert!(worst(&after, want.grad.as_ref().unwrap(), |_| 1e-6).is_none());
+                } else {
+                    assert_eq!(after, logits, "forward must not touch the logits");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn bind_once_record_many() {
     let mut rng = Rng::fresh();
     let (n, c) = (100, 64);

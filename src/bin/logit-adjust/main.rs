@@ -1,5 +1,6 @@
 //! `logit-adjust`: the command-line tool over the library.
 
+mod bench;
 mod demo;
 mod info;
 mod loss;
@@ -22,6 +23,9 @@ enum Command {
     /// The paper end to end on built-in synthetic long-tailed data, trained
     /// on the GPU (the default when no command is given).
     Demo,
+    /// Time the kernels against a shader copy, the driver's copy and the
+    /// unfused sequence, on the current adapter.
+    Bench(bench::BenchArgs),
     /// List every adapter wgpu sees and what the kernels can use on it.
     Info {
         /// Print one JSON object.
@@ -42,6 +46,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo) {
         Command::Demo => demo::run(),
+        Command::Bench(args) => bench::run(&args),
         Command::Info { json } => info::run(json),
         Command::Loss(args) => loss::run(&args),
         Command::Posthoc(args) => posthoc::run(&args),
