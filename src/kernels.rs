@@ -83,6 +83,7 @@ impl Family {
 pub(crate) enum Entry {
     XentRowPerGroup,
     XentRowPerThread,
+    XentRowCached,
     Normalizer,
     Finalize,
     ArgmaxRowPerThread,
@@ -108,6 +109,7 @@ impl Entry {
         match self {
             Entry::XentRowPerGroup => "xent_row_per_group",
             Entry::XentRowPerThread => "xent_row_per_thread",
+            Entry::XentRowCached => "xent_row_cached",
             Entry::Normalizer => "normalizer",
             Entry::Finalize => "finalize",
             Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
@@ -131,7 +133,9 @@ impl Entry {
 
     pub(crate) fn family(self) -> Family {
         match self {
-            Entry::XentRowPerGroup | Entry::XentRowPerThread => Family::SoftmaxXent,
+            Entry::XentRowPerGroup | Entry::XentRowPerThread | Entry::XentRowCached => {
+                Family::SoftmaxXent
+            }
             Entry::Normalizer | Entry::Finalize => Family::LossReduce,
             Entry::ArgmaxRowPerThread
             | Entry::ArgmaxRowPerGroup

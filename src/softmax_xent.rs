@@ -38,9 +38,20 @@ pub enum Variant {
     Auto,
     /// One thread per row; no barriers.
     RowPerThread,
-    /// One workgroup per row, partials reduced in workgroup memory.
+    /// One workgroup per row, partials reduced in workgroup memory; the row
+    /// is read twice.
     RowPerGroup,
+    /// One workgroup per row with the row held in registers: one read of the
+    /// logits, one write of the gradient. Up to [`ROW_CACHED_MAX_CLASSES`]
+    /// on adapters with 1024 invocations per workgroup.
+    RowCached,
 }
+
+/// Values of the row each thread of the row-cached layout holds (`CACHE4 * 4`
+/// in the shader).
+const ROW_CACHED_PER_THREAD: usize = 64;
+/// The largest `C` the row-cached layout takes: 1024 threads x 64 values.
+pub const ROW_CACHED_MAX_CLASSES: usize = 1024 * ROW_CACHED_PER_THREAD;
 
 /// Element type of the logits and gradient buffers. Only f32 today; f16 and
 /// bf16 will be further variants with their own pipelines, same API.
@@ -214,14 +225,39 @@ impl SoftmaxXent {
         &self.spec
     }
 
+    /// The largest `C` the row-cached layout takes on this device.
+    fn row_cached_capacity(&self) -> usize {
+        let invocations = self
+            .ctx
+            .limits()
+            .max_compute_invocations_per_workgroup
+            .min(1024);
+        // The largest power of two within the limit.
+        let wg = 1usize << (31 - invocations.max(1).leading_zeros());
+        wg * ROW_CACHED_PER_THREAD
+    }
+
     /// The layout the row pass will use for this `C`.
     pub fn resolved_variant(&self) -> Variant {
+        let c = self.spec.classes();
         match self.variant {
-            Variant::Auto if self.spec.classes() <= ROW_PER_THREAD_AUTO_MAX_CLASSES => {
-                Variant::RowPerThread
-            }
+            Variant::Auto if c <= ROW_PER_THREAD_AUTO_MAX_CLASSES => Variant::RowPerThread,
+            Variant::Auto if c <= self.row_cached_capacity() => Variant::RowCached,
             Variant::Auto => Variant::RowPerGroup,
             v => v,
+        }
+    }
+
+    /// Threads per workgroup for `variant`: the row-cached layout grows its
+    /// workgroup with `C` so each thread holds at most 64 values.
+    fn workgroup_size_for(&self, variant: Variant) -> u32 {
+        match variant {
+            Variant::RowCached => {
+                let need = self.spec.classes().div_ceil(ROW_CACHED_PER_THREAD);
+                need.next_power_of_two()
+                    .clamp(self.workgroup_size as usize, 1024) as u32
+            }
+            _ => self.workgroup_size,
         }
     }
 
@@ -282,7 +318,13 @@ impl SoftmaxXent {
         }
 
         let variant = self.resolved_variant();
-        let wg = self.workgroup_size;
+        let wg = self.workgroup_size_for(variant);
+        if variant == Variant::RowCached && c > self.row_cached_capacity() {
+            return Err(Error::TooLarge(format!(
+                "{c} classes: the row-cached layout holds at most {} on this device",
+                self.row_cached_capacity()
+            )));
+        }
         let trips = match variant {
             Variant::RowPerThread if c > ROW_PER_THREAD_MAX_CLASSES => usize::MAX,
             Variant::RowPerThread => 2 * c,
@@ -379,6 +421,7 @@ impl SoftmaxXent {
             .collect();
         let xent_entry = match variant {
             Variant::RowPerThread => Entry::XentRowPerThread,
+            Variant::RowCached => Entry::XentRowCached,
             _ => Entry::XentRowPerGroup,
         };
         Ok(BoundLoss {

@@ -8,11 +8,16 @@ mod common;
 use common::{contexts, max_abs, name, worst, Rng};
 use logit_adjust::{
     reference, ClassPrior, Context, GradOutput, LossBuffers, LossOutput, LossSpec, Reduction,
-    SoftmaxXent, Upstream, UpstreamBuffer, Variant, ROW_PER_THREAD_MAX_CLASSES,
+    SoftmaxXent, Upstream, UpstreamBuffer, Variant, ROW_CACHED_MAX_CLASSES,
+    ROW_PER_THREAD_MAX_CLASSES,
 };
 use wgpu::util::DeviceExt;
 
-const VARIANTS: [Variant; 2] = [Variant::RowPerThread, Variant::RowPerGroup];
+const VARIANTS: [Variant; 3] = [
+    Variant::RowPerThread,
+    Variant::RowPerGroup,
+    Variant::RowCached,
+];
 const REDUCTIONS: [Reduction; 4] = [
     Reduction::None,
     Reduction::Sum,
@@ -25,6 +30,7 @@ fn variants_for(c: usize) -> impl Iterator<Item = Variant> {
     VARIANTS
         .into_iter()
         .filter(move |&v| v != Variant::RowPerThread || c <= ROW_PER_THREAD_MAX_CLASSES)
+        .filter(move |&v| v != Variant::RowCached || c <= ROW_CACHED_MAX_CLASSES)
 }
 
 fn poisoned(ctx: &Context, label: &str, len: usize) -> wgpu::Buffer {
