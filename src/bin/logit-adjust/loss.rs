@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use logit_adjust::{reference, ClassPrior, Context, LossOutput, LossSpec, Reduction};
+use logit_adjust::{reference, Context, LossOutput, LossSpec, Reduction};
 use serde_json::json;
 
-use crate::npy;
+use crate::{inputs, npy};
 
 /// Arguments of `loss`.
 #[derive(Debug, clap::Args)]
@@ -53,31 +53,12 @@ pub struct LossArgs {
 }
 
 pub fn run(a: &LossArgs) -> Result<(), String> {
-    let (n, c, logits) = npy::read_logits(&a.logits, "logits")?;
-    let labels = npy::read_labels(&a.labels, "labels")?;
-    if labels.len() != n {
-        return Err(format!(
-            "shape mismatch: logits have {n} rows but labels have {}",
-            labels.len()
-        ));
-    }
-    let prior = match (&a.class_counts, &a.prior) {
-        (Some(path), _) => {
-            let counts = npy::read_vector(path, "class counts", true)?;
-            ClassPrior::from_counts_smoothed(&counts, a.count_smoothing)
-        }
-        (None, Some(path)) => {
-            ClassPrior::from_probabilities(&npy::read_vector(path, "prior", false)?)
-        }
-        (None, None) => unreachable!("clap requires one prior source"),
-    }
-    .map_err(|e| e.to_string())?;
-    if prior.classes() != c {
-        return Err(format!(
-            "shape mismatch: logits have {c} classes but the prior has {}",
-            prior.classes()
-        ));
-    }
+    let (n, c, logits, labels) = inputs::read_batch(&a.logits, &a.labels)?;
+    let counts = match &a.class_counts {
+        Some(path) => Some(npy::read_vector(path, "class counts", true)?),
+        None => None,
+    };
+    let prior = inputs::prior(counts.as_deref(), a.count_smoothing, a.prior.as_deref(), c)?;
     let reduction: Reduction = a
         .reduction
         .parse()

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod info;
+mod inputs;
 mod loss;
 mod npy;
 mod posthoc;

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use logit_adjust::{check_labels, check_logits, reference, ClassPrior, Context, MAX_TAUS};
+use logit_adjust::{check_labels, check_logits, reference, Context, MAX_TAUS};
 use serde_json::json;
 
-use crate::npy;
+use crate::{inputs, npy};
 
 /// Arguments of `posthoc`.
 #[derive(Debug, clap::Args)]
@@ -84,14 +84,7 @@ pub fn run(a: &PostHocArgs) -> Result<(), String> {
         (_, _, Some(r)) => parse_range(r)?,
         _ => vec![1.0],
     };
-    let (n, c, logits) = npy::read_logits(&a.logits, "logits")?;
-    let labels = npy::read_labels(&a.labels, "labels")?;
-    if labels.len() != n {
-        return Err(format!(
-            "shape mismatch: logits have {n} rows but labels have {}",
-            labels.len()
-        ));
-    }
+    let (n, c, logits, labels) = inputs::read_batch(&a.logits, &a.labels)?;
     if n == 0 {
         return Err("no evaluation rows: the logits are empty".into());
     }
@@ -123,28 +116,7 @@ pub fn run(a: &PostHocArgs) -> Result<(), String> {
         }
         (None, None) => None,
     };
-    let prior = match (&train_counts, &a.prior) {
-        (Some(counts), _) => {
-            if counts.len() != c {
-                return Err(format!(
-                    "shape mismatch: logits have {c} classes but the counts have {}",
-                    counts.len()
-                ));
-            }
-            ClassPrior::from_counts(counts)
-        }
-        (None, Some(path)) => {
-            ClassPrior::from_probabilities(&npy::read_vector(path, "prior", false)?)
-        }
-        (None, None) => unreachable!("clap requires one prior source"),
-    }
-    .map_err(|e| e.to_string())?;
-    if prior.classes() != c {
-        return Err(format!(
-            "shape mismatch: logits have {c} classes but the prior has {}",
-            prior.classes()
-        ));
-    }
+    let prior = inputs::prior(train_counts.as_deref(), 0.0, a.prior.as_deref(), c)?;
 
     let (predictions, counts, adapter, backend) = match &ctx {
         Some(ctx) => {

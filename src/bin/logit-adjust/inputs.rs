@@ -1,0 +1,49 @@
+//! Inputs the commands share: a batch of logits with its labels, and the
+//! class prior from training counts or from probabilities.
+
+use std::path::Path;
+
+use logit_adjust::ClassPrior;
+
+use crate::npy;
+
+/// Logits `(N, C)` and labels `(N,)`: `(n, c, logits, labels)`.
+pub fn read_batch(
+    logits: &Path,
+    labels: &Path,
+) -> Result<(usize, usize, Vec<f32>, Vec<i64>), String> {
+    let (n, c, logits) = npy::read_logits(logits, "logits")?;
+    let labels = npy::read_labels(labels, "labels")?;
+    if labels.len() != n {
+        return Err(format!(
+            "shape mismatch: logits have {n} rows but labels have {}",
+            labels.len()
+        ));
+    }
+    Ok((n, c, logits, labels))
+}
+
+/// The prior of `c` classes from training counts (with additive smoothing
+/// `a`) or else from a probabilities file.
+pub fn prior(
+    counts: Option<&[f64]>,
+    smoothing: f64,
+    probabilities: Option<&Path>,
+    c: usize,
+) -> Result<ClassPrior, String> {
+    let prior = match (counts, probabilities) {
+        (Some(counts), _) => ClassPrior::from_counts_smoothed(counts, smoothing),
+        (None, Some(path)) => {
+            ClassPrior::from_probabilities(&npy::read_vector(path, "prior", false)?)
+        }
+        (None, None) => return Err("no class prior: pass class counts or a prior".into()),
+    }
+    .map_err(|e| e.to_string())?;
+    if prior.classes() != c {
+        return Err(format!(
+            "shape mismatch: logits have {c} classes but the prior has {}",
+            prior.classes()
+        ));
+    }
+    Ok(prior)
+}
