@@ -23,7 +23,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Every GPU result is checked against [`reference`], an f64 CPU path with
+//! Every GPU result is checked against [`reference`](mod@reference), an f64 CPU path with
 //! the same function shapes.
 
 #![warn(missing_docs)]
