@@ -70,7 +70,10 @@ fn parse_range(text: &str) -> Result<Vec<f64>, String> {
             steps + 1
         ));
     }
-    Ok((0..=steps).map(|k| a + k as f64 * s).collect())
+    // Rounded to 12 decimals, so 0:3:0.05 lists 2.55, not 2.5500000000000003.
+    Ok((0..=steps)
+        .map(|k| ((a + k as f64 * s) * 1e12).round() / 1e12)
+        .collect())
 }
 
 fn opt(x: Option<f64>) -> String {
