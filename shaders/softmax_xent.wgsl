@@ -45,9 +45,9 @@ struct Params {
     ignore_index: i32,
     flags: u32,         // FLAG_* below
     smoothing: f32,     // eps in [0, 1)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    seg_threads: u32,   // xent_row_segments: threads per row P (a power of two)
+    seg_len: u32,       // xent_row_segments: classes per thread L (a multiple of 4)
+    _pad: u32,
 }
 
 const FLAG_WRITE_GRAD: u32 = 1u;        // forward+backward, else forward only
@@ -56,7 +56,9 @@ const FLAG_UPSTREAM_PER_ROW: u32 = 4u;  // upstream holds g_i per row, else one 
 
 const LOWEST: f32 = -3.4028235e38;
 const MAX_WG: u32 = 1024u;
-const CACHE4: u32 = 16u;       // vec4s of the row each thread of xent_row_cached holds
+const CACHE4: u32 = 16u;
+const SEG_CACHE4: u32 = 256u;  // vec4s of its segment each thread of xent_row_segments holds
+const BIAS_TABLE_CLASSES: u32 = 16384u;       // vec4s of the row each thread of xent_row_cached holds
 
 override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
 
@@ -72,6 +74,10 @@ override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
 @group(0) @binding(6) var<storage, read> upstream: array<f32>;
 // [denom] written by loss_reduce.wgsl's normalizer
 @group(0) @binding(7) var<storage, read> norm: array<f32>;
+// b_0..b_{C-1} again, zero-padded to 64 KiB, for xent_row_segments when
+// C <= BIAS_TABLE_CLASSES: on lavapipe a uniform-buffer read is a vector
+// gather or a scalar broadcast, a storage read a per-lane loop.
+@group(0) @binding(8) var<uniform> bias_table: array<vec4<f32>, 4096>;
 
 var<workgroup> wg_label: i32;
 var<workgroup> red_max: array<f32, MAX_WG>;
@@ -376,4 +382,192 @@ fn xent_row_cached(
             }
         }
     }
+}
+
+// b_c .. b_{c+3} for a vec4 starting at class c (c % 4 == 0).
+fn bias4(c: u32, table: bool) -> vec4<f32> {
+    if (table) {
+        return bias_table[c / 4u];
+    }
+    let last = params.classes - 1u;
+    return vec4(class_params[min(c, last)], class_params[min(c + 1u, last)],
+                class_params[min(c + 2u, last)], class_params[min(c + 3u, last)]);
+}
+
+// Tree over the P = seg_threads partials of each row: lane `lane` of the row
+// whose partials start at `first`. Every thread of the workgroup runs the
+// same trip count (P is uniform), so the barriers are in uniform control flow.
+fn segments_max_zsum(tid: u32, lane: u32, first: u32, m: f32, z_sum: f32) -> vec2<f32> {
+    red_max[tid] = m;
+    red_zsum[tid] = z_sum;
+    // Barrier: every partial is stored before the tree reads it.
+    workgroupBarrier();
+    for (var stride = params.seg_threads / 2u; stride > 0u; stride >>= 1u) {
+        if (lane < stride) {
+            red_max[tid] = max(red_max[tid], red_max[tid + stride]);
+            red_zsum[tid] += red_zsum[tid + stride];
+        }
+        // Barrier: one level's results are complete before the next reads them.
+        workgroupBarrier();
+    }
+    return vec2(red_max[first], red_zsum[first]);
+}
+
+fn segments_sum(tid: u32, lane: u32, first: u32, s: f32) -> f32 {
+    red_sum[tid] = s;
+    // Barrier: every partial is stored before the tree reads it.
+    workgroupBarrier();
+    for (var stride = params.seg_threads / 2u; stride > 0u; stride >>= 1u) {
+        if (lane < stride) {
+            red_sum[tid] += red_sum[tid + stride];
+        }
+        // Barrier: one level's sums are complete before the next reads them.
+        workgroupBarrier();
+    }
+    return red_sum[first];
+}
+
+fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool) {
+    let p = params.seg_threads;
+    let lane = tid % p;
+    let first = tid - lane;
+    let row_unclamped = wid * (WG_SIZE / p) + tid / p;
+    let valid = row_unclamped < params.rows;
+    let row = min(row_unclamped, params.rows - 1u);
+    let c_len = params.classes;
+    let base = row * c_len;
+    let t = target_of(labels[row]);
+    // This thread's segment [c0, c1): contiguous, so each thread walks its
+    // own stretch of memory and b_c is read as one vec4 per four classes.
+    let c0 = min(lane * params.seg_len, c_len);
+    let c1 = min(c0 + params.seg_len, c_len);
+    let trips = (c1 - c0 + 3u) / 4u;
+    let last = max(c1, 1u) - 1u;
+    var cache: array<vec4<f32>, SEG_CACHE4>;
+    var m4 = vec4(LOWEST);
+    var zs4 = vec4(0.0);
+    for (var k = 0u; k < trips; k++) {
+        let c = c0 + 4u * k;
+        let cs = vec4(c, c + 1u, c + 2u, c + 3u);
+        let inside = cs < vec4(c1);
+        // Clamped loads: past the segment's end re-read its last element,
+        // masked to LOWEST below, so there is no branch per element.
+        let x = vec4(logits[base + min(cs.x, last)], logits[base + min(cs.y, last)],
+                     logits[base + min(cs.z, last)], logits[base + min(cs.w, last)]);
+        let z = x + bias4(c, table) - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
+        let zm = select(vec4(LOWEST), z, inside);
+        cache[k] = zm;
+        m4 = max(m4, zm);
+        zs4 += select(vec4(0.0), z, inside);
+    }
+    var m = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    var z_sum = zs4.x + zs4.y + zs4.z + zs4.w;
+    if (p > 1u) {
+        let mz = segments_max_zsum(tid, lane, first, m, z_sum);
+        m = mz.x;
+        z_sum = mz.y;
+    }
+    var s4 = vec4(0.0);
+    for (var k = 0u; k < trips; k++) {
+        let e = exp(cache[k] - vec4(m));
+        cache[k] = e;
+        s4 += e;
+    }
+    var s = s4.x + s4.y + s4.z + s4.w;
+    if (p > 1u) {
+        s = segments_sum(tid, lane, first, s);
+    }
+    if (!valid) {
+        return;
+    }
+    if (lane == 0u) {
+        var l = 0.0;
+        if (t.bad) {
+            l = nan();
+        } else if (!t.ignored) {
+            l = row_loss_of(t, m + log(s), adjusted(base, t.y, t), z_sum);
+        }
+        row_loss[row] = l;
+    }
+    if ((params.flags & FLAG_WRITE_GRAD) == 0u) {
+        return;
+    }
+    let scale = grad_scale(row, t);
+    let inv_s = 1.0 / s;
+    let fill = select(0.0, nan(), t.bad);
+    let dead = t.bad || t.ignored;
+    // The destination is a compile-time choice (one entry point each):
+    // lavapipe runs both sides of a branch under a mask, and even a branch
+    // around the whole loop measured 25% slower at C = 1000.
+    if (in_place) {
+        for (var k = 0u; k < trips; k++) {
+            let c = c0 + 4u * k;
+            let g = segment_grad(cache[k], c, t, scale, inv_s, fill, dead);
+            logits[base + c] = g.x;
+            if (c + 1u < c1) {
+                logits[base + c + 1u] = g.y;
+            }
+            if (c + 2u < c1) {
+                logits[base + c + 2u] = g.z;
+            }
+            if (c + 3u < c1) {
+                logits[base + c + 3u] = g.w;
+            }
+        }
+    } else {
+        for (var k = 0u; k < trips; k++) {
+            let c = c0 + 4u * k;
+            let g = segment_grad(cache[k], c, t, scale, inv_s, fill, dead);
+            grad[base + c] = g.x;
+            if (c + 1u < c1) {
+                grad[base + c + 1u] = g.y;
+            }
+            if (c + 2u < c1) {
+                grad[base + c + 2u] = g.z;
+            }
+            if (c + 3u < c1) {
+                grad[base + c + 3u] = g.w;
+            }
+        }
+    }
+}
+
+// scale * (p_c - q_c) for the four classes from c, from their cached exps.
+fn segment_grad(e: vec4<f32>, c: u32, t: Target, scale: f32, inv_s: f32, fill: f32, dead: bool) -> vec4<f32> {
+    let q_other = params.smoothing / f32(params.classes);
+    let q_true = 1.0 - params.smoothing + q_other;
+    let q = select(vec4(q_other), vec4(q_true), vec4(c, c + 1u, c + 2u, c + 3u) == vec4(t.y));
+    return select(scale * (e * inv_s - q), vec4(fill), dead);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, true, false);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments_in_place(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, true, true);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments_wide(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, false, false);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments_wide_in_place(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, false, true);
 }

@@ -12,6 +12,9 @@ const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::SHADER_F16);
 
+/// Bytes of one uniform binding the loss pass needs (its 64 KiB `b` table).
+const UNIFORM_BINDING_NEEDED: u64 = 64 << 10;
+
 /// Storage buffers the loss pass binds at once.
 const STORAGE_BUFFERS_NEEDED: u32 = 7;
 
@@ -127,6 +130,13 @@ impl Context {
             return Err(Error::UnsupportedAdapter(format!(
                 "{}: the device allows {} storage buffers per shader stage, the kernels need {}",
                 info.name, limits.max_storage_buffers_per_shader_stage, STORAGE_BUFFERS_NEEDED
+            )));
+        }
+        if limits.max_uniform_buffer_binding_size < UNIFORM_BINDING_NEEDED {
+            return Err(Error::UnsupportedAdapter(format!(
+                "{}: the device binds at most {} bytes of uniform buffer, the kernels need {} \
+                 (WebGPU's default limit)",
+                info.name, limits.max_uniform_buffer_binding_size, UNIFORM_BINDING_NEEDED
             )));
         }
         let features = device.features();

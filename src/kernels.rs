@@ -56,6 +56,16 @@ impl Family {
         }
     }
 
+    /// Uniform bindings after the storage ones (binding numbers), besides
+    /// binding 0's `params`.
+    fn table_bindings(self) -> &'static [u32] {
+        match self {
+            // bias_table: b in a 64 KiB uniform buffer
+            Family::SoftmaxXent => &[8],
+            _ => &[],
+        }
+    }
+
     /// Binding 0 is the uniform `params`; then storage buffers, `true` for
     /// read-only. Mirrors the WGSL declarations.
     fn storage_bindings(self) -> &'static [bool] {
@@ -84,6 +94,10 @@ pub(crate) enum Entry {
     XentRowPerGroup,
     XentRowPerThread,
     XentRowCached,
+    XentRowSegments,
+    XentRowSegmentsInPlace,
+    XentRowSegmentsWide,
+    XentRowSegmentsWideInPlace,
     Normalizer,
     Finalize,
     ArgmaxRowPerThread,
@@ -110,6 +124,10 @@ impl Entry {
             Entry::XentRowPerGroup => "xent_row_per_group",
             Entry::XentRowPerThread => "xent_row_per_thread",
             Entry::XentRowCached => "xent_row_cached",
+            Entry::XentRowSegments => "xent_row_segments",
+            Entry::XentRowSegmentsInPlace => "xent_row_segments_in_place",
+            Entry::XentRowSegmentsWide => "xent_row_segments_wide",
+            Entry::XentRowSegmentsWideInPlace => "xent_row_segments_wide_in_place",
             Entry::Normalizer => "normalizer",
             Entry::Finalize => "finalize",
             Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
@@ -133,9 +151,13 @@ impl Entry {
 
     pub(crate) fn family(self) -> Family {
         match self {
-            Entry::XentRowPerGroup | Entry::XentRowPerThread | Entry::XentRowCached => {
-                Family::SoftmaxXent
-            }
+            Entry::XentRowPerGroup
+            | Entry::XentRowPerThread
+            | Entry::XentRowCached
+            | Entry::XentRowSegments
+            | Entry::XentRowSegmentsInPlace
+            | Entry::XentRowSegmentsWide
+            | Entry::XentRowSegmentsWideInPlace => Family::SoftmaxXent,
             Entry::Normalizer | Entry::Finalize => Family::LossReduce,
             Entry::ArgmaxRowPerThread
             | Entry::ArgmaxRowPerGroup
@@ -206,6 +228,9 @@ impl Built {
                         i as u32 + 1,
                         wgpu::BufferBindingType::Storage { read_only },
                     ));
+                }
+                for &binding in family.table_bindings() {
+                    entries.push(layout_entry(binding, wgpu::BufferBindingType::Uniform));
                 }
                 let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
                     label: Some(label),

@@ -52,7 +52,7 @@ pub use posthoc::{
 };
 pub use prior::{count_labels, ClassPrior};
 pub use softmax_xent::{
-    BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,
-    ROW_CACHED_MAX_CLASSES, ROW_PER_THREAD_MAX_CLASSES,
+    segment_plan, BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,
+    BIAS_TABLE_CLASSES, ROW_CACHED_MAX_CLASSES, ROW_PER_THREAD_MAX_CLASSES, SEGMENT_MAX_CLASSES,
 };
 pub use train::{LinearTrainer, Standardizer, TrainConfig, MAX_BATCH};

@@ -45,6 +45,32 @@ pub enum Variant {
     /// logits, one write of the gradient. Up to [`ROW_CACHED_MAX_CLASSES`]
     /// on adapters with 1024 invocations per workgroup.
     RowCached,
+    /// Each row split into `P` contiguous segments of at most
+    /// [`SEGMENT_MAX_CLASSES`], one thread each, held in registers: one read,
+    /// one write, `P` threads per row and `WG / P` rows per workgroup
+    /// (`P = 1`: a row per thread). `b` comes from a uniform buffer up to
+    /// [`BIAS_TABLE_CLASSES`]. The fastest layout on CPU adapters
+    /// (lavapipe, llvmpipe), where each thread runs as a SIMD lane.
+    RowSegments,
+}
+
+/// Classes each thread of [`Variant::RowSegments`] holds at most.
+pub const SEGMENT_MAX_CLASSES: usize = 1024;
+/// Up to this `C`, [`Variant::RowSegments`] reads `b` from a 64 KiB uniform
+/// buffer; above it, from a storage buffer.
+pub const BIAS_TABLE_CLASSES: usize = 16384;
+/// Bytes of the uniform `b` table (the shader's `bias_table`).
+const BIAS_TABLE_BYTES: usize = BIAS_TABLE_CLASSES * 4;
+
+/// How [`Variant::RowSegments`] splits a row of `classes`: `P` threads per
+/// row (a power of two) and `L` classes per thread (a multiple of 4).
+pub fn segment_plan(classes: usize) -> (usize, usize) {
+    let threads = classes
+        .div_ceil(SEGMENT_MAX_CLASSES)
+        .max(1)
+        .next_power_of_two();
+    let len = classes.div_ceil(threads).max(1).next_multiple_of(4);
+    (threads, len)
 }
 
 /// Values of the row each thread of the row-cached layout holds (`CACHE4 * 4`
@@ -112,7 +138,9 @@ struct Params {
     ignore_index: i32,
     flags: u32,
     smoothing: f32,
-    _pad: [u32; 3],
+    seg_threads: u32,
+    seg_len: u32,
+    _pad: u32,
 }
 
 /// A run bound to buffers: bind groups and parameters made once by
@@ -164,6 +192,8 @@ pub struct SoftmaxXent {
     variant: Variant,
     workgroup_size: u32,
     class_params: wgpu::Buffer,
+    /// `b` zero-padded to 64 KiB, uniform (the row-segments layout's table).
+    bias_table: wgpu::Buffer,
     /// `[1.0]`: the default upstream.
     one: wgpu::Buffer,
     /// Stands in for the gradient binding when there is no separate gradient
@@ -183,6 +213,9 @@ impl SoftmaxXent {
     pub fn new(ctx: &Context, spec: &LossSpec) -> Result<Self> {
         spec.validate()?;
         let class_params: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
+        let mut table = vec![0f32; BIAS_TABLE_CLASSES];
+        let fits = spec.classes().min(BIAS_TABLE_CLASSES);
+        table[..fits].copy_from_slice(&spec.bias()[..fits]);
         ctx.scoped(|| {
             Ok(Self {
                 ctx: ctx.clone(),
@@ -194,6 +227,12 @@ impl SoftmaxXent {
                     "class_params",
                     bytemuck::cast_slice(&class_params),
                     wgpu::BufferUsages::STORAGE,
+                )?,
+                bias_table: buffers::upload(
+                    ctx,
+                    "bias_table",
+                    bytemuck::cast_slice(&table),
+                    wgpu::BufferUsages::UNIFORM,
                 )?,
                 one: buffers::upload(
                     ctx,
@@ -227,20 +266,15 @@ impl SoftmaxXent {
 
     /// The largest `C` the row-cached layout takes on this device.
     fn row_cached_capacity(&self) -> usize {
-        let invocations = self
-            .ctx
-            .limits()
-            .max_compute_invocations_per_workgroup
-            .min(1024);
-        // The largest power of two within the limit.
-        let wg = 1usize << (31 - invocations.max(1).leading_zeros());
-        wg * ROW_CACHED_PER_THREAD
+        self.max_workgroup() * ROW_CACHED_PER_THREAD
     }
 
     /// The layout the row pass will use for this `C`.
     pub fn resolved_variant(&self) -> Variant {
         let c = self.spec.classes();
+        let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
+            Variant::Auto if cpu && c <= self.segments_capacity() => Variant::RowSegments,
             Variant::Auto if c <= ROW_PER_THREAD_AUTO_MAX_CLASSES => Variant::RowPerThread,
             Variant::Auto if c <= self.row_cached_capacity() => Variant::RowCached,
             Variant::Auto => Variant::RowPerGroup,
@@ -248,10 +282,31 @@ impl SoftmaxXent {
         }
     }
 
+    /// The largest power of two within the device's invocations per
+    /// workgroup (at most 1024).
+    fn max_workgroup(&self) -> usize {
+        let invocations = self
+            .ctx
+            .limits()
+            .max_compute_invocations_per_workgroup
+            .min(1024);
+        1usize << (31 - invocations.max(1).leading_zeros())
+    }
+
+    /// The largest `C` the row-segments layout takes on this device.
+    fn segments_capacity(&self) -> usize {
+        self.max_workgroup() * SEGMENT_MAX_CLASSES
+    }
+
     /// Threads per workgroup for `variant`: the row-cached layout grows its
-    /// workgroup with `C` so each thread holds at most 64 values.
+    /// workgroup with `C` so each thread holds at most 64 values; the
+    /// row-segments layout needs at least `P` threads.
     fn workgroup_size_for(&self, variant: Variant) -> u32 {
         match variant {
+            Variant::RowSegments => {
+                let (threads, _) = segment_plan(self.spec.classes());
+                threads.max(self.workgroup_size as usize) as u32
+            }
             Variant::RowCached => {
                 let need = self.spec.classes().div_ceil(ROW_CACHED_PER_THREAD);
                 need.next_power_of_two()
@@ -325,9 +380,17 @@ impl SoftmaxXent {
                 self.row_cached_capacity()
             )));
         }
+        if variant == Variant::RowSegments && c > self.segments_capacity() {
+            return Err(Error::TooLarge(format!(
+                "{c} classes: the row-segments layout holds at most {} on this device",
+                self.segments_capacity()
+            )));
+        }
+        let (seg_threads, seg_len) = segment_plan(c);
         let trips = match variant {
             Variant::RowPerThread if c > ROW_PER_THREAD_MAX_CLASSES => usize::MAX,
             Variant::RowPerThread => 2 * c,
+            Variant::RowSegments => 3 * seg_len / 4 + 2 * seg_threads.ilog2() as usize,
             _ => 2 * c.div_ceil(wg as usize),
         };
         if trips > MAX_LOOP_TRIPS {
@@ -337,10 +400,10 @@ impl SoftmaxXent {
             )));
         }
         let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-        let rows_per_group = if variant == Variant::RowPerThread {
-            wg as usize
-        } else {
-            1
+        let rows_per_group = match variant {
+            Variant::RowPerThread => wg as usize,
+            Variant::RowSegments => wg as usize / seg_threads,
+            _ => 1,
         };
         let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
 
@@ -351,7 +414,9 @@ impl SoftmaxXent {
             ignore_index: self.spec.ignored_label() as i32,
             flags: self.spec.reduction_kind().code(),
             smoothing: self.spec.smoothing(),
-            _pad: [0; 3],
+            seg_threads: seg_threads as u32,
+            seg_len: seg_len as u32,
+            _pad: 0,
         };
         let slots: Vec<Params> = std::iter::once(base)
             .chain(chunks.iter().map(|ch| Params {
@@ -414,14 +479,22 @@ impl SoftmaxXent {
                         range(&row_loss, first * 4, rows * 4),
                         upstream,
                         status.as_entire_binding(),
+                        range(&self.bias_table, 0, BIAS_TABLE_BYTES as u64),
                     ],
                 );
                 (group, ch.rows.div_ceil(rows_per_group) as u32)
             })
             .collect();
+        let in_place = matches!(b.grad, GradOutput::InPlace);
         let xent_entry = match variant {
             Variant::RowPerThread => Entry::XentRowPerThread,
             Variant::RowCached => Entry::XentRowCached,
+            Variant::RowSegments => match (c <= BIAS_TABLE_CLASSES, in_place) {
+                (true, false) => Entry::XentRowSegments,
+                (true, true) => Entry::XentRowSegmentsInPlace,
+                (false, false) => Entry::XentRowSegmentsWide,
+                (false, true) => Entry::XentRowSegmentsWideInPlace,
+            },
             _ => Entry::XentRowPerGroup,
         };
         Ok(BoundLoss {

@@ -13,10 +13,11 @@ use logit_adjust::{
 };
 use wgpu::util::DeviceExt;
 
-const VARIANTS: [Variant; 3] = [
+const VARIANTS: [Variant; 4] = [
     Variant::RowPerThread,
     Variant::RowPerGroup,
     Variant::RowCached,
+    Variant::RowSegments,
 ];
 const REDUCTIONS: [Reduction; 4] = [
     Reduction::None,
@@ -263,6 +264,28 @@ fn rows_past_the_dispatch_and_binding_limits() {
     // 70000 x 1000 f32 is 280 MB: over lavapipe's 128 MiB storage binding
     // and over 65,535 workgroups, so the rows are split into chunks.
     check(case(70_000, 1000, 2));
+}
+
+#[test]
+fn segment_and_table_boundaries() {
+    // Around the row-segments layout's splits (1024 classes per thread, P a
+    // power of two), a C that is not a multiple of 4, and the switch from
+    // the uniform b table to the storage one above 16384 classes; N not a
+    // multiple of the rows per workgroup.
+    for (k, (n, c)) in [
+        (67, 3),
+        (9, 1023),
+        (9, 1025),
+        (5, 4097),
+        (3, 16_384),
+        (3, 16_385),
+        (2, 20_001),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(case(n, c, k));
+    }
 }
 
 #[test]

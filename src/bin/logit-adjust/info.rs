@@ -42,6 +42,7 @@ pub fn run(as_json: bool) -> Result<(), String> {
                 "max_compute_invocations_per_workgroup": l.max_compute_invocations_per_workgroup,
                 "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
                 "min_storage_buffer_offset_alignment": l.min_storage_buffer_offset_alignment,
+                "max_uniform_buffer_binding_size": l.max_uniform_buffer_binding_size,
             },
         }));
     }
