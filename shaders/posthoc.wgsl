@@ -25,6 +25,16 @@
 //                           columns j % S, j % S + S, ... (S = 64 / T_pad
 //                           slices per tau); the S partial maxima per tau then
 //                           meet in a workgroup-memory tree.
+//   argmax_windows(16)    - one thread per row over a window of classes whose
+//                           a_tc fill a 64 KiB uniform buffer (W = 4096 / T4
+//                           classes, T4 = ceil(T / 4)), one dispatch per
+//                           window, the running argmax kept in best_state
+//                           between windows. All threads read the same a_tc
+//                           at once (a broadcast on CPU adapters; lavapipe
+//                           turns storage reads into a loop over lanes).
+//                           The 16 variant keeps T <= 16 taus in named
+//                           registers: an indexed private array measured 3x
+//                           slower on lavapipe. No barriers.
 //   corrected             - grid-stride over elements, one tau.
 //   topk_row_per_group    - one workgroup per row, one tau: each thread keeps
 //                           a sorted top-K of its strided columns in registers,
@@ -42,14 +52,15 @@ struct Params {
     slices: u32,      // S = 64 / T_pad for argmax_row_per_group
     tau_index: u32,   // the adjustment row used by `corrected` and `topk`
     k: u32,           // K for `topk_row_per_group` (1..=MAX_K)
-    _pad1: u32,
-    _pad2: u32,
+    window_start: u32, // argmax_windows: first class of this dispatch's window
+    window_len: u32,   // argmax_windows: classes per window
 }
 
 const WG: u32 = 64u;
 const TILE: u32 = 1024u;
 const MAX_TAUS: u32 = 64u;
 const MAX_K: u32 = 8u;
+const MAX_TAU4: u32 = 16u;     // MAX_TAUS / 4
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
@@ -58,6 +69,13 @@ const MAX_K: u32 = 8u;
 // pred[row * T + t]
 @group(0) @binding(3) var<storage, read_write> pred: array<u32>;
 @group(0) @binding(4) var<storage, read_write> corrected_out: array<f32>;
+// argmax_windows: each row's running (best value, best index) per tau
+// between windows, [row][value bits x T4 | index x T4], T4 = 4 * ceil(T / 4)
+// (u32 throughout, so no value passes through float arithmetic).
+@group(0) @binding(5) var<storage, read_write> best_state: array<u32>;
+// argmax_windows: a_tc for this window's classes, [c - window_start][t] in
+// vec4s of four taus (padded with 0), bound at the window's offset.
+@group(0) @binding(6) var<uniform> adjust_table: array<vec4<f32>, 4096>;
 
 var<workgroup> tile: array<f32, TILE>;
 var<workgroup> red_key: array<u32, WG>;
@@ -286,6 +304,200 @@ fn topk_row_per_group(
         }
         for (var q = 0u; q < kk; q++) {
             pred[row * kk + q] = best_i[q];
+        }
+    }
+}
+
+// One thread per row over one window of classes, all taus at once, four per
+// vec4: a_tc comes from a uniform buffer at an index every thread shares, so
+// lavapipe reads it as one broadcast, not a loop over lanes. Plain float
+// compares (a_tc is finite, so f - a keeps an infinite f infinite; -0 and +0
+// compare equal); strict `>` keeps the earliest index on ties, and the
+// initial -inf makes a row of -inf predict class 0. Windows after the first
+// resume from best_state; the last writes the predictions. Traffic: 4 bytes
+// per logit, 8 * T4 bytes of state per row per window boundary.
+@compute @workgroup_size(WG)
+fn argmax_windows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= params.rows) {
+        return;
+    }
+    let t_len = params.taus;
+    let t4 = (t_len + 3u) / 4u;
+    let w0 = params.window_start;
+    let w1 = min(w0 + params.window_len, params.classes);
+    let state = row * 8u * t4;
+    var best: array<vec4<f32>, MAX_TAU4>;
+    var idx: array<vec4<u32>, MAX_TAU4>;
+    for (var q = 0u; q < t4; q++) {
+        if (w0 == 0u) {
+            best[q] = vec4(bitcast<f32>(0xff800000u));
+            idx[q] = vec4(0u);
+        } else {
+            let v = state + 4u * q;
+            let i = state + 4u * (t4 + q);
+            best[q] = bitcast<vec4<f32>>(vec4(best_state[v], best_state[v + 1u], best_state[v + 2u], best_state[v + 3u]));
+            idx[q] = vec4(best_state[i], best_state[i + 1u], best_state[i + 2u], best_state[i + 3u]);
+        }
+    }
+    let row_base = row * params.classes;
+    for (var c = w0; c < w1; c++) {
+        let f = vec4(logits[row_base + c]);
+        let a_base = (c - w0) * t4;
+        for (var q = 0u; q < t4; q++) {
+            let g = f - adjust_table[a_base + q];
+            let better = g > best[q];
+            best[q] = select(best[q], g, better);
+            idx[q] = select(idx[q], vec4(c), better);
+        }
+    }
+    if (w1 == params.classes) {
+        for (var q = 0u; q < t4; q++) {
+            let t = 4u * q;
+            let out = row * t_len + t;
+            pred[out] = idx[q].x;
+            if (t + 1u < t_len) {
+                pred[out + 1u] = idx[q].y;
+            }
+            if (t + 2u < t_len) {
+                pred[out + 2u] = idx[q].z;
+            }
+            if (t + 3u < t_len) {
+                pred[out + 3u] = idx[q].w;
+            }
+        }
+    } else {
+        for (var q = 0u; q < t4; q++) {
+            let v = state + 4u * q;
+            let i = state + 4u * (t4 + q);
+            let b = bitcast<vec4<u32>>(best[q]);
+            let bi = idx[q];
+            best_state[v] = b.x;
+            best_state[v + 1u] = b.y;
+            best_state[v + 2u] = b.z;
+            best_state[v + 3u] = b.w;
+            best_state[i] = bi.x;
+            best_state[i + 1u] = bi.y;
+            best_state[i + 2u] = bi.z;
+            best_state[i + 3u] = bi.w;
+        }
+    }
+}
+
+// The argmax of four taus against one logit: f - a for each, the strict
+// compare, the running best and its index.
+struct Best4 {
+    value: vec4<f32>,
+    index: vec4<u32>,
+}
+
+fn fold4(b: Best4, f: f32, a: vec4<f32>, c: u32) -> Best4 {
+    let g = vec4(f) - a;
+    let better = g > b.value;
+    return Best4(select(b.value, g, better), select(b.index, vec4(c), better));
+}
+
+fn load4(state: u32, q: u32, t4: u32) -> Best4 {
+    let v = state + 4u * q;
+    let i = state + 4u * (t4 + q);
+    return Best4(
+        bitcast<vec4<f32>>(vec4(best_state[v], best_state[v + 1u], best_state[v + 2u], best_state[v + 3u])),
+        vec4(best_state[i], best_state[i + 1u], best_state[i + 2u], best_state[i + 3u]),
+    );
+}
+
+fn store4(state: u32, q: u32, t4: u32, b: Best4) {
+    let v = state + 4u * q;
+    let i = state + 4u * (t4 + q);
+    let bits = bitcast<vec4<u32>>(b.value);
+    best_state[v] = bits.x;
+    best_state[v + 1u] = bits.y;
+    best_state[v + 2u] = bits.z;
+    best_state[v + 3u] = bits.w;
+    best_state[i] = b.index.x;
+    best_state[i + 1u] = b.index.y;
+    best_state[i + 2u] = b.index.z;
+    best_state[i + 3u] = b.index.w;
+}
+
+fn write_pred4(row: u32, q: u32, b: Best4) {
+    let t_len = params.taus;
+    let t = 4u * q;
+    let out = row * t_len + t;
+    if (t < t_len) {
+        pred[out] = b.index.x;
+    }
+    if (t + 1u < t_len) {
+        pred[out + 1u] = b.index.y;
+    }
+    if (t + 2u < t_len) {
+        pred[out + 2u] = b.index.z;
+    }
+    if (t + 3u < t_len) {
+        pred[out + 3u] = b.index.w;
+    }
+}
+
+// argmax_windows for T <= 16 with the four tau blocks in named registers
+// rather than an indexed array (which lavapipe keeps in memory). Blocks past
+// T4 compute on zero padding and are never written.
+@compute @workgroup_size(WG)
+fn argmax_windows16(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= params.rows) {
+        return;
+    }
+    let t4 = (params.taus + 3u) / 4u;
+    let w0 = params.window_start;
+    let w1 = min(w0 + params.window_len, params.classes);
+    let state = row * 8u * t4;
+    let lowest = Best4(vec4(bitcast<f32>(0xff800000u)), vec4(0u));
+    var b0 = lowest;
+    var b1 = lowest;
+    var b2 = lowest;
+    var b3 = lowest;
+    if (w0 != 0u) {
+        b0 = load4(state, 0u, t4);
+        if (t4 > 1u) {
+            b1 = load4(state, 1u, t4);
+        }
+        if (t4 > 2u) {
+            b2 = load4(state, 2u, t4);
+        }
+        if (t4 > 3u) {
+            b3 = load4(state, 3u, t4);
+        }
+    }
+    let row_base = row * params.classes;
+    for (var c = w0; c < w1; c++) {
+        let f = logits[row_base + c];
+        let a = (c - w0) * t4;
+        b0 = fold4(b0, f, adjust_table[a], c);
+        if (t4 > 1u) {
+            b1 = fold4(b1, f, adjust_table[a + 1u], c);
+        }
+        if (t4 > 2u) {
+            b2 = fold4(b2, f, adjust_table[a + 2u], c);
+        }
+        if (t4 > 3u) {
+            b3 = fold4(b3, f, adjust_table[a + 3u], c);
+        }
+    }
+    if (w1 == params.classes) {
+        write_pred4(row, 0u, b0);
+        write_pred4(row, 1u, b1);
+        write_pred4(row, 2u, b2);
+        write_pred4(row, 3u, b3);
+    } else {
+        store4(state, 0u, t4, b0);
+        if (t4 > 1u) {
+            store4(state, 1u, t4, b1);
+        }
+        if (t4 > 2u) {
+            store4(state, 2u, t4, b2);
+        }
+        if (t4 > 3u) {
+            store4(state, 3u, t4, b3);
         }
     }
 }

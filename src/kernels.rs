@@ -62,6 +62,8 @@ impl Family {
         match self {
             // bias_table: b in a 64 KiB uniform buffer
             Family::SoftmaxXent => &[8],
+            // adjust_table: a window of a_tc in a 64 KiB uniform buffer
+            Family::PostHoc => &[6],
             _ => &[],
         }
     }
@@ -74,8 +76,8 @@ impl Family {
             Family::SoftmaxXent => &[false, true, true, false, false, true, true],
             // labels, class_params, row_loss, status
             Family::LossReduce => &[true, true, true, false],
-            // logits, adjust, pred, corrected_out
-            Family::PostHoc => &[true, true, false, false],
+            // logits, adjust, pred, corrected_out, best_state
+            Family::PostHoc => &[true, true, false, false, false],
             // labels, pred, counts
             Family::Metrics => &[true, true, false],
             // features, perm, labels, batch_features, batch_labels, status, acc
@@ -102,6 +104,8 @@ pub(crate) enum Entry {
     Finalize,
     ArgmaxRowPerThread,
     ArgmaxRowPerGroup,
+    ArgmaxWindows,
+    ArgmaxWindows16,
     Corrected,
     TopK,
     ClassCounts,
@@ -132,6 +136,8 @@ impl Entry {
             Entry::Finalize => "finalize",
             Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
+            Entry::ArgmaxWindows => "argmax_windows",
+            Entry::ArgmaxWindows16 => "argmax_windows16",
             Entry::Corrected => "corrected",
             Entry::TopK => "topk_row_per_group",
             Entry::ClassCounts => "class_counts",
@@ -161,6 +167,8 @@ impl Entry {
             Entry::Normalizer | Entry::Finalize => Family::LossReduce,
             Entry::ArgmaxRowPerThread
             | Entry::ArgmaxRowPerGroup
+            | Entry::ArgmaxWindows
+            | Entry::ArgmaxWindows16
             | Entry::Corrected
             | Entry::TopK => Family::PostHoc,
             Entry::ClassCounts => Family::Metrics,

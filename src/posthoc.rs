@@ -32,7 +32,15 @@ pub enum PostHocVariant {
     RowPerThread,
     /// One workgroup per row, the row tiled through workgroup memory.
     RowPerGroup,
+    /// One thread per row over windows of classes whose `a_tc` fit a 64 KiB
+    /// uniform buffer, one dispatch per window, the running argmax kept in
+    /// a state buffer between windows. The fastest layout on CPU adapters.
+    Windows,
 }
+
+/// Floats in one window of the uniform `a_tc` table (64 KiB).
+const TABLE_FLOATS: usize = 16384;
+const TABLE_BYTES: u64 = TABLE_FLOATS as u64 * 4;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
@@ -43,7 +51,8 @@ struct Params {
     slices: u32,
     tau_index: u32,
     k: u32,
-    _pad: [u32; 2],
+    window_start: u32,
+    window_len: u32,
 }
 
 /// Predictions for every tau: `by_tau[t][i]` is row `i`'s class under `taus[t]`.
@@ -72,6 +81,7 @@ pub struct PostHocBuffers<'a> {
 pub struct BoundPostHoc {
     pipeline: wgpu::ComputePipeline,
     chunks: Vec<(wgpu::BindGroup, u32)>,
+    _state: wgpu::Buffer,
     _params: buffers::ParamSlots,
 }
 
@@ -85,6 +95,13 @@ pub struct PostHoc {
     adjust: wgpu::Buffer,
     /// Stands in for the writable binding an entry point does not use.
     unused: wgpu::Buffer,
+    /// Stands in for `best_state` (a separate buffer: `unused` may be bound
+    /// writable in the same dispatch).
+    unused_state: wgpu::Buffer,
+    /// Stands in for the uniform `a_tc` table where it is not used.
+    unused_table: wgpu::Buffer,
+    /// The windowed uniform `a_tc` table, built on first use.
+    table: std::sync::OnceLock<wgpu::Buffer>,
     variant: PostHocVariant,
 }
 
@@ -141,7 +158,7 @@ impl PostHoc {
     /// Validate the taus and upload the `T x C` adjustments.
     pub fn new(ctx: &Context, prior: &ClassPrior, taus: &[f64]) -> Result<Self> {
         let adjustments = adjustments(prior, taus)?;
-        let (adjust, unused) = ctx.scoped(|| {
+        let (adjust, unused, unused_state, unused_table) = ctx.scoped(|| {
             Ok((
                 buffers::upload(
                     ctx,
@@ -150,6 +167,13 @@ impl PostHoc {
                     wgpu::BufferUsages::STORAGE,
                 )?,
                 buffers::storage(ctx, "unused", 4, wgpu::BufferUsages::STORAGE)?,
+                buffers::storage(ctx, "unused state", 4, wgpu::BufferUsages::STORAGE)?,
+                buffers::storage(
+                    ctx,
+                    "unused table",
+                    TABLE_BYTES,
+                    wgpu::BufferUsages::UNIFORM,
+                )?,
             ))
         })?;
         Ok(Self {
@@ -159,6 +183,9 @@ impl PostHoc {
             adjustments,
             adjust,
             unused,
+            unused_state,
+            unused_table,
+            table: std::sync::OnceLock::new(),
             variant: PostHocVariant::Auto,
         })
     }
@@ -184,6 +211,41 @@ impl PostHoc {
         &self.adjustments
     }
 
+    /// Vec4s of taus per class in the windowed table.
+    fn tau4(&self) -> usize {
+        self.taus.len().div_ceil(4)
+    }
+
+    /// Classes per window of the windowed layout.
+    fn window_len(&self) -> usize {
+        TABLE_FLOATS / (4 * self.tau4())
+    }
+
+    /// The windowed table: window `w` at byte `w * 64 KiB`, holding
+    /// `a_tc` at `[(c - w * W) * T4 + t]` (taus padded to `T4` with 0).
+    fn window_table(&self) -> Result<&wgpu::Buffer> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let (c, t, t4) = (self.classes, self.taus.len(), 4 * self.tau4());
+        let w_len = self.window_len();
+        let windows = c.div_ceil(w_len);
+        let mut data = vec![0f32; windows * TABLE_FLOATS];
+        for class in 0..c {
+            let at = (class / w_len) * TABLE_FLOATS + (class % w_len) * t4;
+            for tau in 0..t {
+                data[at + tau] = self.adjustments[tau * c + class];
+            }
+        }
+        let table = buffers::upload(
+            &self.ctx,
+            "posthoc window table",
+            bytemuck::cast_slice(&data),
+            wgpu::BufferUsages::UNIFORM,
+        )?;
+        Ok(self.table.get_or_init(|| table))
+    }
+
     fn t_pad(&self) -> usize {
         self.taus.len().next_power_of_two()
     }
@@ -192,6 +254,7 @@ impl PostHoc {
         let (c, t) = (self.classes, self.taus.len());
         match variant {
             PostHocVariant::RowPerThread => c.saturating_mul(t) + 2 * t,
+            PostHocVariant::Windows => self.window_len().min(c) * self.tau4() + 3 * self.tau4(),
             _ => {
                 let per_slice = TILE / (WG / self.t_pad());
                 c.div_ceil(TILE) * (TILE / (4 * WG) + per_slice / 4) + 8
@@ -201,7 +264,9 @@ impl PostHoc {
 
     /// The layout used for this `C` and `T`.
     pub fn resolved_variant(&self) -> PostHocVariant {
+        let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
+            PostHocVariant::Auto if cpu => PostHocVariant::Windows,
             PostHocVariant::Auto if self.classes * self.taus.len() <= ROW_PER_THREAD_AUTO_MAX => {
                 PostHocVariant::RowPerThread
             }
@@ -228,49 +293,93 @@ impl PostHoc {
         }
         let (entry, rows_per_group) = match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
+            PostHocVariant::Windows if t <= 16 => (Entry::ArgmaxWindows16, WG),
+            PostHocVariant::Windows => (Entry::ArgmaxWindows, WG),
             _ => (Entry::ArgmaxRowPerGroup, 1),
         };
         let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
         let row_bytes = (c.max(t) * 4) as u64;
         let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
+        // (window start, window length, table window): one window for the
+        // layouts without a table.
+        let windows: Vec<(usize, usize, wgpu::BindingResource)> =
+            if variant == PostHocVariant::Windows {
+                let table = self.window_table()?;
+                let w_len = self.window_len();
+                (0..c.div_ceil(w_len))
+                    .map(|w| {
+                        (
+                            w * w_len,
+                            w_len,
+                            range(table, w as u64 * TABLE_BYTES, TABLE_BYTES),
+                        )
+                    })
+                    .collect()
+            } else {
+                vec![(0, 0, self.unused_table.as_entire_binding())]
+            };
+        // The running argmax between windows, reused by every chunk (their
+        // dispatches run in order).
+        let state_row = 8 * self.tau4() as u64;
+        let max_rows = chunks.iter().map(|ch| ch.rows).max().unwrap_or(0) as u64;
+        let state = if windows.len() > 1 {
+            buffers::storage(
+                ctx,
+                "posthoc state",
+                max_rows * state_row * 4,
+                wgpu::BufferUsages::STORAGE,
+            )?
+        } else {
+            self.unused_state.clone()
+        };
         let slots: Vec<Params> = chunks
             .iter()
-            .map(|ch| Params {
-                rows: ch.rows as u32,
-                classes: c as u32,
-                taus: t as u32,
-                slices: (WG / self.t_pad()) as u32,
-                tau_index: 0,
-                k: 0,
-                _pad: [0; 2],
+            .flat_map(|ch| {
+                windows.iter().map(move |&(start, len, _)| Params {
+                    rows: ch.rows as u32,
+                    classes: c as u32,
+                    taus: t as u32,
+                    slices: (WG / self.t_pad()) as u32,
+                    tau_index: 0,
+                    k: 0,
+                    window_start: start as u32,
+                    window_len: len as u32,
+                })
             })
             .collect();
         let params = buffers::param_slots(ctx, &slots)?;
         let layout = ctx.kernels().layout(Family::PostHoc);
-        let chunks = chunks
-            .iter()
-            .enumerate()
-            .map(|(k, ch)| {
-                let (first, rows) = (ch.start as u64, ch.rows as u64);
+        let mut groups = Vec::with_capacity(slots.len());
+        for (k, ch) in chunks.iter().enumerate() {
+            let (first, rows) = (ch.start as u64, ch.rows as u64);
+            for (w, (_, _, table)) in windows.iter().enumerate() {
+                let state_range = if windows.len() > 1 {
+                    range(&state, 0, rows * state_row * 4)
+                } else {
+                    state.as_entire_binding()
+                };
                 let group = buffers::bind_group(
                     ctx,
                     "posthoc chunk",
                     &layout,
                     vec![
-                        params.slot(k),
+                        params.slot(k * windows.len() + w),
                         range(b.logits, first * c as u64 * 4, rows * c as u64 * 4),
                         self.adjust.as_entire_binding(),
                         range(b.predictions, first * t as u64 * 4, rows * t as u64 * 4),
                         // `corrected_out` is unused by the argmax entries.
                         self.unused.as_entire_binding(),
+                        state_range,
+                        table.clone(),
                     ],
                 );
-                (group, ch.rows.div_ceil(rows_per_group) as u32)
-            })
-            .collect();
+                groups.push((group, ch.rows.div_ceil(rows_per_group) as u32));
+            }
+        }
         Ok(BoundPostHoc {
             pipeline: ctx.kernels().pipeline(entry, 0),
-            chunks,
+            chunks: groups,
+            _state: state,
             _params: params,
         })
     }
@@ -426,7 +535,8 @@ impl PostHoc {
                     slices: 1,
                     tau_index: job.tau_index as u32,
                     k: job.k as u32,
-                    _pad: [0; 2],
+                    window_start: 0,
+                    window_len: 0,
                 })
                 .collect();
             let params = buffers::param_slots(ctx, &slots)?;
@@ -452,6 +562,8 @@ impl PostHoc {
                             self.adjust.as_entire_binding(),
                             pred,
                             corrected,
+                            self.unused_state.as_entire_binding(),
+                            self.unused_table.as_entire_binding(),
                         ],
                     );
                     (group, (job.workgroups)(ch.rows))

@@ -12,7 +12,11 @@ use logit_adjust::{
 };
 use wgpu::util::DeviceExt;
 
-const VARIANTS: [PostHocVariant; 2] = [PostHocVariant::RowPerThread, PostHocVariant::RowPerGroup];
+const VARIANTS: [PostHocVariant; 3] = [
+    PostHocVariant::RowPerThread,
+    PostHocVariant::RowPerGroup,
+    PostHocVariant::Windows,
+];
 
 /// Logits with many ties (values on a coarse grid) and some +-inf entries,
 /// whole rows of -inf and of +inf.
@@ -144,22 +148,43 @@ fn check(n: usize, c: usize, t: usize, variants: &[PostHocVariant]) {
 #[test]
 fn small_vocabularies_a_million_rows_and_64_taus() {
     check(1_000_000, 10, 16, &[PostHocVariant::RowPerThread]);
-    check(70_000, 10, 64, &[PostHocVariant::RowPerGroup]);
+    check(
+        70_000,
+        10,
+        64,
+        &[PostHocVariant::RowPerGroup, PostHocVariant::Windows],
+    );
     check(20_000, 2, 64, &VARIANTS);
     check(7, 2, 1, &VARIANTS);
 }
 
 #[test]
 fn a_thousand_classes() {
-    check(3000, 1000, 64, &[PostHocVariant::RowPerGroup]);
+    check(
+        3000,
+        1000,
+        64,
+        &[PostHocVariant::RowPerGroup, PostHocVariant::Windows],
+    );
     check(3000, 1000, 4, &VARIANTS);
     check(1, 1000, 17, &VARIANTS);
 }
 
 #[test]
 fn a_hundred_thousand_classes() {
-    check(40, 100_000, 64, &[PostHocVariant::RowPerGroup]);
-    check(9, 100_000, 5, &[PostHocVariant::RowPerGroup]);
+    // Windows: 391 windows of 256 classes (T = 64), 49 of 2048 (T = 5).
+    check(
+        40,
+        100_000,
+        64,
+        &[PostHocVariant::RowPerGroup, PostHocVariant::Windows],
+    );
+    check(
+        9,
+        100_000,
+        5,
+        &[PostHocVariant::RowPerGroup, PostHocVariant::Windows],
+    );
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long)]
     reps: Option<usize>,
+    /// Only the shapes with these class counts (e.g. `--classes 1000,8142`).
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<usize>,
 }
 
 /// CIFAR (10), ImageNet (1,000), iNaturalist (8,142), LM vocabularies (32k, 256k).
@@ -60,6 +63,9 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         );
     }
     for (n, c) in SHAPES {
+        if !a.classes.is_empty() && !a.classes.contains(&c) {
+            continue;
+        }
         let n = if a.quick { (n / 8).max(1) } else { n };
         if !a.json {
             eprintln!("  {n} x {c} ...");
