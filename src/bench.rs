@@ -209,6 +209,7 @@ struct Params {
 pub struct CopyBaseline {
     copy: Vec<(wgpu::BindGroup, u32)>,
     read: Vec<(wgpu::BindGroup, u32)>,
+    read_wide: Vec<(wgpu::BindGroup, u32)>,
     copy_pipeline: wgpu::ComputePipeline,
     read_pipeline: wgpu::ComputePipeline,
     src: wgpu::Buffer,
@@ -258,6 +259,7 @@ impl CopyBaseline {
             let layout = ctx.kernels().layout(Family::Baseline);
             let mut copy = Vec::new();
             let mut read = Vec::new();
+            let mut read_wide = Vec::new();
             for (k, ch) in chunks.iter().enumerate() {
                 let (at, bytes) = (ch.start as u64 * 16, ch.rows as u64 * 16);
                 let groups = ch.rows.div_ceil(WG).min(groups_max) as u32;
@@ -281,10 +283,16 @@ impl CopyBaseline {
                     );
                     list.push((group, groups));
                 }
+                // The same read with four trips per thread: a quarter of the
+                // per-thread sums to write. The bench keeps the faster.
+                let wide_groups = ch.rows.div_ceil(4 * WG).min(groups_max) as u32;
+                let (last, _) = read.last().cloned().unwrap_or_else(|| unreachable!());
+                read_wide.push((last, wide_groups));
             }
             Ok(Self {
                 copy,
                 read,
+                read_wide,
                 copy_pipeline: ctx.kernels().pipeline(Entry::CopyVec4, 0),
                 read_pipeline: ctx.kernels().pipeline(Entry::ReadVec4, 0),
                 src,
@@ -300,9 +308,16 @@ impl CopyBaseline {
         dispatch_chunks(pass, &self.copy_pipeline, &self.copy);
     }
 
-    /// Record the shader read.
+    /// Record the shader read (one vec4 per thread where the dispatch limit
+    /// allows).
     pub fn record_read(&self, pass: &mut wgpu::ComputePass<'_>) {
         dispatch_chunks(pass, &self.read_pipeline, &self.read);
+    }
+
+    /// Record the shader read with about four vec4s per thread (fewer
+    /// per-thread sums written).
+    pub fn record_read_wide(&self, pass: &mut wgpu::ComputePass<'_>) {
+        dispatch_chunks(pass, &self.read_pipeline, &self.read_wide);
     }
 
     /// Record the driver's buffer copy of the same bytes.

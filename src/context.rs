@@ -1,10 +1,11 @@
 //! The device context: a wgpu device and queue the library owns or borrows,
 //! what the adapter can do, and the pipeline cache.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
+use crate::tuning::Tuning;
 
 /// Optional features the kernels use when the adapter offers them.
 const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
@@ -44,6 +45,7 @@ struct Inner {
     info: wgpu::AdapterInfo,
     capabilities: Capabilities,
     kernels: Kernels,
+    tuning: RwLock<Option<Tuning>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -147,6 +149,7 @@ impl Context {
             limits,
         };
         let kernels = Kernels::new(&device);
+        let tuning = RwLock::new(Tuning::load_cached(&info));
         Ok(Self {
             inner: Arc::new(Inner {
                 device,
@@ -154,6 +157,7 @@ impl Context {
                 info,
                 capabilities,
                 kernels,
+                tuning,
             }),
         })
     }
@@ -190,6 +194,22 @@ impl Context {
             let mut out = crate::buffers::read_f32(self, &[(buffer, offset, len)])?;
             Ok(out.pop().unwrap_or_default())
         })
+    }
+
+    /// The layout choices measured for this adapter (loaded from the tuning
+    /// cache when the device was opened; see [`crate::tuning`]), if any.
+    pub fn tuning(&self) -> Option<Tuning> {
+        self.inner
+            .tuning
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the layout choices (`None`: the built-in defaults). Applies to
+    /// operations created afterwards.
+    pub fn set_tuning(&self, tuning: Option<Tuning>) {
+        *self.inner.tuning.write().unwrap_or_else(|p| p.into_inner()) = tuning;
     }
 
     pub(crate) fn kernels(&self) -> &Kernels {

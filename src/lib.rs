@@ -41,6 +41,7 @@ pub mod reference;
 mod softmax_xent;
 pub mod synthetic;
 mod train;
+pub mod tuning;
 
 pub use context::{adapters_from_env, instance_from_env, Capabilities, Context};
 pub use error::{Error, Result};
@@ -56,3 +57,4 @@ pub use softmax_xent::{
     BIAS_TABLE_CLASSES, ROW_CACHED_MAX_CLASSES, ROW_PER_THREAD_MAX_CLASSES, SEGMENT_MAX_CLASSES,
 };
 pub use train::{LinearTrainer, Standardizer, TrainConfig, MAX_BATCH};
+pub use tuning::Tuning;

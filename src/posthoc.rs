@@ -262,8 +262,16 @@ impl PostHoc {
         }
     }
 
-    /// The layout used for this `C` and `T`.
+    /// The layout used for this `C` and `T`: the forced one, else the tuned
+    /// one (see [`crate::tuning`]), else windows on CPU adapters and on GPUs a
+    /// row per thread for small `C * T`, a workgroup per row beyond.
     pub fn resolved_variant(&self) -> PostHocVariant {
+        if self.variant == PostHocVariant::Auto {
+            let tuned = self.ctx.tuning().and_then(|t| t.posthoc_for(self.classes));
+            if let Some(choice) = tuned.filter(|c| self.trips(c.variant) <= MAX_LOOP_TRIPS) {
+                return choice.variant;
+            }
+        }
         let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
             PostHocVariant::Auto if cpu => PostHocVariant::Windows,

@@ -191,6 +191,9 @@ pub struct SoftmaxXent {
     spec: LossSpec,
     variant: Variant,
     workgroup_size: u32,
+    /// `workgroup_size` was set by the caller, so a tuned size does not
+    /// replace it.
+    explicit_size: bool,
     class_params: wgpu::Buffer,
     /// `b` zero-padded to 64 KiB, uniform (the row-segments layout's table).
     bias_table: wgpu::Buffer,
@@ -222,6 +225,7 @@ impl SoftmaxXent {
                 spec: spec.clone(),
                 variant: Variant::Auto,
                 workgroup_size: DEFAULT_WORKGROUP_SIZE,
+                explicit_size: false,
                 class_params: buffers::upload(
                     ctx,
                     "class_params",
@@ -259,6 +263,21 @@ impl SoftmaxXent {
         }
     }
 
+    /// Threads per workgroup (a power of two from 8 to the device's limit;
+    /// default 64, or the tuned size). The row-cached and row-segments
+    /// layouts raise it where `C` needs more threads.
+    pub fn with_workgroup_size(mut self, size: u32) -> Result<Self> {
+        if !size.is_power_of_two() || size < 8 || size as usize > self.max_workgroup() {
+            return Err(Error::InvalidArgument(format!(
+                "workgroup size {size}: need a power of two from 8 to {}",
+                self.max_workgroup()
+            )));
+        }
+        self.workgroup_size = size;
+        self.explicit_size = true;
+        Ok(self)
+    }
+
     /// The spec this operation computes.
     pub fn spec(&self) -> &LossSpec {
         &self.spec
@@ -269,8 +288,35 @@ impl SoftmaxXent {
         self.max_workgroup() * ROW_CACHED_PER_THREAD
     }
 
-    /// The layout the row pass will use for this `C`.
+    /// Whether `variant` takes this `C` on this device.
+    fn accepts(&self, variant: Variant) -> bool {
+        let c = self.spec.classes();
+        match variant {
+            Variant::Auto | Variant::RowPerGroup => true,
+            Variant::RowPerThread => c <= ROW_PER_THREAD_MAX_CLASSES,
+            Variant::RowCached => c <= self.row_cached_capacity(),
+            Variant::RowSegments => c <= self.segments_capacity(),
+        }
+    }
+
+    /// The tuned layout and workgroup size for this `C`, if the context has
+    /// a tuning that covers it with a layout that takes it.
+    fn tuned(&self) -> Option<(Variant, u32)> {
+        let choice = self.ctx.tuning()?.loss_for(self.spec.classes())?;
+        let wg = choice.workgroup_size.clamp(8, self.max_workgroup() as u32);
+        self.accepts(choice.variant).then_some((choice.variant, wg))
+    }
+
+    /// The layout the row pass will use for this `C`: the forced one, else
+    /// the tuned one (see [`crate::tuning`]), else the built-in rule: on CPU
+    /// adapters row-segments; on GPUs a row per thread up to 32 classes,
+    /// row-cached up to its capacity, row-per-group beyond.
     pub fn resolved_variant(&self) -> Variant {
+        if self.variant == Variant::Auto {
+            if let Some((v, _)) = self.tuned() {
+                return v;
+            }
+        }
         let c = self.spec.classes();
         let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
@@ -302,17 +348,24 @@ impl SoftmaxXent {
     /// workgroup with `C` so each thread holds at most 64 values; the
     /// row-segments layout needs at least `P` threads.
     fn workgroup_size_for(&self, variant: Variant) -> u32 {
+        let base = match self.tuned() {
+            Some((v, wg))
+                if !self.explicit_size && self.variant == Variant::Auto && v == variant =>
+            {
+                wg
+            }
+            _ => self.workgroup_size,
+        };
         match variant {
             Variant::RowSegments => {
                 let (threads, _) = segment_plan(self.spec.classes());
-                threads.max(self.workgroup_size as usize) as u32
+                threads.max(base as usize) as u32
             }
             Variant::RowCached => {
                 let need = self.spec.classes().div_ceil(ROW_CACHED_PER_THREAD);
-                need.next_power_of_two()
-                    .clamp(self.workgroup_size as usize, 1024) as u32
+                need.next_power_of_two().clamp(base as usize, 1024) as u32
             }
-            _ => self.workgroup_size,
+            _ => base,
         }
     }
 

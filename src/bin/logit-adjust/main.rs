@@ -8,6 +8,7 @@ mod loss;
 mod npy;
 mod posthoc;
 mod train;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,9 @@ enum Command {
     /// Train a linear classifier on saved features on the GPU with any loss
     /// of the family, then report the long-tail metrics on a test set.
     Train(train::TrainArgs),
+    /// Time every kernel layout on this adapter and cache the fastest per
+    /// class count (used by every later run on the same adapter and driver).
+    Tune(tune::TuneArgs),
 }
 
 fn main() {
@@ -52,6 +56,7 @@ fn main() {
         Command::Loss(args) => loss::run(&args),
         Command::Posthoc(args) => posthoc::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::Tune(args) => tune::run(&args),
     };
     if let Err(message) = result {
         eprintln!("error: {message}");

@@ -1,0 +1,334 @@
+//! Per-adapter tuning: which layout (and workgroup size) is fastest for a
+//! given `C`, measured on the adapter by [`Tuning::measure`] (the CLI's
+//! `tune` command) and cached per adapter and driver in a small text file.
+//! [`Context`] loads the cache when it opens a device; without one, the
+//! built-in defaults apply (see [`crate::Variant::Auto`]).
+//!
+//! The cache file holds one choice per line, for the largest `C` it covers:
+//!
+//! ```text
+//! # logit-adjust tuning v1: llvmpipe (LLVM 15.0.6, 256 bits) | Vulkan | Mesa 22.3.6
+//! loss 31 RowSegments 64
+//! posthoc 31 Windows
+//! ```
+
+use std::path::PathBuf;
+
+use crate::bench::Timer;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::loss::LossSpec;
+use crate::posthoc::PostHocVariant;
+use crate::prior::ClassPrior;
+use crate::softmax_xent::{GradOutput, LossBuffers, UpstreamBuffer, Variant};
+
+const HEADER: &str = "# logit-adjust tuning v1: ";
+
+/// The class counts [`Tuning::measure`] times; each choice covers the `C`s up
+/// to the geometric midpoint to the next.
+pub const TUNED_CLASSES: [usize; 6] = [10, 100, 1000, 8142, 32_768, 262_144];
+
+/// The fused loss's layout for `C` up to `max_classes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossChoice {
+    /// The largest `C` this choice covers.
+    pub max_classes: usize,
+    /// The layout.
+    pub variant: Variant,
+    /// Threads per workgroup (the layout may raise it for large `C`).
+    pub workgroup_size: u32,
+}
+
+/// The post-hoc argmax's layout for `C` up to `max_classes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostHocChoice {
+    /// The largest `C` this choice covers.
+    pub max_classes: usize,
+    /// The layout.
+    pub variant: PostHocVariant,
+}
+
+/// Measured layout choices for one adapter and driver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// Loss choices, by increasing `max_classes`.
+    pub loss: Vec<LossChoice>,
+    /// Post-hoc choices, by increasing `max_classes`.
+    pub posthoc: Vec<PostHocChoice>,
+}
+
+fn variant_name(v: Variant) -> &'static str {
+    match v {
+        Variant::Auto => "Auto",
+        Variant::RowPerThread => "RowPerThread",
+        Variant::RowPerGroup => "RowPerGroup",
+        Variant::RowCached => "RowCached",
+        Variant::RowSegments => "RowSegments",
+    }
+}
+
+fn variant_from(s: &str) -> Option<Variant> {
+    [
+        Variant::RowPerThread,
+        Variant::RowPerGroup,
+        Variant::RowCached,
+        Variant::RowSegments,
+    ]
+    .into_iter()
+    .find(|&v| variant_name(v) == s)
+}
+
+fn posthoc_name(v: PostHocVariant) -> &'static str {
+    match v {
+        PostHocVariant::Auto => "Auto",
+        PostHocVariant::RowPerThread => "RowPerThread",
+        PostHocVariant::RowPerGroup => "RowPerGroup",
+        PostHocVariant::Windows => "Windows",
+    }
+}
+
+fn posthoc_from(s: &str) -> Option<PostHocVariant> {
+    [
+        PostHocVariant::RowPerThread,
+        PostHocVariant::RowPerGroup,
+        PostHocVariant::Windows,
+    ]
+    .into_iter()
+    .find(|&v| posthoc_name(v) == s)
+}
+
+/// The adapter and driver a cache file belongs to.
+pub fn adapter_key(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} | {:?} | {} {}",
+        info.name, info.backend, info.driver, info.driver_info
+    )
+}
+
+/// Where the cache for `info` lives: `$LOGIT_ADJUST_TUNING_DIR`, else
+/// `$XDG_CACHE_HOME/logit-adjust`, else `~/.cache/logit-adjust`; the file
+/// name is a hash of [`adapter_key`]. `None` when no directory is known.
+pub fn cache_path(info: &wgpu::AdapterInfo) -> Option<PathBuf> {
+    let dir = std::env::var_os("LOGIT_ADJUST_TUNING_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("logit-adjust"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/logit-adjust"))
+        })?;
+    // FNV-1a: stable across runs and Rust versions (unlike DefaultHasher).
+    let hash = adapter_key(info)
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+    Some(dir.join(format!("tuning-{hash:016x}.txt")))
+}
+
+impl Tuning {
+    /// The loss choice covering `classes`, if any.
+    pub fn loss_for(&self, classes: usize) -> Option<LossChoice> {
+        self.loss.iter().copied().find(|c| classes <= c.max_classes)
+    }
+
+    /// The post-hoc choice covering `classes`, if any.
+    pub fn posthoc_for(&self, classes: usize) -> Option<PostHocChoice> {
+        self.posthoc
+            .iter()
+            .copied()
+            .find(|c| classes <= c.max_classes)
+    }
+
+    /// The cache file's text for the adapter `info`.
+    pub fn to_text(&self, info: &wgpu::AdapterInfo) -> String {
+        let mut s = format!("{HEADER}{}\n", adapter_key(info));
+        for c in &self.loss {
+            s += &format!(
+                "loss {} {} {}\n",
+                c.max_classes,
+                variant_name(c.variant),
+                c.workgroup_size
+            );
+        }
+        for c in &self.posthoc {
+            s += &format!("posthoc {} {}\n", c.max_classes, posthoc_name(c.variant));
+        }
+        s
+    }
+
+    /// Parse a cache file written for `info`; `None` if it was written for
+    /// another adapter or driver, or does not parse.
+    pub fn from_text(text: &str, info: &wgpu::AdapterInfo) -> Option<Self> {
+        let mut lines = text.lines();
+        if lines.next()? != format!("{HEADER}{}", adapter_key(info)) {
+            return None;
+        }
+        let mut t = Tuning::default();
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["loss", c, v, wg] => {
+                    let workgroup_size: u32 = wg.parse().ok()?;
+                    if !workgroup_size.is_power_of_two() || workgroup_size > 1024 {
+                        return None;
+                    }
+                    t.loss.push(LossChoice {
+                        max_classes: c.parse().ok()?,
+                        variant: variant_from(v)?,
+                        workgroup_size,
+                    });
+                }
+                ["posthoc", c, v] => t.posthoc.push(PostHocChoice {
+                    max_classes: c.parse().ok()?,
+                    variant: posthoc_from(v)?,
+                }),
+                _ => return None,
+            }
+        }
+        Some(t)
+    }
+
+    /// The cached tuning for `info`, unless `LOGIT_ADJUST_TUNING=off`.
+    pub fn load_cached(info: &wgpu::AdapterInfo) -> Option<Self> {
+        if std::env::var("LOGIT_ADJUST_TUNING").is_ok_and(|v| v == "off") {
+            return None;
+        }
+        let text = std::fs::read_to_string(cache_path(info)?).ok()?;
+        Self::from_text(&text, info)
+    }
+
+    /// Write the cache file for `ctx`'s adapter; returns its path.
+    pub fn save(&self, ctx: &Context) -> Result<PathBuf> {
+        let path = cache_path(ctx.info()).ok_or_else(|| {
+            Error::InvalidArgument("no cache directory (set LOGIT_ADJUST_TUNING_DIR)".into())
+        })?;
+        let io = |e: std::io::Error| Error::InvalidArgument(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, self.to_text(ctx.info())).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(path)
+    }
+
+    /// Time every layout (and workgroup size 64 and 256) of the fused
+    /// forward+backward and of the 16-tau post-hoc argmax at each of
+    /// [`TUNED_CLASSES`], on about `elements` logits each (N = elements / C),
+    /// and keep the fastest per `C`. `progress` hears each result.
+    pub fn measure(
+        ctx: &Context,
+        elements: usize,
+        reps: usize,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
+        let timer = Timer::new(ctx);
+        let mut tuning = Tuning::default();
+        for (k, &c) in TUNED_CLASSES.iter().enumerate() {
+            let max_classes = match TUNED_CLASSES.get(k + 1) {
+                Some(&next) => ((c * next) as f64).sqrt() as usize,
+                None => usize::MAX,
+            };
+            let n = (elements / c).max(1);
+            let mut rng = crate::synthetic::Rng::new(7 + c as u64);
+            let logits: Vec<f32> = (0..n * c)
+                .map(|_| (rng.uniform() * 20.0 - 10.0) as f32)
+                .collect();
+            let labels: Vec<i32> = (0..n).map(|_| (rng.next_u64() % c as u64) as i32).collect();
+            let counts: Vec<f64> = (0..c)
+                .map(|j| (1000.0 * 100f64.powf(-(j as f64) / c as f64)).max(1.0))
+                .collect();
+            let prior = ClassPrior::from_counts(&counts)?;
+            let spec = LossSpec::logit_adjusted(&prior, 1.0)?;
+            let (logits_buf, labels_buf, grad, pred) = ctx.scoped(|| {
+                use wgpu::BufferUsages as U;
+                Ok((
+                    crate::buffers::upload(
+                        ctx,
+                        "tune logits",
+                        bytemuck::cast_slice(&logits),
+                        U::STORAGE,
+                    )?,
+                    crate::buffers::upload(
+                        ctx,
+                        "tune labels",
+                        bytemuck::cast_slice(&labels),
+                        U::STORAGE,
+                    )?,
+                    crate::buffers::storage(ctx, "tune grad", (n * c * 4) as u64, U::STORAGE)?,
+                    crate::buffers::storage(ctx, "tune pred", (n * 16 * 4) as u64, U::STORAGE)?,
+                ))
+            })?;
+            drop(logits);
+
+            let mut best: Option<(f64, Variant, u32)> = None;
+            for variant in [
+                Variant::RowPerThread,
+                Variant::RowPerGroup,
+                Variant::RowCached,
+                Variant::RowSegments,
+            ] {
+                for wg in [64u32, 256] {
+                    let op = ctx
+                        .softmax_xent(&spec)?
+                        .with_variant(variant)
+                        .with_workgroup_size(wg)?;
+                    // A layout that refuses this C (too many loop trips, too
+                    // large to cache) is simply not a candidate.
+                    let Ok(bound) = op.bind(&LossBuffers {
+                        logits: &logits_buf,
+                        labels: &labels_buf,
+                        rows: n,
+                        grad: GradOutput::Separate(&grad),
+                        upstream: UpstreamBuffer::One,
+                        row_loss: None,
+                    }) else {
+                        continue;
+                    };
+                    let ms = timer.time_pass(reps, &|p| op.record_in_pass(p, &bound))?;
+                    progress(&format!("loss C={c} {variant:?} wg={wg}: {ms:.3} ms"));
+                    if best.is_none_or(|(b, _, _)| ms < b) {
+                        best = Some((ms, variant, wg));
+                    }
+                }
+            }
+            if let Some((_, variant, workgroup_size)) = best {
+                tuning.loss.push(LossChoice {
+                    max_classes,
+                    variant,
+                    workgroup_size,
+                });
+            }
+
+            let taus: Vec<f64> = (0..16).map(|j| j as f64 * 0.125).collect();
+            let mut best: Option<(f64, PostHocVariant)> = None;
+            for variant in [
+                PostHocVariant::RowPerThread,
+                PostHocVariant::RowPerGroup,
+                PostHocVariant::Windows,
+            ] {
+                let ph = ctx.posthoc(&prior, &taus)?.with_variant(variant);
+                let Ok(bound) = ph.bind(&crate::posthoc::PostHocBuffers {
+                    logits: &logits_buf,
+                    rows: n,
+                    predictions: &pred,
+                }) else {
+                    continue;
+                };
+                let ms = timer.time_pass(reps, &|p| ph.record_in_pass(p, &bound))?;
+                progress(&format!("posthoc16 C={c} {variant:?}: {ms:.3} ms"));
+                if best.is_none_or(|(b, _)| ms < b) {
+                    best = Some((ms, variant));
+                }
+            }
+            if let Some((_, variant)) = best {
+                tuning.posthoc.push(PostHocChoice {
+                    max_classes,
+                    variant,
+                });
+            }
+        }
+        Ok(tuning)
+    }
+}
