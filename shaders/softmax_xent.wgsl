@@ -17,7 +17,8 @@
 // plus one read of b[y], m[y], alpha[y]; b is read once per element but is
 // only C floats, so it stays in cache across rows.
 //
-// Three workgroup layouts, picked by the host from C:
+// Four workgroup layouts, picked by the host from C, the adapter and its
+// tuning cache (src/tuning.rs):
 //   xent_row_cached     - one workgroup of WG_SIZE threads per row, the row
 //                         held in registers (CACHE floats per thread, four
 //                         consecutive per trip): one read, then max, one exp
@@ -33,8 +34,24 @@
 //                         it up to C = 4096 only: llvmpipe/lavapipe stop an
 //                         invocation after about 65,535 loop trips in total,
 //                         and this layout makes 2*C trips per thread.
+//   xent_row_segments   - each row split into P contiguous segments of at most
+//                         1024 classes (P = seg_threads, a power of two), one
+//                         thread each, held in a private array: one read, one
+//                         write; WG / P rows per workgroup. b comes from the
+//                         uniform bias_table (C <= 16384) or from
+//                         class_params (the _wide entries). P = 1 is a row
+//                         per thread: no barriers. P > 1 meets the P partials
+//                         in a workgroup-memory tree (log2 P barriers per
+//                         reduction, each after a level's writes). The
+//                         fastest layout on CPU adapters, where a thread is a
+//                         SIMD lane: contiguous per-thread streams, b read as
+//                         a broadcast or a vector gather, no per-element
+//                         branch. The gradient's destination (separate or in
+//                         place) is fixed per entry point, since lavapipe
+//                         pays for both sides of any branch.
 // Loops run a workgroup-uniform trip count, so every barrier sits in uniform
-// control flow (Tint's and naga's uniformity analyses both accept it).
+// control flow (Tint's and naga's uniformity analyses both accept it); in
+// xent_row_segments the per-thread trip counts differ but hold no barrier.
 //
 // Infinities are never produced on purpose: the running max starts at the
 // lowest finite f32, so exp() only ever sees arguments <= 0.
