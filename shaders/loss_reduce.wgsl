@@ -1,4 +1,4 @@
-// loss_reduce.wgsl: the two small passes around softmax_xent.wgsl that turn
+// loss_reduce.wgsl: the small passes around softmax_xent.wgsl that turn
 // per-row losses into the reduced loss of MATH.md section 5.
 //
 //   normalizer (before the row pass): denom = 1 for none and sum, #valid rows
@@ -10,13 +10,16 @@
 //     is 0 (mean over no valid rows: 0, not PyTorch's NaN).
 //     Traffic: reads N per-row losses, writes 4 bytes.
 //
-// Workgroup layout: one workgroup of 256 threads for the whole batch. Thread
-// t walks rows t, t + 256, ... in a fixed order (four rows per loop trip:
-// llvmpipe/lavapipe stop an invocation after about 65,535 loop trips in
-// total, so a trip covers 1024 rows and N may reach 64M), then the partials
-// meet in a workgroup-memory tree, so the result is the same bits on every
-// run of the same adapter (no float atomics). These passes move 4 bytes per
-// row against the row pass's 4*C bytes, so one workgroup is enough.
+// Each runs in two dispatches. `*_partial`: G workgroups of 256 threads
+// (G = groups, at most 256); workgroup g sums the rows
+// [g * span, (g + 1) * span) into partials[g], thread t walking rows
+// t, t + 256, ... of its span four per loop trip (llvmpipe/lavapipe stop an
+// invocation after about 65,535 loop trips). `normalizer` / `finalize`: one
+// workgroup adds the G partials, thread g taking partial g. Both end in a
+// workgroup-memory tree. G and the span depend on N alone, so the result is
+// the same bits on every run of the same adapter (no float atomics); G
+// workgroups rather than one keep every core busy on CPU adapters, where one
+// workgroup runs on one core.
 // Barriers: one after the partials are stored, and one per tree level, so a
 // level's sums are complete before the next level reads them.
 
@@ -26,9 +29,9 @@ struct Params {
     ignore_index: i32,
     flags: u32,         // the reduction: 0 none, 1 sum, 2 mean, 3 weighted-mean
     smoothing: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    groups: u32,        // G, workgroups of the partial passes
+    span: u32,          // rows per partial workgroup
+    _pad: u32,
 }
 
 const REDUCTION_MEAN: u32 = 2u;
@@ -42,6 +45,8 @@ const WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read> row_loss: array<f32>;
 // [denom, bad label count (as f32), reduced loss]
 @group(0) @binding(4) var<storage, read_write> status: array<f32>;
+// G pairs: (weight or loss sum, bad labels) per partial workgroup
+@group(0) @binding(5) var<storage, read_write> partials: array<vec2<f32>>;
 
 var<workgroup> red_a: array<f32, WG>;
 var<workgroup> red_b: array<f32, WG>;
@@ -57,64 +62,101 @@ fn tree_sum(tid: u32) {
     }
 }
 
-// Row i's (weight toward denom, bad label) contribution.
-fn row_weight(i: u32) -> vec2<f32> {
+// Row i's (weight toward denom, bad label) contribution; rows past `end`
+// contribute nothing.
+fn row_weight(i: u32, end: u32) -> vec2<f32> {
     let c = params.classes;
-    if (i >= params.rows) {
-        return vec2(0.0);
-    }
-    let label = labels[i];
-    if (label == params.ignore_index) {
-        return vec2(0.0);
-    }
-    if (label < 0 || u32(label) >= c) {
-        return vec2(0.0, 1.0);
-    }
+    let label = labels[min(i, params.rows - 1u)];
+    let ignored = label == params.ignore_index;
+    let bad = !ignored && (label < 0 || u32(label) >= c);
+    var w = 1.0;
     if (params.flags == REDUCTION_WEIGHTED_MEAN) {
-        return vec2(class_params[2u * c + u32(label)], 0.0);
+        w = class_params[2u * c + select(0u, u32(label), !bad && !ignored)];
     }
-    return vec2(1.0, 0.0);
+    let inside = i < end;
+    return vec2(select(0.0, w, inside && !ignored && !bad), select(0.0, 1.0, inside && bad));
 }
 
-fn row_value(i: u32) -> f32 {
-    return select(0.0, row_loss[i], i < params.rows);
+fn row_value(i: u32, end: u32) -> f32 {
+    return select(0.0, row_loss[min(i, params.rows - 1u)], i < end);
 }
 
-@compute @workgroup_size(WG)
-fn normalizer(@builtin(local_invocation_index) tid: u32) {
-    let iters = (params.rows + 4u * WG - 1u) / (4u * WG);
-    var acc = vec2(0.0);
-    for (var k = 0u; k < iters; k++) {
-        let i = k * 4u * WG + tid;
-        acc += row_weight(i) + row_weight(i + WG) + row_weight(i + 2u * WG) + row_weight(i + 3u * WG);
-    }
+// Sum `value(i)` over this workgroup's span into partials[g] (v.x) and the
+// second component (v.y).
+fn span_of(g: u32) -> vec2<u32> {
+    let start = min(g * params.span, params.rows);
+    return vec2(start, min(start + params.span, params.rows));
+}
+
+fn store_partial(g: u32, tid: u32, acc: vec2<f32>) {
     red_a[tid] = acc.x;
     red_b[tid] = acc.y;
     // Barrier: all partials are stored before the tree reads them.
     workgroupBarrier();
     tree_sum(tid);
     if (tid == 0u) {
+        partials[g] = vec2(red_a[0], red_b[0]);
+    }
+}
+
+// The G partials, summed by one workgroup in a fixed order.
+fn combine(tid: u32) -> vec2<f32> {
+    let p = select(vec2(0.0), partials[min(tid, params.groups - 1u)], tid < params.groups);
+    red_a[tid] = p.x;
+    red_b[tid] = p.y;
+    // Barrier: all partials are stored before the tree reads them.
+    workgroupBarrier();
+    tree_sum(tid);
+    return vec2(red_a[0], red_b[0]);
+}
+
+@compute @workgroup_size(WG)
+fn normalizer_partial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let range = span_of(wid.x);
+    let iters = (range.y - range.x + 4u * WG - 1u) / (4u * WG);
+    var acc = vec2(0.0);
+    for (var k = 0u; k < iters; k++) {
+        let i = range.x + k * 4u * WG + tid;
+        acc += row_weight(i, range.y) + row_weight(i + WG, range.y)
+            + row_weight(i + 2u * WG, range.y) + row_weight(i + 3u * WG, range.y);
+    }
+    store_partial(wid.x, tid, acc);
+}
+
+@compute @workgroup_size(WG)
+fn normalizer(@builtin(local_invocation_index) tid: u32) {
+    let total = combine(tid);
+    if (tid == 0u) {
         let averaged = params.flags == REDUCTION_MEAN || params.flags == REDUCTION_WEIGHTED_MEAN;
-        status[0] = select(1.0, red_a[0], averaged);
-        status[1] = red_b[0];
+        status[0] = select(1.0, total.x, averaged);
+        status[1] = total.y;
     }
 }
 
 @compute @workgroup_size(WG)
-fn finalize(@builtin(local_invocation_index) tid: u32) {
-    let iters = (params.rows + 4u * WG - 1u) / (4u * WG);
+fn finalize_partial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let range = span_of(wid.x);
+    let iters = (range.y - range.x + 4u * WG - 1u) / (4u * WG);
     var total = 0.0;
     for (var k = 0u; k < iters; k++) {
-        let i = k * 4u * WG + tid;
-        total += row_value(i) + row_value(i + WG) + row_value(i + 2u * WG) + row_value(i + 3u * WG);
+        let i = range.x + k * 4u * WG + tid;
+        total += row_value(i, range.y) + row_value(i + WG, range.y)
+            + row_value(i + 2u * WG, range.y) + row_value(i + 3u * WG, range.y);
     }
-    red_a[tid] = total;
-    red_b[tid] = 0.0;
-    // Barrier: all partials are stored before the tree reads them.
-    workgroupBarrier();
-    tree_sum(tid);
+    store_partial(wid.x, tid, vec2(total, 0.0));
+}
+
+@compute @workgroup_size(WG)
+fn finalize(@builtin(local_invocation_index) tid: u32) {
+    let total = combine(tid);
     if (tid == 0u) {
         let denom = status[0];
-        status[2] = select(red_a[0] / denom, 0.0, denom == 0.0);
+        status[2] = select(total.x / denom, 0.0, denom == 0.0);
     }
 }

@@ -21,10 +21,61 @@ pub const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
 /// `shaders/baseline.wgsl`: the copy floor and the unfused sequence (bench only).
 pub const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
 
+/// How many classes each thread of `xent_row_segments` holds: the private
+/// array's size is fixed per shader module (WGSL has no override-sized
+/// private arrays), and a large one costs its zero-initialisation on every
+/// row when the rows are short, so there are three modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SegmentCache {
+    /// 16 classes (4 vec4).
+    Small,
+    /// 128 classes (32 vec4).
+    Mid,
+    /// 1024 classes (256 vec4), the shader file as written.
+    Full,
+}
+
+impl SegmentCache {
+    /// The smallest cache holding a segment of `len` classes.
+    pub(crate) fn for_len(len: usize) -> Self {
+        match len {
+            0..=16 => SegmentCache::Small,
+            17..=128 => SegmentCache::Mid,
+            _ => SegmentCache::Full,
+        }
+    }
+
+    fn family(self) -> Family {
+        match self {
+            SegmentCache::Small => Family::SoftmaxXentSmall,
+            SegmentCache::Mid => Family::SoftmaxXentMid,
+            SegmentCache::Full => Family::SoftmaxXent,
+        }
+    }
+}
+
+/// The line of `softmax_xent.wgsl` the smaller segment caches replace.
+const SEG_CACHE_LINE: &str = "const SEG_CACHE4: u32 = 256u;";
+
+/// Every shader module the library builds, as (label, WGSL source): the
+/// files in `shaders/` plus the segment-cache variants of
+/// `softmax_xent.wgsl` (for the translation tests).
+pub fn module_sources() -> Vec<(String, String)> {
+    Family::ALL
+        .into_iter()
+        .map(|f| {
+            let (label, source) = f.source();
+            (label.to_string(), source.into_owned())
+        })
+        .collect()
+}
+
 /// A shader file and the bind-group layout its entry points share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
     SoftmaxXent,
+    SoftmaxXentMid,
+    SoftmaxXentSmall,
     LossReduce,
     PostHoc,
     Metrics,
@@ -34,8 +85,10 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    const ALL: [Family; 7] = [
+    const ALL: [Family; 9] = [
         Family::SoftmaxXent,
+        Family::SoftmaxXentMid,
+        Family::SoftmaxXentSmall,
         Family::LossReduce,
         Family::PostHoc,
         Family::Metrics,
@@ -44,8 +97,17 @@ impl Family {
         Family::Baseline,
     ];
 
-    fn source(self) -> (&'static str, &'static str) {
-        match self {
+    fn source(self) -> (&'static str, Cow<'static, str>) {
+        let small = |vec4s: u32| {
+            assert!(SOFTMAX_XENT_WGSL.contains(SEG_CACHE_LINE));
+            Cow::Owned(SOFTMAX_XENT_WGSL.replace(
+                SEG_CACHE_LINE,
+                &format!("const SEG_CACHE4: u32 = {vec4s}u;"),
+            ))
+        };
+        let (label, text) = match self {
+            Family::SoftmaxXentMid => return ("softmax_xent.wgsl (mid cache)", small(32)),
+            Family::SoftmaxXentSmall => return ("softmax_xent.wgsl (small cache)", small(4)),
             Family::SoftmaxXent => ("softmax_xent.wgsl", SOFTMAX_XENT_WGSL),
             Family::LossReduce => ("loss_reduce.wgsl", LOSS_REDUCE_WGSL),
             Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
@@ -53,6 +115,16 @@ impl Family {
             Family::Gather => ("gather.wgsl", GATHER_WGSL),
             Family::Linear => ("linear.wgsl", LINEAR_WGSL),
             Family::Baseline => ("baseline.wgsl", BASELINE_WGSL),
+        };
+        (label, Cow::Borrowed(text))
+    }
+
+    /// The family whose bind-group layout this one shares (the segment-cache
+    /// variants bind exactly what `softmax_xent.wgsl` binds).
+    fn layout_family(self) -> Family {
+        match self {
+            Family::SoftmaxXentMid | Family::SoftmaxXentSmall => Family::SoftmaxXent,
+            f => f,
         }
     }
 
@@ -61,7 +133,7 @@ impl Family {
     fn table_bindings(self) -> &'static [u32] {
         match self {
             // bias_table: b in a 64 KiB uniform buffer
-            Family::SoftmaxXent => &[8],
+            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => &[8],
             // adjust_table: a window of a_tc in a 64 KiB uniform buffer
             Family::PostHoc => &[6],
             _ => &[],
@@ -73,9 +145,12 @@ impl Family {
     fn storage_bindings(self) -> &'static [bool] {
         match self {
             // logits (read_write for in-place), labels, class_params, grad, row_loss, upstream, norm
-            Family::SoftmaxXent => &[false, true, true, false, false, true, true],
+            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => {
+                &[false, true, true, false, false, true, true]
+            }
             // labels, class_params, row_loss, status
-            Family::LossReduce => &[true, true, true, false],
+            // labels, class_params, row_loss, status, partials
+            Family::LossReduce => &[true, true, true, false, false],
             // logits, adjust, pred, corrected_out, best_state
             Family::PostHoc => &[true, true, false, false, false],
             // labels, pred, counts
@@ -96,11 +171,14 @@ pub(crate) enum Entry {
     XentRowPerGroup,
     XentRowPerThread,
     XentRowCached,
-    XentRowSegments,
-    XentRowSegmentsInPlace,
-    XentRowSegmentsWide,
-    XentRowSegmentsWideInPlace,
+    /// `xent_row_segments` with this cache, in place or not (b from the
+    /// uniform table).
+    XentRowSegments(SegmentCache, bool),
+    /// `xent_row_segments_wide`, in place or not (b from storage).
+    XentRowSegmentsWide(bool),
+    NormalizerPartial,
     Normalizer,
+    FinalizePartial,
     Finalize,
     ArgmaxRowPerThread,
     ArgmaxRowPerGroup,
@@ -128,11 +206,13 @@ impl Entry {
             Entry::XentRowPerGroup => "xent_row_per_group",
             Entry::XentRowPerThread => "xent_row_per_thread",
             Entry::XentRowCached => "xent_row_cached",
-            Entry::XentRowSegments => "xent_row_segments",
-            Entry::XentRowSegmentsInPlace => "xent_row_segments_in_place",
-            Entry::XentRowSegmentsWide => "xent_row_segments_wide",
-            Entry::XentRowSegmentsWideInPlace => "xent_row_segments_wide_in_place",
+            Entry::XentRowSegments(_, false) => "xent_row_segments",
+            Entry::XentRowSegments(_, true) => "xent_row_segments_in_place",
+            Entry::XentRowSegmentsWide(false) => "xent_row_segments_wide",
+            Entry::XentRowSegmentsWide(true) => "xent_row_segments_wide_in_place",
+            Entry::NormalizerPartial => "normalizer_partial",
             Entry::Normalizer => "normalizer",
+            Entry::FinalizePartial => "finalize_partial",
             Entry::Finalize => "finalize",
             Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
@@ -157,14 +237,15 @@ impl Entry {
 
     pub(crate) fn family(self) -> Family {
         match self {
+            Entry::XentRowSegments(cache, _) => cache.family(),
             Entry::XentRowPerGroup
             | Entry::XentRowPerThread
             | Entry::XentRowCached
-            | Entry::XentRowSegments
-            | Entry::XentRowSegmentsInPlace
-            | Entry::XentRowSegmentsWide
-            | Entry::XentRowSegmentsWideInPlace => Family::SoftmaxXent,
-            Entry::Normalizer | Entry::Finalize => Family::LossReduce,
+            | Entry::XentRowSegmentsWide(_) => Family::SoftmaxXent,
+            Entry::NormalizerPartial
+            | Entry::Normalizer
+            | Entry::FinalizePartial
+            | Entry::Finalize => Family::LossReduce,
             Entry::ArgmaxRowPerThread
             | Entry::ArgmaxRowPerGroup
             | Entry::ArgmaxWindows
@@ -186,7 +267,7 @@ impl Entry {
 
     /// Whether the shader declares `override WG_SIZE`.
     fn has_workgroup_override(self) -> bool {
-        self.family() == Family::SoftmaxXent
+        self.family().layout_family() == Family::SoftmaxXent
     }
 }
 
@@ -222,44 +303,52 @@ fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLay
 
 impl Built {
     fn new(device: &wgpu::Device) -> Self {
-        let families = Family::ALL
-            .into_iter()
-            .map(|family| {
-                let (label, source) = family.source();
-                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(label),
-                    source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(source)),
-                });
-                let mut entries = vec![layout_entry(0, wgpu::BufferBindingType::Uniform)];
-                for (i, &read_only) in family.storage_bindings().iter().enumerate() {
-                    entries.push(layout_entry(
-                        i as u32 + 1,
-                        wgpu::BufferBindingType::Storage { read_only },
-                    ));
+        let mut families: HashMap<Family, FamilyObjects> = HashMap::new();
+        // Layout owners first, so the variants can share their layouts.
+        let mut order = Family::ALL.to_vec();
+        order.sort_by_key(|f| *f != f.layout_family());
+        for family in order {
+            let (label, source) = family.source();
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(source),
+            });
+            let (layout, pipeline_layout) = match families.get(&family.layout_family()) {
+                Some(owner) => (owner.layout.clone(), owner.pipeline_layout.clone()),
+                None => {
+                    let mut entries = vec![layout_entry(0, wgpu::BufferBindingType::Uniform)];
+                    for (i, &read_only) in family.storage_bindings().iter().enumerate() {
+                        entries.push(layout_entry(
+                            i as u32 + 1,
+                            wgpu::BufferBindingType::Storage { read_only },
+                        ));
+                    }
+                    for &binding in family.table_bindings() {
+                        entries.push(layout_entry(binding, wgpu::BufferBindingType::Uniform));
+                    }
+                    let layout =
+                        device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                            label: Some(label),
+                            entries: &entries,
+                        });
+                    let pipeline_layout =
+                        device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                            label: Some(label),
+                            bind_group_layouts: &[Some(&layout)],
+                            immediate_size: 0,
+                        });
+                    (layout, pipeline_layout)
                 }
-                for &binding in family.table_bindings() {
-                    entries.push(layout_entry(binding, wgpu::BufferBindingType::Uniform));
-                }
-                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: Some(label),
-                    entries: &entries,
-                });
-                let pipeline_layout =
-                    device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                        label: Some(label),
-                        bind_group_layouts: &[Some(&layout)],
-                        immediate_size: 0,
-                    });
-                (
-                    family,
-                    FamilyObjects {
-                        module,
-                        layout,
-                        pipeline_layout,
-                    },
-                )
-            })
-            .collect();
+            };
+            families.insert(
+                family,
+                FamilyObjects {
+                    module,
+                    layout,
+                    pipeline_layout,
+                },
+            );
+        }
         Built {
             families,
             pipelines: HashMap::new(),

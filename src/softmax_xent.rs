@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::buffers::{self, plan_chunks, range};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::{Entry, Family};
+use crate::kernels::{Entry, Family, SegmentCache};
 use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
 
 const FLAG_WRITE_GRAD: u32 = 1;
@@ -27,6 +27,10 @@ const ROW_PER_THREAD_AUTO_MAX_CLASSES: usize = 32;
 /// and lavapipe end an invocation after about 65,535 trips, so it is
 /// refused above this `C` (where it would be slow anyway).
 pub const ROW_PER_THREAD_MAX_CLASSES: usize = 4096;
+/// Rows per workgroup of the partial reduce passes (and their most
+/// workgroups, which one 256-thread workgroup then combines).
+const REDUCE_ROWS_PER_GROUP: usize = 1024;
+const REDUCE_MAX_GROUPS: usize = 256;
 /// The row-per-group layout makes 2*C/WG trips per invocation.
 const MAX_LOOP_TRIPS: usize = 65_000;
 
@@ -129,7 +133,8 @@ pub struct LossBuffers<'a> {
     pub row_loss: Option<&'a wgpu::Buffer>,
 }
 
-/// Uniform parameters, laid out as `Params` in both shaders.
+/// Uniform parameters, laid out as `Params` in both shaders (in
+/// loss_reduce.wgsl `seg_threads` and `seg_len` are `groups` and `span`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -150,8 +155,13 @@ pub struct BoundLoss {
     rows: usize,
     reduction: Reduction,
     xent: wgpu::ComputePipeline,
+    normalizer_partial: wgpu::ComputePipeline,
     normalizer: wgpu::ComputePipeline,
+    finalize_partial: wgpu::ComputePipeline,
     finalize: wgpu::ComputePipeline,
+    /// Workgroups of the partial reduce passes.
+    reduce_groups: u32,
+    _partials: wgpu::Buffer,
     reduce_group: Option<wgpu::BindGroup>,
     chunks: Vec<(wgpu::BindGroup, u32)>,
     row_loss: wgpu::Buffer,
@@ -471,7 +481,16 @@ impl SoftmaxXent {
             seg_len: seg_len as u32,
             _pad: 0,
         };
-        let slots: Vec<Params> = std::iter::once(base)
+        // The reduce passes: G workgroups of rows, then one to combine.
+        let reduce_groups = n
+            .div_ceil(REDUCE_ROWS_PER_GROUP)
+            .clamp(1, REDUCE_MAX_GROUPS);
+        let reduce = Params {
+            seg_threads: reduce_groups as u32,
+            seg_len: n.div_ceil(reduce_groups).max(1) as u32,
+            ..base
+        };
+        let slots: Vec<Params> = std::iter::once(reduce)
             .chain(chunks.iter().map(|ch| Params {
                 rows: ch.rows as u32,
                 flags,
@@ -488,6 +507,12 @@ impl SoftmaxXent {
                 | wgpu::BufferUsages::COPY_DST,
         )?;
 
+        let partials = buffers::storage(
+            ctx,
+            "reduce partials",
+            REDUCE_MAX_GROUPS as u64 * 8,
+            wgpu::BufferUsages::STORAGE,
+        )?;
         let kernels = ctx.kernels();
         let reduce_group = (n > 0).then(|| {
             buffers::bind_group(
@@ -500,6 +525,7 @@ impl SoftmaxXent {
                     self.class_params.as_entire_binding(),
                     range(&row_loss, 0, n as u64 * 4),
                     status.as_entire_binding(),
+                    partials.as_entire_binding(),
                 ],
             )
         });
@@ -542,20 +568,22 @@ impl SoftmaxXent {
         let xent_entry = match variant {
             Variant::RowPerThread => Entry::XentRowPerThread,
             Variant::RowCached => Entry::XentRowCached,
-            Variant::RowSegments => match (c <= BIAS_TABLE_CLASSES, in_place) {
-                (true, false) => Entry::XentRowSegments,
-                (true, true) => Entry::XentRowSegmentsInPlace,
-                (false, false) => Entry::XentRowSegmentsWide,
-                (false, true) => Entry::XentRowSegmentsWideInPlace,
-            },
+            Variant::RowSegments if c <= BIAS_TABLE_CLASSES => {
+                Entry::XentRowSegments(SegmentCache::for_len(seg_len), in_place)
+            }
+            Variant::RowSegments => Entry::XentRowSegmentsWide(in_place),
             _ => Entry::XentRowPerGroup,
         };
         Ok(BoundLoss {
             rows: n,
             reduction: self.spec.reduction_kind(),
             xent: kernels.pipeline(xent_entry, wg),
+            normalizer_partial: kernels.pipeline(Entry::NormalizerPartial, 0),
             normalizer: kernels.pipeline(Entry::Normalizer, 0),
+            finalize_partial: kernels.pipeline(Entry::FinalizePartial, 0),
             finalize: kernels.pipeline(Entry::Finalize, 0),
+            reduce_groups: reduce_groups as u32,
+            _partials: partials,
             reduce_group,
             chunks: chunk_groups,
             row_loss,
@@ -587,8 +615,10 @@ impl SoftmaxXent {
         let Some(reduce_group) = &bound.reduce_group else {
             return;
         };
-        pass.set_pipeline(&bound.normalizer);
         pass.set_bind_group(0, reduce_group, &[]);
+        pass.set_pipeline(&bound.normalizer_partial);
+        pass.dispatch_workgroups(bound.reduce_groups, 1, 1);
+        pass.set_pipeline(&bound.normalizer);
         pass.dispatch_workgroups(1, 1, 1);
         pass.set_pipeline(&bound.xent);
         for (group, workgroups) in &bound.chunks {
@@ -596,8 +626,10 @@ impl SoftmaxXent {
             pass.dispatch_workgroups(*workgroups, 1, 1);
         }
         if bound.reduction != Reduction::None {
-            pass.set_pipeline(&bound.finalize);
             pass.set_bind_group(0, reduce_group, &[]);
+            pass.set_pipeline(&bound.finalize_partial);
+            pass.dispatch_workgroups(bound.reduce_groups, 1, 1);
+            pass.set_pipeline(&bound.finalize);
             pass.dispatch_workgroups(1, 1, 1);
         }
     }

@@ -240,6 +240,9 @@ fn one_class() {
     for (k, n) in [1, 7, 70_000].into_iter().enumerate() {
         check(case(n, 1, k));
     }
+    // Past 256 x 1024 rows the reduce passes' 256 workgroups take more than
+    // 1024 rows each; weighted-mean (k = 3) sums alpha_y over the valid rows.
+    check(case(300_000, 1, 3));
 }
 
 #[test]

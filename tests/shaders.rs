@@ -22,6 +22,13 @@ fn shader_files() -> Vec<(String, String)> {
         })
         .collect();
     files.sort();
+    // The modules built from a file with a constant replaced (the
+    // segment-cache variants of softmax_xent.wgsl).
+    for (label, source) in logit_adjust::kernels::module_sources() {
+        if !files.iter().any(|(_, s)| *s == source) {
+            files.push((label, source));
+        }
+    }
     assert!(
         files.len() >= 2,
         "expected the shader files, found {files:?}"
