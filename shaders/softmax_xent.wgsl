@@ -38,7 +38,7 @@
 //                         1024 classes (P = seg_threads, a power of two), one
 //                         thread each, held in a private array: one read, one
 //                         write; WG / P rows per workgroup. b comes from the
-//                         uniform bias_table (C <= 16384) or from
+//                         uniform bias tables (C <= 32768) or from
 //                         class_params (the _wide entries). P = 1 is a row
 //                         per thread: no barriers. P > 1 meets the P partials
 //                         in a workgroup-memory tree (log2 P barriers per
@@ -75,7 +75,7 @@ const LOWEST: f32 = -3.4028235e38;
 const MAX_WG: u32 = 1024u;
 const CACHE4: u32 = 16u;
 const SEG_CACHE4: u32 = 256u;  // vec4s of its segment each thread of xent_row_segments holds
-const BIAS_TABLE_CLASSES: u32 = 16384u;       // vec4s of the row each thread of xent_row_cached holds
+const TABLE_HALF: u32 = 16384u;  // classes per uniform b table (64 KiB)
 
 override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
 
@@ -91,10 +91,12 @@ override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
 @group(0) @binding(6) var<storage, read> upstream: array<f32>;
 // [denom] written by loss_reduce.wgsl's normalizer
 @group(0) @binding(7) var<storage, read> norm: array<f32>;
-// b_0..b_{C-1} again, zero-padded to 64 KiB, for xent_row_segments when
-// C <= BIAS_TABLE_CLASSES: on lavapipe a uniform-buffer read is a vector
-// gather or a scalar broadcast, a storage read a per-lane loop.
+// b_0..b_{C-1} again, zero-padded, in two 64 KiB uniform tables (classes
+// below 16384, then 16384..32767), for xent_row_segments when C <= 32768:
+// on lavapipe a uniform-buffer read is a vector gather or a scalar
+// broadcast, a storage read a per-lane loop.
 @group(0) @binding(8) var<uniform> bias_table: array<vec4<f32>, 4096>;
+@group(0) @binding(9) var<uniform> bias_table_hi: array<vec4<f32>, 4096>;
 
 var<workgroup> wg_label: i32;
 var<workgroup> red_max: array<f32, MAX_WG>;
@@ -404,7 +406,11 @@ fn xent_row_cached(
 // b_c .. b_{c+3} for a vec4 starting at class c (c % 4 == 0).
 fn bias4(c: u32, table: bool) -> vec4<f32> {
     if (table) {
-        return bias_table[c / 4u];
+        // c % 4 == 0, so a vec4 never straddles the two tables.
+        if (c < TABLE_HALF) {
+            return bias_table[c / 4u];
+        }
+        return bias_table_hi[(c - TABLE_HALF) / 4u];
     }
     let last = params.classes - 1u;
     return vec4(class_params[min(c, last)], class_params[min(c + 1u, last)],

@@ -132,8 +132,8 @@ impl Family {
     /// binding 0's `params`.
     fn table_bindings(self) -> &'static [u32] {
         match self {
-            // bias_table: b in a 64 KiB uniform buffer
-            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => &[8],
+            // bias_table, bias_table_hi: b in two 64 KiB uniform windows
+            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => &[8, 9],
             // adjust_table: a window of a_tc in a 64 KiB uniform buffer
             Family::PostHoc => &[6],
             _ => &[],

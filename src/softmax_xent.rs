@@ -62,9 +62,9 @@ pub enum Variant {
 pub const SEGMENT_MAX_CLASSES: usize = 1024;
 /// Up to this `C`, [`Variant::RowSegments`] reads `b` from a 64 KiB uniform
 /// buffer; above it, from a storage buffer.
-pub const BIAS_TABLE_CLASSES: usize = 16384;
-/// Bytes of the uniform `b` table (the shader's `bias_table`).
-const BIAS_TABLE_BYTES: usize = BIAS_TABLE_CLASSES * 4;
+pub const BIAS_TABLE_CLASSES: usize = 32768;
+/// Bytes of each of the two uniform `b` tables (`bias_table`, `bias_table_hi`).
+const BIAS_TABLE_BYTES: usize = BIAS_TABLE_CLASSES * 2;
 
 /// How [`Variant::RowSegments`] splits a row of `classes`: `P` threads per
 /// row (a power of two) and `L` classes per thread (a multiple of 4).
@@ -205,7 +205,8 @@ pub struct SoftmaxXent {
     /// replace it.
     explicit_size: bool,
     class_params: wgpu::Buffer,
-    /// `b` zero-padded to 64 KiB, uniform (the row-segments layout's table).
+    /// `b` zero-padded to 128 KiB, uniform (the row-segments layout's two
+    /// tables, bound at 0 and 64 KiB).
     bias_table: wgpu::Buffer,
     /// `[1.0]`: the default upstream.
     one: wgpu::Buffer,
@@ -559,6 +560,11 @@ impl SoftmaxXent {
                         upstream,
                         status.as_entire_binding(),
                         range(&self.bias_table, 0, BIAS_TABLE_BYTES as u64),
+                        range(
+                            &self.bias_table,
+                            BIAS_TABLE_BYTES as u64,
+                            BIAS_TABLE_BYTES as u64,
+                        ),
                     ],
                 );
                 (group, ch.rows.div_ceil(rows_per_group) as u32)

@@ -283,6 +283,7 @@ fn segment_and_table_boundaries() {
         (3, 16_384),
         (3, 16_385),
         (2, 20_001),
+        (2, 32_769),
     ]
     .into_iter()
     .enumerate()

@@ -2,14 +2,15 @@
 //! the tolerance checks of the core issue.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use logit_adjust::Context;
 
 /// One context per adapter wgpu sees under `WGPU_BACKEND` (all backends when
 /// unset). Panics when there is none: a GPU test never passes by skipping.
-pub fn contexts() -> &'static [Context] {
+fn all_contexts() -> &'static [Context] {
     static CONTEXTS: OnceLock<Vec<Context>> = OnceLock::new();
     CONTEXTS.get_or_init(|| {
         let adapters = logit_adjust::adapters_from_env();
@@ -28,6 +29,58 @@ pub fn contexts() -> &'static [Context] {
         }
         contexts
     })
+}
+
+/// The GL backend shares one EGL context between threads and gives up
+/// (panics) when another thread holds it for more than 6 s, which a long
+/// dispatch on llvmpipe does; so the tests take turns on GL adapters.
+static GL_TURN: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// Turns this thread holds (nested `contexts()` loops do not wait on
+    /// themselves).
+    static GL_TURNS_HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Every context in turn. While the loop body runs on a GL context, this
+/// thread holds the GL turn (released when the loop moves on or ends).
+pub fn contexts() -> Contexts {
+    Contexts {
+        all: all_contexts(),
+        next: 0,
+        turn: None,
+    }
+}
+
+pub struct Contexts {
+    all: &'static [Context],
+    next: usize,
+    turn: Option<Turn>,
+}
+
+struct Turn(#[allow(dead_code)] Option<MutexGuard<'static, ()>>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        GL_TURNS_HELD.with(|h| h.set(h.get() - 1));
+    }
+}
+
+impl Iterator for Contexts {
+    type Item = &'static Context;
+
+    fn next(&mut self) -> Option<&'static Context> {
+        self.turn = None;
+        let ctx = self.all.get(self.next)?;
+        self.next += 1;
+        if ctx.info().backend == wgpu::Backend::Gl {
+            let nested = GL_TURNS_HELD.with(|h| h.get()) > 0;
+            let guard = (!nested).then(|| GL_TURN.lock().unwrap_or_else(|p| p.into_inner()));
+            GL_TURNS_HELD.with(|h| h.set(h.get() + 1));
+            self.turn = Some(Turn(guard));
+        }
+        Some(ctx)
+    }
 }
 
 /// A label for messages: adapter and backend.
