@@ -70,6 +70,8 @@ struct Params {
 const FLAG_WRITE_GRAD: u32 = 1u;        // forward+backward, else forward only
 const FLAG_IN_PLACE: u32 = 2u;          // gradient overwrites the logits
 const FLAG_UPSTREAM_PER_ROW: u32 = 4u;  // upstream holds g_i per row, else one g
+const FLAG_UPSTREAM_ONE: u32 = 8u;      // g = 1: upstream is not read
+const FLAG_TABLE_MARGINS: u32 = 16u;    // the bias tables also hold m at C.., alpha at 2C..
 
 const LOWEST: f32 = -3.4028235e38;
 const MAX_WG: u32 = 1024u;
@@ -145,7 +147,10 @@ fn row_loss_of(t: Target, lse: f32, z_y: f32, z_sum: f32) -> f32 {
 
 fn grad_scale(row: u32, t: Target) -> f32 {
     let denom = norm[0];
-    let g = select(upstream[0], upstream[row], (params.flags & FLAG_UPSTREAM_PER_ROW) != 0u);
+    var g = 1.0;
+    if ((params.flags & FLAG_UPSTREAM_ONE) == 0u) {
+        g = select(upstream[0], upstream[row], (params.flags & FLAG_UPSTREAM_PER_ROW) != 0u);
+    }
     return select(t.alpha * g / denom, 0.0, t.ignored || denom == 0.0);
 }
 
@@ -403,6 +408,31 @@ fn xent_row_cached(
     }
 }
 
+// Float i of the two bias tables taken as one array.
+fn table_at(i: u32) -> f32 {
+    if (i < TABLE_HALF) {
+        return bias_table[i / 4u][i % 4u];
+    }
+    return bias_table_hi[(i - TABLE_HALF) / 4u][(i - TABLE_HALF) % 4u];
+}
+
+// target_of with m_y and alpha_y from the uniform tables when they hold
+// them (3C <= 32768): two storage reads fewer per row, which counts when
+// rows are short.
+fn target_from_table(label: i32, table: bool) -> Target {
+    if (!table || (params.flags & FLAG_TABLE_MARGINS) == 0u) {
+        return target_of(label);
+    }
+    let c = params.classes;
+    var t: Target;
+    t.ignored = label == params.ignore_index;
+    t.bad = !t.ignored && (label < 0 || u32(label) >= c);
+    t.y = select(0u, u32(label), !t.ignored && !t.bad);
+    t.margin = table_at(c + t.y);
+    t.alpha = table_at(2u * c + t.y);
+    return t;
+}
+
 // b_c .. b_{c+3} for a vec4 starting at class c (c % 4 == 0).
 fn bias4(c: u32, table: bool) -> vec4<f32> {
     if (table) {
@@ -459,7 +489,7 @@ fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool) {
     let row = min(row_unclamped, params.rows - 1u);
     let c_len = params.classes;
     let base = row * c_len;
-    let t = target_of(labels[row]);
+    let t = target_from_table(labels[row], table);
     // This thread's segment [c0, c1): contiguous, so each thread walks its
     // own stretch of memory and b_c is read as one vec4 per four classes.
     let c0 = min(lane * params.seg_len, c_len);
@@ -469,6 +499,7 @@ fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool) {
     var cache: array<vec4<f32>, SEG_CACHE4>;
     var m4 = vec4(LOWEST);
     var zs4 = vec4(0.0);
+    var zy4 = vec4(0.0);
     for (var k = 0u; k < trips; k++) {
         let c = c0 + 4u * k;
         let cs = vec4(c, c + 1u, c + 2u, c + 3u);
@@ -482,6 +513,8 @@ fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool) {
         cache[k] = zm;
         m4 = max(m4, zm);
         zs4 += select(vec4(0.0), z, inside);
+        // z_y, kept on the way (P = 1) rather than read again for the loss.
+        zy4 += select(vec4(0.0), z, inside & (cs == vec4(t.y)));
     }
     var m = max(max(m4.x, m4.y), max(m4.z, m4.w));
     var z_sum = zs4.x + zs4.y + zs4.z + zs4.w;
@@ -508,7 +541,12 @@ fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool) {
         if (t.bad) {
             l = nan();
         } else if (!t.ignored) {
-            l = row_loss_of(t, m + log(s), adjusted(base, t.y, t), z_sum);
+            var z_y = zy4.x + zy4.y + zy4.z + zy4.w;
+            if (p > 1u) {
+                // y may lie in another thread's segment.
+                z_y = adjusted(base, t.y, t);
+            }
+            l = row_loss_of(t, m + log(s), z_y, z_sum);
         }
         row_loss[row] = l;
     }

@@ -18,6 +18,8 @@ use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
 const FLAG_WRITE_GRAD: u32 = 1;
 const FLAG_IN_PLACE: u32 = 2;
 const FLAG_UPSTREAM_PER_ROW: u32 = 4;
+const FLAG_UPSTREAM_ONE: u32 = 8;
+const FLAG_TABLE_MARGINS: u32 = 16;
 
 /// Threads per workgroup of the row pass (a power of two, at most 256).
 const DEFAULT_WORKGROUP_SIZE: u32 = 64;
@@ -227,9 +229,10 @@ impl SoftmaxXent {
     pub fn new(ctx: &Context, spec: &LossSpec) -> Result<Self> {
         spec.validate()?;
         let class_params: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
+        // b, and when they fit also m and alpha (the layout of class_params).
         let mut table = vec![0f32; BIAS_TABLE_CLASSES];
-        let fits = spec.classes().min(BIAS_TABLE_CLASSES);
-        table[..fits].copy_from_slice(&spec.bias()[..fits]);
+        let fits = class_params.len().min(BIAS_TABLE_CLASSES);
+        table[..fits].copy_from_slice(&class_params[..fits]);
         ctx.scoped(|| {
             Ok(Self {
                 ctx: ctx.clone(),
@@ -404,8 +407,11 @@ impl SoftmaxXent {
             }
             GradOutput::InPlace => flags |= FLAG_WRITE_GRAD | FLAG_IN_PLACE,
         }
+        if 3 * self.spec.classes() <= BIAS_TABLE_CLASSES {
+            flags |= FLAG_TABLE_MARGINS;
+        }
         match b.upstream {
-            UpstreamBuffer::One => {}
+            UpstreamBuffer::One => flags |= FLAG_UPSTREAM_ONE,
             UpstreamBuffer::Scalar(g) => need("upstream", g, 4)?,
             UpstreamBuffer::PerRow(g) => {
                 if self.spec.reduction_kind() != Reduction::None {
