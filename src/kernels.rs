@@ -140,6 +140,15 @@ impl Family {
         }
     }
 
+    /// Writable storage bindings after the uniform tables (binding numbers).
+    fn late_storage_bindings(self) -> &'static [u32] {
+        match self {
+            // logits4, grad4: vec4 views of the logits and the gradient
+            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => &[10, 11],
+            _ => &[],
+        }
+    }
+
     /// Binding 0 is the uniform `params`; then storage buffers, `true` for
     /// read-only. Mirrors the WGSL declarations.
     fn storage_bindings(self) -> &'static [bool] {
@@ -171,9 +180,9 @@ pub(crate) enum Entry {
     XentRowPerGroup,
     XentRowPerThread,
     XentRowCached,
-    /// `xent_row_segments` with this cache, in place or not (b from the
-    /// uniform table).
-    XentRowSegments(SegmentCache, bool),
+    /// `xent_row_segments` with this cache, in place or not, with vec4
+    /// loads and stores (`C % 4 == 0`) or not (b from the uniform tables).
+    XentRowSegments(SegmentCache, bool, bool),
     /// `xent_row_segments_wide`, in place or not (b from storage).
     XentRowSegmentsWide(bool),
     NormalizerPartial,
@@ -206,8 +215,10 @@ impl Entry {
             Entry::XentRowPerGroup => "xent_row_per_group",
             Entry::XentRowPerThread => "xent_row_per_thread",
             Entry::XentRowCached => "xent_row_cached",
-            Entry::XentRowSegments(_, false) => "xent_row_segments",
-            Entry::XentRowSegments(_, true) => "xent_row_segments_in_place",
+            Entry::XentRowSegments(_, false, false) => "xent_row_segments",
+            Entry::XentRowSegments(_, true, false) => "xent_row_segments_in_place",
+            Entry::XentRowSegments(_, false, true) => "xent_row_segments4",
+            Entry::XentRowSegments(_, true, true) => "xent_row_segments4_in_place",
             Entry::XentRowSegmentsWide(false) => "xent_row_segments_wide",
             Entry::XentRowSegmentsWide(true) => "xent_row_segments_wide_in_place",
             Entry::NormalizerPartial => "normalizer_partial",
@@ -237,7 +248,7 @@ impl Entry {
 
     pub(crate) fn family(self) -> Family {
         match self {
-            Entry::XentRowSegments(cache, _) => cache.family(),
+            Entry::XentRowSegments(cache, _, _) => cache.family(),
             Entry::XentRowPerGroup
             | Entry::XentRowPerThread
             | Entry::XentRowCached
@@ -325,6 +336,12 @@ impl Built {
                     }
                     for &binding in family.table_bindings() {
                         entries.push(layout_entry(binding, wgpu::BufferBindingType::Uniform));
+                    }
+                    for &binding in family.late_storage_bindings() {
+                        entries.push(layout_entry(
+                            binding,
+                            wgpu::BufferBindingType::Storage { read_only: false },
+                        ));
                     }
                     let layout =
                         device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {

@@ -258,7 +258,7 @@ impl SoftmaxXent {
                     bytemuck::bytes_of(&1.0f32),
                     wgpu::BufferUsages::STORAGE,
                 )?,
-                unused_grad: buffers::storage(ctx, "unused grad", 4, wgpu::BufferUsages::STORAGE)?,
+                unused_grad: buffers::storage(ctx, "unused grad", 16, wgpu::BufferUsages::STORAGE)?,
             })
         })
     }
@@ -537,6 +537,10 @@ impl SoftmaxXent {
             )
         });
         let xent_layout = kernels.layout(Family::SoftmaxXent);
+        let in_place = matches!(b.grad, GradOutput::InPlace);
+        // vec4 loads and stores: whole rows of vec4s, b from the tables.
+        let aligned =
+            variant == Variant::RowSegments && c.is_multiple_of(4) && c <= BIAS_TABLE_CLASSES;
         let chunk_groups = chunks
             .iter()
             .enumerate()
@@ -551,6 +555,22 @@ impl SoftmaxXent {
                     UpstreamBuffer::One => self.one.as_entire_binding(),
                     UpstreamBuffer::Scalar(g) => range(g, 0, 4),
                     UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
+                };
+                // The vec4 views, where the vec4 entries use them; else the
+                // (writable, 16-byte) stand-in.
+                let (logits4, grad4) = if aligned {
+                    let logits4 = range(b.logits, first * row_bytes, elems * 4);
+                    match b.grad {
+                        GradOutput::Separate(g) => {
+                            (logits4, range(g, first * row_bytes, elems * 4))
+                        }
+                        _ => (logits4, self.unused_grad.as_entire_binding()),
+                    }
+                } else {
+                    (
+                        self.unused_grad.as_entire_binding(),
+                        self.unused_grad.as_entire_binding(),
+                    )
                 };
                 let group = buffers::bind_group(
                     ctx,
@@ -571,17 +591,18 @@ impl SoftmaxXent {
                             BIAS_TABLE_BYTES as u64,
                             BIAS_TABLE_BYTES as u64,
                         ),
+                        logits4,
+                        grad4,
                     ],
                 );
                 (group, ch.rows.div_ceil(rows_per_group) as u32)
             })
             .collect();
-        let in_place = matches!(b.grad, GradOutput::InPlace);
         let xent_entry = match variant {
             Variant::RowPerThread => Entry::XentRowPerThread,
             Variant::RowCached => Entry::XentRowCached,
             Variant::RowSegments if c <= BIAS_TABLE_CLASSES => {
-                Entry::XentRowSegments(SegmentCache::for_len(seg_len), in_place)
+                Entry::XentRowSegments(SegmentCache::for_len(seg_len), in_place, aligned)
             }
             Variant::RowSegments => Entry::XentRowSegmentsWide(in_place),
             _ => Entry::XentRowPerGroup,
