@@ -76,7 +76,7 @@ const FLAG_TABLE_MARGINS: u32 = 16u;    // the bias tables also hold m at C.., a
 const LOWEST: f32 = -3.4028235e38;
 const MAX_WG: u32 = 1024u;
 const CACHE4: u32 = 16u;
-const SEG_CACHE4: u32 = 256u;  // vec4s of its segment each thread of xent_row_segments holds
+const SEG_CACHE4: u32 = 128u;  // vec4s of its segment each thread of xent_row_segments holds
 const TABLE_HALF: u32 = 16384u;  // classes per uniform b table (64 KiB)
 
 override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
@@ -99,9 +99,10 @@ override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
 // broadcast, a storage read a per-lane loop.
 @group(0) @binding(8) var<uniform> bias_table: array<vec4<f32>, 4096>;
 @group(0) @binding(9) var<uniform> bias_table_hi: array<vec4<f32>, 4096>;
-// The logits and the gradient again, as vec4s (the same bytes as bindings 1
-// and 4), for the xent_row_segments4 entries when C % 4 == 0: on lavapipe a
-// vec4 load or store pays the per-lane loop once for four floats.
+// The logits and the gradient as vec4s, for the xent_row_segments4 entries
+// (C % 4 == 0), which use these instead of bindings 1 and 4 (the host binds
+// stand-ins there, and here for every other entry): on lavapipe a vec4 load
+// or store pays the per-lane loop once for four floats.
 @group(0) @binding(10) var<storage, read_write> logits4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> grad4: array<vec4<f32>>;
 
@@ -439,8 +440,19 @@ fn target_from_table(label: i32, table: bool) -> Target {
 }
 
 // b_c .. b_{c+3} for a vec4 starting at class c (c % 4 == 0).
-fn bias4(c: u32, table: bool) -> vec4<f32> {
-    if (table) {
+// Where b comes from in row_segments, fixed per entry point: the storage
+// class_params (C > 32768), the low uniform table alone (C <= 16384), or
+// either table (C <= 32768; a branch per vec4, which lavapipe pays on both
+// sides, so the common C <= 16384 has entries without it).
+const B_STORAGE: u32 = 0u;
+const B_LOW: u32 = 1u;
+const B_EITHER: u32 = 3u;
+
+fn bias4(c: u32, src: u32) -> vec4<f32> {
+    if (src == B_LOW) {
+        return bias_table[c / 4u];
+    }
+    if (src == B_EITHER) {
         // c % 4 == 0, so a vec4 never straddles the two tables.
         if (c < TABLE_HALF) {
             return bias_table[c / 4u];
@@ -451,6 +463,7 @@ fn bias4(c: u32, table: bool) -> vec4<f32> {
     return vec4(class_params[min(c, last)], class_params[min(c + 1u, last)],
                 class_params[min(c + 2u, last)], class_params[min(c + 3u, last)]);
 }
+
 
 // Tree over the P = seg_threads partials of each row: lane `lane` of the row
 // whose partials start at `first`. Every thread of the workgroup runs the
@@ -485,7 +498,8 @@ fn segments_sum(tid: u32, lane: u32, first: u32, s: f32) -> f32 {
     return red_sum[first];
 }
 
-fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool, aligned: bool) {
+fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
+    let table = src != B_STORAGE;
     let p = params.seg_threads;
     let lane = tid % p;
     let first = tid - lane;
@@ -519,7 +533,7 @@ fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool, aligned: bool) 
             x = vec4(logits[base + min(cs.x, last)], logits[base + min(cs.y, last)],
                      logits[base + min(cs.z, last)], logits[base + min(cs.w, last)]);
         }
-        let z = x + bias4(c, table) - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
+        let z = x + bias4(c, src) - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
         let zm = select(vec4(LOWEST), z, inside);
         cache[k] = zm;
         m4 = max(m4, zm);
@@ -554,8 +568,15 @@ fn row_segments(wid: u32, tid: u32, table: bool, in_place: bool, aligned: bool) 
         } else if (!t.ignored) {
             var z_y = zy4.x + zy4.y + zy4.z + zy4.w;
             if (p > 1u) {
-                // y may lie in another thread's segment.
-                z_y = adjusted(base, t.y, t);
+                // y may lie in another thread's segment. (The vec4 entries
+                // have only the vec4 view of the logits bound.)
+                var x_y = 0.0;
+                if (aligned) {
+                    x_y = logits4[(base + t.y) / 4u][(base + t.y) % 4u];
+                } else {
+                    x_y = logits[base + t.y];
+                }
+                z_y = x_y + class_params[t.y] - t.margin;
             }
             l = row_loss_of(t, m + log(s), z_y, z_sum);
         }
@@ -627,7 +648,7 @@ fn xent_row_segments(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, true, false, false);
+    row_segments(wid.x, tid, B_LOW, false, false);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -635,7 +656,7 @@ fn xent_row_segments_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, true, true, false);
+    row_segments(wid.x, tid, B_LOW, true, false);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -643,7 +664,7 @@ fn xent_row_segments4(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, true, false, true);
+    row_segments(wid.x, tid, B_LOW, false, true);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -651,7 +672,39 @@ fn xent_row_segments4_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, true, true, true);
+    row_segments(wid.x, tid, B_LOW, true, true);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments_t2(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_EITHER, false, false);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments_t2_in_place(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_EITHER, true, false);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments4_t2(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_EITHER, false, true);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments4_t2_in_place(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_EITHER, true, true);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -659,7 +712,7 @@ fn xent_row_segments_wide(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, false, false, false);
+    row_segments(wid.x, tid, B_STORAGE, false, false);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -667,5 +720,5 @@ fn xent_row_segments_wide_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, false, true, false);
+    row_segments(wid.x, tid, B_STORAGE, true, false);
 }

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 
 /// `shaders/softmax_xent.wgsl`: the fused loss forward(+backward).
 pub const SOFTMAX_XENT_WGSL: &str = include_str!("../shaders/softmax_xent.wgsl");
+/// `shaders/softmax_xent_subgroup.wgsl`: appended to `softmax_xent.wgsl` on
+/// devices with subgroups (the row-cached layout with subgroup reductions).
+pub const SOFTMAX_XENT_SUBGROUP_WGSL: &str = include_str!("../shaders/softmax_xent_subgroup.wgsl");
 /// `shaders/loss_reduce.wgsl`: the normalizer and the final reduction.
 pub const LOSS_REDUCE_WGSL: &str = include_str!("../shaders/loss_reduce.wgsl");
 /// `shaders/posthoc.wgsl`: batched post-hoc correction and argmax.
@@ -55,7 +58,7 @@ impl SegmentCache {
 }
 
 /// The line of `softmax_xent.wgsl` the smaller segment caches replace.
-const SEG_CACHE_LINE: &str = "const SEG_CACHE4: u32 = 256u;";
+const SEG_CACHE_LINE: &str = "const SEG_CACHE4: u32 = 128u;";
 
 /// Every shader module the library builds, as (label, WGSL source): the
 /// files in `shaders/` plus the segment-cache variants of
@@ -76,6 +79,8 @@ pub(crate) enum Family {
     SoftmaxXent,
     SoftmaxXentMid,
     SoftmaxXentSmall,
+    /// `softmax_xent.wgsl` + `softmax_xent_subgroup.wgsl` (devices with subgroups only).
+    SoftmaxXentSubgroup,
     LossReduce,
     PostHoc,
     Metrics,
@@ -85,10 +90,11 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    const ALL: [Family; 9] = [
+    const ALL: [Family; 10] = [
         Family::SoftmaxXent,
         Family::SoftmaxXentMid,
         Family::SoftmaxXentSmall,
+        Family::SoftmaxXentSubgroup,
         Family::LossReduce,
         Family::PostHoc,
         Family::Metrics,
@@ -106,6 +112,12 @@ impl Family {
             ))
         };
         let (label, text) = match self {
+            Family::SoftmaxXentSubgroup => {
+                return (
+                    "softmax_xent.wgsl + softmax_xent_subgroup.wgsl",
+                    Cow::Owned(format!("{SOFTMAX_XENT_WGSL}\n{SOFTMAX_XENT_SUBGROUP_WGSL}")),
+                )
+            }
             Family::SoftmaxXentMid => return ("softmax_xent.wgsl (mid cache)", small(32)),
             Family::SoftmaxXentSmall => return ("softmax_xent.wgsl (small cache)", small(4)),
             Family::SoftmaxXent => ("softmax_xent.wgsl", SOFTMAX_XENT_WGSL),
@@ -123,7 +135,9 @@ impl Family {
     /// variants bind exactly what `softmax_xent.wgsl` binds).
     fn layout_family(self) -> Family {
         match self {
-            Family::SoftmaxXentMid | Family::SoftmaxXentSmall => Family::SoftmaxXent,
+            Family::SoftmaxXentMid | Family::SoftmaxXentSmall | Family::SoftmaxXentSubgroup => {
+                Family::SoftmaxXent
+            }
             f => f,
         }
     }
@@ -133,7 +147,10 @@ impl Family {
     fn table_bindings(self) -> &'static [u32] {
         match self {
             // bias_table, bias_table_hi: b in two 64 KiB uniform windows
-            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => &[8, 9],
+            Family::SoftmaxXent
+            | Family::SoftmaxXentMid
+            | Family::SoftmaxXentSmall
+            | Family::SoftmaxXentSubgroup => &[8, 9],
             // adjust_table: a window of a_tc in a 64 KiB uniform buffer
             Family::PostHoc => &[6],
             _ => &[],
@@ -144,7 +161,10 @@ impl Family {
     fn late_storage_bindings(self) -> &'static [u32] {
         match self {
             // logits4, grad4: vec4 views of the logits and the gradient
-            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => &[10, 11],
+            Family::SoftmaxXent
+            | Family::SoftmaxXentMid
+            | Family::SoftmaxXentSmall
+            | Family::SoftmaxXentSubgroup => &[10, 11],
             _ => &[],
         }
     }
@@ -154,9 +174,10 @@ impl Family {
     fn storage_bindings(self) -> &'static [bool] {
         match self {
             // logits (read_write for in-place), labels, class_params, grad, row_loss, upstream, norm
-            Family::SoftmaxXent | Family::SoftmaxXentMid | Family::SoftmaxXentSmall => {
-                &[false, true, true, false, false, true, true]
-            }
+            Family::SoftmaxXent
+            | Family::SoftmaxXentMid
+            | Family::SoftmaxXentSmall
+            | Family::SoftmaxXentSubgroup => &[false, true, true, false, false, true, true],
             // labels, class_params, row_loss, status
             // labels, class_params, row_loss, status, partials
             Family::LossReduce => &[true, true, true, false, false],
@@ -180,9 +201,11 @@ pub(crate) enum Entry {
     XentRowPerGroup,
     XentRowPerThread,
     XentRowCached,
+    XentRowCachedSubgroup,
     /// `xent_row_segments` with this cache, in place or not, with vec4
-    /// loads and stores (`C % 4 == 0`) or not (b from the uniform tables).
-    XentRowSegments(SegmentCache, bool, bool),
+    /// loads and stores (`C % 4 == 0`) or not, b from the low uniform table
+    /// only (`C <= 16384`) or from both.
+    XentRowSegments(SegmentCache, bool, bool, bool),
     /// `xent_row_segments_wide`, in place or not (b from storage).
     XentRowSegmentsWide(bool),
     NormalizerPartial,
@@ -215,10 +238,15 @@ impl Entry {
             Entry::XentRowPerGroup => "xent_row_per_group",
             Entry::XentRowPerThread => "xent_row_per_thread",
             Entry::XentRowCached => "xent_row_cached",
-            Entry::XentRowSegments(_, false, false) => "xent_row_segments",
-            Entry::XentRowSegments(_, true, false) => "xent_row_segments_in_place",
-            Entry::XentRowSegments(_, false, true) => "xent_row_segments4",
-            Entry::XentRowSegments(_, true, true) => "xent_row_segments4_in_place",
+            Entry::XentRowCachedSubgroup => "xent_row_cached_subgroup",
+            Entry::XentRowSegments(_, false, false, false) => "xent_row_segments",
+            Entry::XentRowSegments(_, true, false, false) => "xent_row_segments_in_place",
+            Entry::XentRowSegments(_, false, true, false) => "xent_row_segments4",
+            Entry::XentRowSegments(_, true, true, false) => "xent_row_segments4_in_place",
+            Entry::XentRowSegments(_, false, false, true) => "xent_row_segments_t2",
+            Entry::XentRowSegments(_, true, false, true) => "xent_row_segments_t2_in_place",
+            Entry::XentRowSegments(_, false, true, true) => "xent_row_segments4_t2",
+            Entry::XentRowSegments(_, true, true, true) => "xent_row_segments4_t2_in_place",
             Entry::XentRowSegmentsWide(false) => "xent_row_segments_wide",
             Entry::XentRowSegmentsWide(true) => "xent_row_segments_wide_in_place",
             Entry::NormalizerPartial => "normalizer_partial",
@@ -248,7 +276,8 @@ impl Entry {
 
     pub(crate) fn family(self) -> Family {
         match self {
-            Entry::XentRowSegments(cache, _, _) => cache.family(),
+            Entry::XentRowSegments(cache, ..) => cache.family(),
+            Entry::XentRowCachedSubgroup => Family::SoftmaxXentSubgroup,
             Entry::XentRowPerGroup
             | Entry::XentRowPerThread
             | Entry::XentRowCached
@@ -316,7 +345,13 @@ impl Built {
     fn new(device: &wgpu::Device) -> Self {
         let mut families: HashMap<Family, FamilyObjects> = HashMap::new();
         // Layout owners first, so the variants can share their layouts.
-        let mut order = Family::ALL.to_vec();
+        // The subgroup module only where the device has subgroups (naga
+        // refuses the builtins elsewhere).
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        let mut order: Vec<Family> = Family::ALL
+            .into_iter()
+            .filter(|&f| subgroups || f != Family::SoftmaxXentSubgroup)
+            .collect();
         order.sort_by_key(|f| *f != f.layout_family());
         for family in order {
             let (label, source) = family.source();

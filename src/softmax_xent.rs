@@ -51,6 +51,10 @@ pub enum Variant {
     /// logits, one write of the gradient. Up to [`ROW_CACHED_MAX_CLASSES`]
     /// on adapters with 1024 invocations per workgroup.
     RowCached,
+    /// [`Variant::RowCached`] with subgroup reductions (two barriers per
+    /// reduction instead of a tree's `log2(WG)`); only on devices with
+    /// subgroups (`Capabilities::subgroups`), any subgroup size.
+    RowCachedSubgroup,
     /// Each row split into `P` contiguous segments of at most
     /// [`SEGMENT_MAX_CLASSES`], one thread each, held in registers: one read,
     /// one write, `P` threads per row and `WG / P` rows per workgroup
@@ -61,7 +65,7 @@ pub enum Variant {
 }
 
 /// Classes each thread of [`Variant::RowSegments`] holds at most.
-pub const SEGMENT_MAX_CLASSES: usize = 1024;
+pub const SEGMENT_MAX_CLASSES: usize = 512;
 /// Up to this `C`, [`Variant::RowSegments`] reads `b` from a 64 KiB uniform
 /// buffer; above it, from a storage buffer.
 pub const BIAS_TABLE_CLASSES: usize = 32768;
@@ -215,6 +219,10 @@ pub struct SoftmaxXent {
     /// Stands in for the gradient binding when there is no separate gradient
     /// (it is writable, so it cannot be `one`, which is bound read-only).
     unused_grad: wgpu::Buffer,
+    /// Stand-ins for the vec4 views where they are unused (one buffer per
+    /// binding: lavapipe took seconds on a dispatch that bound one small
+    /// stand-in to two writable bindings).
+    unused_view: [wgpu::Buffer; 2],
 }
 
 impl Context {
@@ -259,6 +267,10 @@ impl SoftmaxXent {
                     wgpu::BufferUsages::STORAGE,
                 )?,
                 unused_grad: buffers::storage(ctx, "unused grad", 16, wgpu::BufferUsages::STORAGE)?,
+                unused_view: [
+                    buffers::storage(ctx, "unused logits4", 16, wgpu::BufferUsages::STORAGE)?,
+                    buffers::storage(ctx, "unused grad4", 16, wgpu::BufferUsages::STORAGE)?,
+                ],
             })
         })
     }
@@ -309,6 +321,9 @@ impl SoftmaxXent {
             Variant::Auto | Variant::RowPerGroup => true,
             Variant::RowPerThread => c <= ROW_PER_THREAD_MAX_CLASSES,
             Variant::RowCached => c <= self.row_cached_capacity(),
+            Variant::RowCachedSubgroup => {
+                c <= self.row_cached_capacity() && self.ctx.capabilities().subgroups
+            }
             Variant::RowSegments => c <= self.segments_capacity(),
         }
     }
@@ -375,7 +390,7 @@ impl SoftmaxXent {
                 let (threads, _) = segment_plan(self.spec.classes());
                 threads.max(base as usize) as u32
             }
-            Variant::RowCached => {
+            Variant::RowCached | Variant::RowCachedSubgroup => {
                 let need = self.spec.classes().div_ceil(ROW_CACHED_PER_THREAD);
                 need.next_power_of_two().clamp(base as usize, 1024) as u32
             }
@@ -444,7 +459,15 @@ impl SoftmaxXent {
 
         let variant = self.resolved_variant();
         let wg = self.workgroup_size_for(variant);
-        if variant == Variant::RowCached && c > self.row_cached_capacity() {
+        if variant == Variant::RowCachedSubgroup && !ctx.capabilities().subgroups {
+            return Err(Error::UnsupportedAdapter(format!(
+                "{}: the row-cached subgroup layout needs subgroups, which this device does not offer",
+                ctx.info().name
+            )));
+        }
+        if matches!(variant, Variant::RowCached | Variant::RowCachedSubgroup)
+            && c > self.row_cached_capacity()
+        {
             return Err(Error::TooLarge(format!(
                 "{c} classes: the row-cached layout holds at most {} on this device",
                 self.row_cached_capacity()
@@ -547,29 +570,37 @@ impl SoftmaxXent {
             .map(|(k, ch)| {
                 let rows = ch.rows as u64;
                 let (first, elems) = (ch.start as u64, rows * c as u64);
-                let grad = match b.grad {
-                    GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
-                    _ => self.unused_grad.as_entire_binding(),
-                };
                 let upstream = match b.upstream {
                     UpstreamBuffer::One => self.one.as_entire_binding(),
                     UpstreamBuffer::Scalar(g) => range(g, 0, 4),
                     UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
                 };
-                // The vec4 views, where the vec4 entries use them; else the
-                // (writable, 16-byte) stand-in.
-                let (logits4, grad4) = if aligned {
-                    let logits4 = range(b.logits, first * row_bytes, elems * 4);
-                    match b.grad {
-                        GradOutput::Separate(g) => {
-                            (logits4, range(g, first * row_bytes, elems * 4))
-                        }
-                        _ => (logits4, self.unused_grad.as_entire_binding()),
-                    }
+                let logits_range = range(b.logits, first * row_bytes, elems * 4);
+                let grad_range = match b.grad {
+                    GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
+                    _ => self.unused_grad.as_entire_binding(),
+                };
+                // The vec4 entries use only the vec4 views (bindings 10, 11),
+                // the others only the f32 ones (1, 4); the unused pair gets
+                // stand-ins, so no buffer is bound twice (lavapipe took
+                // seconds, and GL hung, on a dispatch that did).
+                let (logits, grad, logits4, grad4) = if aligned {
+                    let grad4 = match b.grad {
+                        GradOutput::Separate(_) => grad_range,
+                        _ => self.unused_view[1].as_entire_binding(),
+                    };
+                    (
+                        self.unused_view[0].as_entire_binding(),
+                        self.unused_grad.as_entire_binding(),
+                        logits_range,
+                        grad4,
+                    )
                 } else {
                     (
-                        self.unused_grad.as_entire_binding(),
-                        self.unused_grad.as_entire_binding(),
+                        logits_range,
+                        grad_range,
+                        self.unused_view[0].as_entire_binding(),
+                        self.unused_view[1].as_entire_binding(),
                     )
                 };
                 let group = buffers::bind_group(
@@ -578,7 +609,7 @@ impl SoftmaxXent {
                     &xent_layout,
                     vec![
                         params.slot(k + 1),
-                        range(b.logits, first * row_bytes, elems * 4),
+                        logits,
                         range(b.labels, first * 4, rows * 4),
                         self.class_params.as_entire_binding(),
                         grad,
@@ -601,8 +632,15 @@ impl SoftmaxXent {
         let xent_entry = match variant {
             Variant::RowPerThread => Entry::XentRowPerThread,
             Variant::RowCached => Entry::XentRowCached,
+            Variant::RowCachedSubgroup => Entry::XentRowCachedSubgroup,
             Variant::RowSegments if c <= BIAS_TABLE_CLASSES => {
-                Entry::XentRowSegments(SegmentCache::for_len(seg_len), in_place, aligned)
+                let both_tables = c > BIAS_TABLE_CLASSES / 2;
+                Entry::XentRowSegments(
+                    SegmentCache::for_len(seg_len),
+                    in_place,
+                    aligned,
+                    both_tables,
+                )
             }
             Variant::RowSegments => Entry::XentRowSegmentsWide(in_place),
             _ => Entry::XentRowPerGroup,

@@ -63,6 +63,7 @@ fn variant_name(v: Variant) -> &'static str {
         Variant::RowPerThread => "RowPerThread",
         Variant::RowPerGroup => "RowPerGroup",
         Variant::RowCached => "RowCached",
+        Variant::RowCachedSubgroup => "RowCachedSubgroup",
         Variant::RowSegments => "RowSegments",
     }
 }
@@ -72,6 +73,7 @@ fn variant_from(s: &str) -> Option<Variant> {
         Variant::RowPerThread,
         Variant::RowPerGroup,
         Variant::RowCached,
+        Variant::RowCachedSubgroup,
         Variant::RowSegments,
     ]
     .into_iter()
@@ -267,6 +269,7 @@ impl Tuning {
                 Variant::RowPerThread,
                 Variant::RowPerGroup,
                 Variant::RowCached,
+                Variant::RowCachedSubgroup,
                 Variant::RowSegments,
             ] {
                 for wg in [64u32, 256] {

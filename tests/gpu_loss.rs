@@ -13,10 +13,11 @@ use logit_adjust::{
 };
 use wgpu::util::DeviceExt;
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 5] = [
     Variant::RowPerThread,
     Variant::RowPerGroup,
     Variant::RowCached,
+    Variant::RowCachedSubgroup,
     Variant::RowSegments,
 ];
 const REDUCTIONS: [Reduction; 4] = [
@@ -31,7 +32,17 @@ fn variants_for(c: usize) -> impl Iterator<Item = Variant> {
     VARIANTS
         .into_iter()
         .filter(move |&v| v != Variant::RowPerThread || c <= ROW_PER_THREAD_MAX_CLASSES)
-        .filter(move |&v| v != Variant::RowCached || c <= ROW_CACHED_MAX_CLASSES)
+        .filter(move |&v| {
+            !matches!(v, Variant::RowCached | Variant::RowCachedSubgroup)
+                || c <= ROW_CACHED_MAX_CLASSES
+        })
+}
+
+/// Whether `ctx` runs `v` (the subgroup layout needs subgroups; where they
+/// are missing, `subgroup_layout_is_refused_without_subgroups` checks the
+/// error instead).
+fn runs(ctx: &Context, v: Variant) -> bool {
+    v != Variant::RowCachedSubgroup || ctx.capabilities().subgroups
 }
 
 fn poisoned(ctx: &Context, label: &str, len: usize) -> wgpu::Buffer {
@@ -192,7 +203,7 @@ fn check(case: Case) {
     };
     let want = reference::forward_backward_scaled(&spec, &logits, &labels, upstream).unwrap();
     for ctx in contexts() {
-        for variant in variants_for(c) {
+        for variant in variants_for(c).filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let what = format!(
                 "{} {variant:?} N={n} C={c} tau={tau} {reduction:?} eps={smoothing} seed={seed}",
@@ -270,6 +281,25 @@ fn rows_past_the_dispatch_and_binding_limits() {
 }
 
 #[test]
+fn subgroup_layout_is_refused_without_subgroups() {
+    let prior = ClassPrior::from_counts(&[100.0, 10.0, 1.0]).unwrap();
+    let spec = LossSpec::logit_adjusted(&prior, 1.0).unwrap();
+    for ctx in contexts() {
+        let op = ctx
+            .softmax_xent(&spec)
+            .unwrap()
+            .with_variant(Variant::RowCachedSubgroup);
+        let got = op.forward_backward(&[0.5, 0.25, -1.0], &[1]);
+        if ctx.capabilities().subgroups {
+            assert!(got.is_ok(), "{}: {got:?}", name(ctx));
+        } else {
+            let err = got.unwrap_err().to_string();
+            assert!(err.contains("subgroups"), "{}: {err}", name(ctx));
+        }
+    }
+}
+
+#[test]
 fn segment_and_table_boundaries() {
     // Around the row-segments layout's splits (1024 classes per thread, P a
     // power of two), a C that is not a multiple of 4, and the switch from
@@ -327,7 +357,7 @@ fn extreme_logits_and_a_tiny_prior() {
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             let max_z = 1e4 + tau * 1e-30f64.ln().abs() + 1.0;
             for ctx in contexts() {
-                for variant in variants_for(c) {
+                for variant in variants_for(c).filter(|&v| runs(ctx, v)) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     let what = format!(
@@ -363,7 +393,7 @@ fn forward_only_and_in_place() {
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     let want_fwd = reference::forward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in VARIANTS {
+        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let what = format!("{} {variant:?} seed={seed}", name(ctx));
             let fwd = op.forward(&logits, &labels).unwrap();
@@ -416,7 +446,7 @@ fn general_form_margins_weights_and_ignore_index_inside_the_range() {
             let labels = rng.labels(n, c, 0.0, 3);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             for ctx in contexts() {
-                for variant in VARIANTS {
+                for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     compare(
@@ -437,7 +467,7 @@ fn mean_over_no_valid_rows_is_zero_with_zero_gradient() {
     let logits = Rng::fresh().logits(15, 3.0);
     let labels = [-100i64; 3];
     for ctx in contexts() {
-        for variant in VARIANTS {
+        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
             assert_eq!(got.loss, Some(0.0), "{}", name(ctx));
@@ -483,7 +513,7 @@ fn device_forward_and_in_place_with_the_default_upstream() {
     let labels = rng.labels(n, c, 0.1, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in VARIANTS {
+        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let l32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
             let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&l32));
@@ -664,7 +694,7 @@ fn labels_out_of_range_on_the_device_are_reported_and_loud() {
     let spec = LossSpec::cross_entropy(10).reduction(Reduction::Sum);
     let logits = Rng::fresh().logits(30, 2.0);
     for ctx in contexts() {
-        for variant in VARIANTS {
+        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let logits_buf = init(ctx, "logits", bytemuck::cast_slice(&logits));
             let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&[1i32, 10, -100]));
@@ -731,7 +761,7 @@ fn every_preset_of_the_family_matches_the_reference() {
             let spec = spec.clone().reduction(reduction);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             for ctx in contexts() {
-                for variant in VARIANTS {
+                for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     compare(

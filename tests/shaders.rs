@@ -22,6 +22,18 @@ fn shader_files() -> Vec<(String, String)> {
         })
         .collect();
     files.sort();
+    // softmax_xent_subgroup.wgsl is a tail appended to softmax_xent.wgsl;
+    // it is checked as that module (below), its header here.
+    if let Some(part) = files
+        .iter_mut()
+        .find(|(f, _)| f == "softmax_xent_subgroup.wgsl")
+    {
+        part.1 = logit_adjust::kernels::module_sources()
+            .into_iter()
+            .find(|(label, _)| label.contains("subgroup"))
+            .expect("the subgroup module")
+            .1;
+    }
     // The modules built from a file with a constant replaced (the
     // segment-cache variants of softmax_xent.wgsl).
     for (label, source) in logit_adjust::kernels::module_sources() {
@@ -36,9 +48,19 @@ fn shader_files() -> Vec<(String, String)> {
     files
 }
 
+/// The subgroup module: built only on devices with subgroups, never on GL.
+fn needs_subgroups(file: &str) -> bool {
+    file.contains("subgroup")
+}
+
 fn validate(module: &naga::Module, what: &str) -> naga::valid::ModuleInfo {
-    // Capabilities the device may grant; the shaders must not need more.
-    let caps = Capabilities::empty();
+    // Capabilities the device may grant; the shaders must not need more
+    // (subgroups only in the module that is built where they exist).
+    let caps = if needs_subgroups(what) {
+        Capabilities::SUBGROUP
+    } else {
+        Capabilities::empty()
+    };
     Validator::new(ValidationFlags::all(), caps)
         .validate(module)
         .unwrap_or_else(|e| panic!("{what}: validation failed: {e:?}"))
@@ -88,7 +110,15 @@ fn every_shader_translates_for_every_backend() {
                 naga::back::msl::write_string(
                     &module,
                     &info,
-                    &naga::back::msl::Options::default(),
+                    &naga::back::msl::Options {
+                        // Subgroup (SIMD-group) reductions need MSL 2.1.
+                        lang_version: if needs_subgroups(&what) {
+                            (2, 1)
+                        } else {
+                            (1, 0)
+                        },
+                        ..Default::default()
+                    },
                     &naga::back::msl::PipelineOptions {
                         entry_point: Some((ep.stage, ep.name.clone())),
                         ..Default::default()
@@ -97,7 +127,15 @@ fn every_shader_translates_for_every_backend() {
                 .unwrap_or_else(|e| panic!("{what}: MSL: {e:?}"));
 
                 let mut hlsl = String::new();
-                let hlsl_options = naga::back::hlsl::Options::default();
+                let hlsl_options = naga::back::hlsl::Options {
+                    // Wave intrinsics need shader model 6.0.
+                    shader_model: if needs_subgroups(&what) {
+                        naga::back::hlsl::ShaderModel::V6_0
+                    } else {
+                        naga::back::hlsl::Options::default().shader_model
+                    },
+                    ..Default::default()
+                };
                 let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
                     entry_point: Some((ep.stage, ep.name.clone())),
                 };
@@ -105,6 +143,10 @@ fn every_shader_translates_for_every_backend() {
                     .write(&module, &info, None)
                     .unwrap_or_else(|e| panic!("{what}: HLSL: {e:?}"));
 
+                if needs_subgroups(&what) {
+                    // GLSL ES has no subgroups; the GL path never builds it.
+                    continue;
+                }
                 let mut glsl = String::new();
                 let glsl_options = naga::back::glsl::Options::default(); // GLSL ES 3.10
                 let glsl_pipeline = naga::back::glsl::PipelineOptions {
