@@ -35,7 +35,7 @@
 //                         invocation after about 65,535 loop trips in total,
 //                         and this layout makes 2*C trips per thread.
 //   xent_row_segments   - each row split into P contiguous segments of at most
-//                         1024 classes (P = seg_threads, a power of two), one
+//                         512 classes (P = seg_threads, a power of two), one
 //                         thread each, held in a private array: one read, one
 //                         write; WG / P rows per workgroup. b comes from the
 //                         uniform bias tables (C <= 32768) or from

@@ -34,7 +34,8 @@ pub(crate) enum SegmentCache {
     Small,
     /// 128 classes (32 vec4).
     Mid,
-    /// 1024 classes (256 vec4), the shader file as written.
+    /// 512 classes (128 vec4), the shader file as written. (LLVM's compile
+    /// time on lavapipe grows fast with it: about 6 s per pipeline at 1024.)
     Full,
 }
 

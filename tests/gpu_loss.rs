@@ -301,12 +301,13 @@ fn subgroup_layout_is_refused_without_subgroups() {
 
 #[test]
 fn segment_and_table_boundaries() {
-    // Around the row-segments layout's splits (1024 classes per thread, P a
+    // Around the row-segments layout's splits (512 classes per thread, P a
     // power of two), a C that is not a multiple of 4, and the switch from
     // the uniform b table to the storage one above 16384 classes; N not a
     // multiple of the rows per workgroup.
     for (k, (n, c)) in [
         (67, 3),
+        (9, 513),
         (9, 1023),
         (9, 1025),
         (5, 4097),
