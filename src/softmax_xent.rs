@@ -220,8 +220,7 @@ pub struct SoftmaxXent {
     /// (it is writable, so it cannot be `one`, which is bound read-only).
     unused_grad: wgpu::Buffer,
     /// Stand-ins for the vec4 views where they are unused (one buffer per
-    /// binding: lavapipe took seconds on a dispatch that bound one small
-    /// stand-in to two writable bindings).
+    /// binding, so that no buffer is bound twice in a dispatch).
     unused_view: [wgpu::Buffer; 2],
 }
 
@@ -582,8 +581,9 @@ impl SoftmaxXent {
                 };
                 // The vec4 entries use only the vec4 views (bindings 10, 11),
                 // the others only the f32 ones (1, 4); the unused pair gets
-                // stand-ins, so no buffer is bound twice (lavapipe took
-                // seconds, and GL hung, on a dispatch that did).
+                // stand-ins, so no buffer is bound twice in one dispatch
+                // (aliased writable views are legal but left to chance on
+                // drivers we cannot test).
                 let (logits, grad, logits4, grad4) = if aligned {
                     let grad4 = match b.grad {
                         GradOutput::Separate(_) => grad_range,
