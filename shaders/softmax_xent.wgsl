@@ -304,6 +304,8 @@ fn xent_row_per_thread(
     }
 }
 
+// BEGIN row-cached reductions (the subgroup module replaces this block
+// with softmax_xent_subgroup.wgsl)
 // (max, sum of z) across the workgroup in a tree; every thread gets both.
 // (A flat fold, one barrier and every thread reading all partials, measured
 // 2.7x slower on lavapipe at C = 1000: the reads cost more than the barriers.)
@@ -336,6 +338,7 @@ fn reduce_sum(tid: u32, s: f32) -> f32 {
     }
     return red_sum[0];
 }
+// END row-cached reductions
 
 @compute @workgroup_size(WG_SIZE)
 fn xent_row_cached(

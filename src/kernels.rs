@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 /// `shaders/softmax_xent.wgsl`: the fused loss forward(+backward).
 pub const SOFTMAX_XENT_WGSL: &str = include_str!("../shaders/softmax_xent.wgsl");
-/// `shaders/softmax_xent_subgroup.wgsl`: appended to `softmax_xent.wgsl` on
-/// devices with subgroups (the row-cached layout with subgroup reductions).
+/// `shaders/softmax_xent_subgroup.wgsl`: the row-cached reductions with
+/// subgroup operations, put in `softmax_xent.wgsl` on devices with subgroups.
 pub const SOFTMAX_XENT_SUBGROUP_WGSL: &str = include_str!("../shaders/softmax_xent_subgroup.wgsl");
 /// `shaders/loss_reduce.wgsl`: the normalizer and the final reduction.
 pub const LOSS_REDUCE_WGSL: &str = include_str!("../shaders/loss_reduce.wgsl");
@@ -58,6 +58,24 @@ impl SegmentCache {
     }
 }
 
+/// `softmax_xent.wgsl` with its row-cached reductions (the block between
+/// these markers) replaced by `softmax_xent_subgroup.wgsl`.
+fn with_subgroup_reductions() -> String {
+    const BEGIN: &str = "// BEGIN row-cached reductions";
+    const END: &str = "// END row-cached reductions";
+    let base = SOFTMAX_XENT_WGSL;
+    let (start, end) = (base.find(BEGIN), base.find(END));
+    let (Some(start), Some(end)) = (start, end) else {
+        unreachable!("softmax_xent.wgsl marks its row-cached reductions");
+    };
+    format!(
+        "{}{}{}",
+        &base[..start],
+        SOFTMAX_XENT_SUBGROUP_WGSL,
+        &base[end..]
+    )
+}
+
 /// The line of `softmax_xent.wgsl` the smaller segment caches replace.
 const SEG_CACHE_LINE: &str = "const SEG_CACHE4: u32 = 128u;";
 
@@ -80,7 +98,8 @@ pub(crate) enum Family {
     SoftmaxXent,
     SoftmaxXentMid,
     SoftmaxXentSmall,
-    /// `softmax_xent.wgsl` + `softmax_xent_subgroup.wgsl` (devices with subgroups only).
+    /// `softmax_xent.wgsl` with `softmax_xent_subgroup.wgsl`'s reductions
+    /// (devices with subgroups only).
     SoftmaxXentSubgroup,
     LossReduce,
     PostHoc,
@@ -115,8 +134,8 @@ impl Family {
         let (label, text) = match self {
             Family::SoftmaxXentSubgroup => {
                 return (
-                    "softmax_xent.wgsl + softmax_xent_subgroup.wgsl",
-                    Cow::Owned(format!("{SOFTMAX_XENT_WGSL}\n{SOFTMAX_XENT_SUBGROUP_WGSL}")),
+                    "softmax_xent.wgsl with softmax_xent_subgroup.wgsl",
+                    Cow::Owned(with_subgroup_reductions()),
                 )
             }
             Family::SoftmaxXentMid => return ("softmax_xent.wgsl (mid cache)", small(32)),
@@ -239,7 +258,8 @@ impl Entry {
             Entry::XentRowPerGroup => "xent_row_per_group",
             Entry::XentRowPerThread => "xent_row_per_thread",
             Entry::XentRowCached => "xent_row_cached",
-            Entry::XentRowCachedSubgroup => "xent_row_cached_subgroup",
+            // The same entry point, in the module with subgroup reductions.
+            Entry::XentRowCachedSubgroup => "xent_row_cached",
             Entry::XentRowSegments(_, false, false, false) => "xent_row_segments",
             Entry::XentRowSegments(_, true, false, false) => "xent_row_segments_in_place",
             Entry::XentRowSegments(_, false, true, false) => "xent_row_segments4",
