@@ -49,6 +49,8 @@
 //                         branch. The gradient's destination (separate or in
 //                         place) is fixed per entry point, since lavapipe
 //                         pays for both sides of any branch.
+// A fifth, split-row (a row cut across workgroups, for huge C and few rows),
+// lives in softmax_xent_split.wgsl, which the host appends to this file.
 // Loops run a workgroup-uniform trip count, so every barrier sits in uniform
 // control flow (Tint's and naga's uniformity analyses both accept it); in
 // xent_row_segments the per-thread trip counts differ but hold no barrier.

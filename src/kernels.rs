@@ -11,6 +11,9 @@ pub const SOFTMAX_XENT_WGSL: &str = include_str!("../shaders/softmax_xent.wgsl")
 /// `shaders/softmax_xent_subgroup.wgsl`: the row-cached reductions with
 /// subgroup operations, put in `softmax_xent.wgsl` on devices with subgroups.
 pub const SOFTMAX_XENT_SUBGROUP_WGSL: &str = include_str!("../shaders/softmax_xent_subgroup.wgsl");
+/// `shaders/softmax_xent_split.wgsl`: the split-row layout's three passes,
+/// appended to `softmax_xent.wgsl` (whose bindings and helpers it uses).
+pub const SOFTMAX_XENT_SPLIT_WGSL: &str = include_str!("../shaders/softmax_xent_split.wgsl");
 /// `shaders/loss_reduce.wgsl`: the normalizer and the final reduction.
 pub const LOSS_REDUCE_WGSL: &str = include_str!("../shaders/loss_reduce.wgsl");
 /// `shaders/posthoc.wgsl`: batched post-hoc correction and argmax.
@@ -101,6 +104,9 @@ pub(crate) enum Family {
     /// `softmax_xent.wgsl` with `softmax_xent_subgroup.wgsl`'s reductions
     /// (devices with subgroups only).
     SoftmaxXentSubgroup,
+    /// `softmax_xent.wgsl` followed by `softmax_xent_split.wgsl`: its layout
+    /// adds the split-row partials and LSE bindings (12, 13).
+    SoftmaxXentSplit,
     LossReduce,
     PostHoc,
     Metrics,
@@ -110,11 +116,12 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    const ALL: [Family; 10] = [
+    const ALL: [Family; 11] = [
         Family::SoftmaxXent,
         Family::SoftmaxXentMid,
         Family::SoftmaxXentSmall,
         Family::SoftmaxXentSubgroup,
+        Family::SoftmaxXentSplit,
         Family::LossReduce,
         Family::PostHoc,
         Family::Metrics,
@@ -136,6 +143,12 @@ impl Family {
                 return (
                     "softmax_xent.wgsl with softmax_xent_subgroup.wgsl",
                     Cow::Owned(with_subgroup_reductions()),
+                )
+            }
+            Family::SoftmaxXentSplit => {
+                return (
+                    "softmax_xent.wgsl with softmax_xent_split.wgsl",
+                    Cow::Owned(format!("{SOFTMAX_XENT_WGSL}\n{SOFTMAX_XENT_SPLIT_WGSL}")),
                 )
             }
             Family::SoftmaxXentMid => return ("softmax_xent.wgsl (mid cache)", small(32)),
@@ -170,7 +183,8 @@ impl Family {
             Family::SoftmaxXent
             | Family::SoftmaxXentMid
             | Family::SoftmaxXentSmall
-            | Family::SoftmaxXentSubgroup => &[8, 9],
+            | Family::SoftmaxXentSubgroup
+            | Family::SoftmaxXentSplit => &[8, 9],
             // adjust_table: a window of a_tc in a 64 KiB uniform buffer
             Family::PostHoc => &[6],
             _ => &[],
@@ -185,6 +199,8 @@ impl Family {
             | Family::SoftmaxXentMid
             | Family::SoftmaxXentSmall
             | Family::SoftmaxXentSubgroup => &[10, 11],
+            // and partials, row_lse
+            Family::SoftmaxXentSplit => &[10, 11, 12, 13],
             _ => &[],
         }
     }
@@ -197,7 +213,8 @@ impl Family {
             Family::SoftmaxXent
             | Family::SoftmaxXentMid
             | Family::SoftmaxXentSmall
-            | Family::SoftmaxXentSubgroup => &[false, true, true, false, false, true, true],
+            | Family::SoftmaxXentSubgroup
+            | Family::SoftmaxXentSplit => &[false, true, true, false, false, true, true],
             // labels, class_params, row_loss, status
             // labels, class_params, row_loss, status, partials
             Family::LossReduce => &[true, true, true, false, false],
@@ -228,6 +245,21 @@ pub(crate) enum Entry {
     XentRowSegments(SegmentCache, bool, bool, bool),
     /// `xent_row_segments_wide`, in place or not (b from storage).
     XentRowSegmentsWide(bool),
+    /// `xent_split_partial`: b from uniform windows or not, vec4 loads or not.
+    XentSplitPartial {
+        windowed: bool,
+        aligned: bool,
+    },
+    /// `xent_split_combine`, vec4 view of the logits or not.
+    XentSplitCombine {
+        aligned: bool,
+    },
+    /// `xent_split_grad`: b windows, vec4, in place.
+    XentSplitGrad {
+        windowed: bool,
+        aligned: bool,
+        in_place: bool,
+    },
     NormalizerPartial,
     Normalizer,
     FinalizePartial,
@@ -270,6 +302,28 @@ impl Entry {
             Entry::XentRowSegments(_, true, true, true) => "xent_row_segments4_t2_in_place",
             Entry::XentRowSegmentsWide(false) => "xent_row_segments_wide",
             Entry::XentRowSegmentsWide(true) => "xent_row_segments_wide_in_place",
+            Entry::XentSplitPartial { windowed, aligned } => match (windowed, aligned) {
+                (false, false) => "xent_split_partial",
+                (false, true) => "xent_split_partial4",
+                (true, false) => "xent_split_partial_windowed",
+                (true, true) => "xent_split_partial4_windowed",
+            },
+            Entry::XentSplitCombine { aligned: false } => "xent_split_combine",
+            Entry::XentSplitCombine { aligned: true } => "xent_split_combine4",
+            Entry::XentSplitGrad {
+                windowed,
+                aligned,
+                in_place,
+            } => match (windowed, aligned, in_place) {
+                (false, false, false) => "xent_split_grad",
+                (false, false, true) => "xent_split_grad_in_place",
+                (false, true, false) => "xent_split_grad4",
+                (false, true, true) => "xent_split_grad4_in_place",
+                (true, false, false) => "xent_split_grad_windowed",
+                (true, false, true) => "xent_split_grad_windowed_in_place",
+                (true, true, false) => "xent_split_grad4_windowed",
+                (true, true, true) => "xent_split_grad4_windowed_in_place",
+            },
             Entry::NormalizerPartial => "normalizer_partial",
             Entry::Normalizer => "normalizer",
             Entry::FinalizePartial => "finalize_partial",
@@ -299,6 +353,9 @@ impl Entry {
         match self {
             Entry::XentRowSegments(cache, ..) => cache.family(),
             Entry::XentRowCachedSubgroup => Family::SoftmaxXentSubgroup,
+            Entry::XentSplitPartial { .. }
+            | Entry::XentSplitCombine { .. }
+            | Entry::XentSplitGrad { .. } => Family::SoftmaxXentSplit,
             Entry::XentRowPerGroup
             | Entry::XentRowPerThread
             | Entry::XentRowCached
@@ -328,7 +385,10 @@ impl Entry {
 
     /// Whether the shader declares `override WG_SIZE`.
     fn has_workgroup_override(self) -> bool {
-        self.family().layout_family() == Family::SoftmaxXent
+        matches!(
+            self.family().layout_family(),
+            Family::SoftmaxXent | Family::SoftmaxXentSplit
+        )
     }
 }
 

@@ -39,7 +39,8 @@ const MAX_LOOP_TRIPS: usize = 65_000;
 /// Which workgroup layout the row pass uses (see the shader's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Variant {
-    /// Picked from `C`: one thread per row for small `C`, else a workgroup per row.
+    /// Picked from `C`, the adapter and its tuning
+    /// ([`SoftmaxXent::resolved_variant`] says which).
     #[default]
     Auto,
     /// One thread per row; no barriers.
@@ -62,6 +63,15 @@ pub enum Variant {
     /// [`BIAS_TABLE_CLASSES`]. The fastest layout on CPU adapters
     /// (lavapipe, llvmpipe), where each thread runs as a SIMD lane.
     RowSegments,
+    /// Each row cut into chunks of up to [`SPLIT_CHUNK_CLASSES`], a
+    /// workgroup per (chunk, row), so a few rows of a huge `C` still fill the
+    /// device: per-chunk online-softmax partials, a combine pass per row,
+    /// then a second read for the gradient (8 bytes read and 4 written per
+    /// element). `b` from a storage buffer; any `C`.
+    SplitRow,
+    /// [`Variant::SplitRow`] with `b` from 64 KiB uniform windows, one
+    /// dispatch per window of 16,384 classes (what CPU adapters serve fast).
+    SplitRowWindowed,
 }
 
 /// Classes each thread of [`Variant::RowSegments`] holds at most.
@@ -71,6 +81,19 @@ pub const SEGMENT_MAX_CLASSES: usize = 512;
 pub const BIAS_TABLE_CLASSES: usize = 32768;
 /// Bytes of each of the two uniform `b` tables (`bias_table`, `bias_table_hi`).
 const BIAS_TABLE_BYTES: usize = BIAS_TABLE_CLASSES * 2;
+
+/// Classes per chunk of [`Variant::SplitRow`] (fewer when `C` is smaller:
+/// the chunk is a power of two, so it divides a 16,384-class window of `b`).
+pub const SPLIT_CHUNK_CLASSES: usize = 4096;
+/// Classes per uniform window of `b` (64 KiB).
+const WINDOW_CLASSES: usize = BIAS_TABLE_CLASSES / 2;
+
+/// How [`Variant::SplitRow`] cuts a row of `classes`: `K` chunks of `L`
+/// classes (`L` a power of two, at least 4, dividing 16,384).
+pub fn split_plan(classes: usize) -> (usize, usize) {
+    let len = classes.max(4).next_power_of_two().min(SPLIT_CHUNK_CLASSES);
+    (classes.div_ceil(len).max(1), len)
+}
 
 /// How [`Variant::RowSegments`] splits a row of `classes`: `P` threads per
 /// row (a power of two) and `L` classes per thread (a multiple of 4).
@@ -154,13 +177,20 @@ struct Params {
     _pad: u32,
 }
 
+/// One dispatch of the row pass.
+#[derive(Debug)]
+struct Step {
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    workgroups: [u32; 2],
+}
+
 /// A run bound to buffers: bind groups and parameters made once by
 /// [`SoftmaxXent::bind`], recorded any number of times.
 #[derive(Debug)]
 pub struct BoundLoss {
     rows: usize,
     reduction: Reduction,
-    xent: wgpu::ComputePipeline,
     normalizer_partial: wgpu::ComputePipeline,
     normalizer: wgpu::ComputePipeline,
     finalize_partial: wgpu::ComputePipeline,
@@ -169,10 +199,14 @@ pub struct BoundLoss {
     reduce_groups: u32,
     _partials: wgpu::Buffer,
     reduce_group: Option<wgpu::BindGroup>,
-    chunks: Vec<(wgpu::BindGroup, u32)>,
+    /// The row pass: dispatches in order (one per chunk of rows, or the
+    /// split-row layout's partial, combine and gradient passes).
+    steps: Vec<Step>,
+    /// The split-row layout's partials and LSE buffers.
+    _scratch: Vec<wgpu::Buffer>,
     row_loss: wgpu::Buffer,
     status: wgpu::Buffer,
-    _params: buffers::ParamSlots,
+    _params: Vec<buffers::ParamSlots>,
 }
 
 impl BoundLoss {
@@ -211,8 +245,9 @@ pub struct SoftmaxXent {
     /// replace it.
     explicit_size: bool,
     class_params: wgpu::Buffer,
-    /// `b` zero-padded to 128 KiB, uniform (the row-segments layout's two
-    /// tables, bound at 0 and 64 KiB).
+    /// `b` (then `m`, `alpha` as far as they fit) zero-padded to whole
+    /// 64 KiB windows, at least two, uniform: the row-segments layout's two
+    /// tables (bound at 0 and 64 KiB), the split-row layout's windows.
     bias_table: wgpu::Buffer,
     /// `[1.0]`: the default upstream.
     one: wgpu::Buffer,
@@ -237,8 +272,11 @@ impl SoftmaxXent {
         spec.validate()?;
         let class_params: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
         // b, and when they fit also m and alpha (the layout of class_params).
-        let mut table = vec![0f32; BIAS_TABLE_CLASSES];
-        let fits = class_params.len().min(BIAS_TABLE_CLASSES);
+        // Whole 64 KiB windows: at least the two tables, and every window
+        // of b for the split-row layout's windowed entries.
+        let windows = spec.classes().div_ceil(WINDOW_CLASSES).max(2);
+        let mut table = vec![0f32; windows * WINDOW_CLASSES];
+        let fits = class_params.len().min(table.len());
         table[..fits].copy_from_slice(&class_params[..fits]);
         ctx.scoped(|| {
             Ok(Self {
@@ -324,6 +362,7 @@ impl SoftmaxXent {
                 c <= self.row_cached_capacity() && self.ctx.capabilities().subgroups
             }
             Variant::RowSegments => c <= self.segments_capacity(),
+            Variant::SplitRow | Variant::SplitRowWindowed => true,
         }
     }
 
@@ -337,8 +376,10 @@ impl SoftmaxXent {
 
     /// The layout the row pass will use for this `C`: the forced one, else
     /// the tuned one (see [`crate::tuning`]), else the built-in rule: on CPU
-    /// adapters row-segments; on GPUs a row per thread up to 32 classes,
-    /// row-cached up to its capacity, row-per-group beyond.
+    /// adapters row-segments up to its capacity, split-row with windows of
+    /// `b` beyond; on GPUs a row per thread up to 32 classes, row-cached up
+    /// to its capacity, split-row beyond (the two reads of row-per-group,
+    /// but a few rows of a huge `C` still fill the device).
     pub fn resolved_variant(&self) -> Variant {
         if self.variant == Variant::Auto {
             if let Some((v, _)) = self.tuned() {
@@ -349,9 +390,10 @@ impl SoftmaxXent {
         let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
             Variant::Auto if cpu && c <= self.segments_capacity() => Variant::RowSegments,
+            Variant::Auto if cpu => Variant::SplitRowWindowed,
             Variant::Auto if c <= ROW_PER_THREAD_AUTO_MAX_CLASSES => Variant::RowPerThread,
             Variant::Auto if c <= self.row_cached_capacity() => Variant::RowCached,
-            Variant::Auto => Variant::RowPerGroup,
+            Variant::Auto => Variant::SplitRow,
             v => v,
         }
     }
@@ -483,6 +525,10 @@ impl SoftmaxXent {
             Variant::RowPerThread if c > ROW_PER_THREAD_MAX_CLASSES => usize::MAX,
             Variant::RowPerThread => 2 * c,
             Variant::RowSegments => 3 * seg_len / 4 + 2 * seg_threads.ilog2() as usize,
+            Variant::SplitRow | Variant::SplitRowWindowed => {
+                let (chunks, len) = split_plan(c);
+                (len / (4 * wg as usize)).max(2 * chunks) + 2 * wg.ilog2() as usize
+            }
             _ => 2 * c.div_ceil(wg as usize),
         };
         if trips > MAX_LOOP_TRIPS {
@@ -497,7 +543,16 @@ impl SoftmaxXent {
             Variant::RowSegments => wg as usize / seg_threads,
             _ => 1,
         };
-        let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
+        let split = matches!(variant, Variant::SplitRow | Variant::SplitRowWindowed);
+        let (split_chunks, split_len) = split_plan(c);
+        // The split-row layout's partials (16 bytes per chunk) of a chunk of
+        // rows must fit one storage binding too.
+        let rows_max = if split {
+            groups_max.min((max_binding / (split_chunks as u64 * 16)).max(1) as usize)
+        } else {
+            groups_max * rows_per_group
+        };
+        let chunks = plan_chunks(ctx.limits(), n, row_bytes, rows_max)?;
 
         // Parameter slots: slot 0 for the reduce passes, slot k + 1 for chunk k.
         let base = Params {
@@ -536,7 +591,7 @@ impl SoftmaxXent {
                 | wgpu::BufferUsages::COPY_DST,
         )?;
 
-        let partials = buffers::storage(
+        let reduce_partials = buffers::storage(
             ctx,
             "reduce partials",
             REDUCE_MAX_GROUPS as u64 * 8,
@@ -554,7 +609,7 @@ impl SoftmaxXent {
                     self.class_params.as_entire_binding(),
                     range(&row_loss, 0, n as u64 * 4),
                     status.as_entire_binding(),
-                    partials.as_entire_binding(),
+                    reduce_partials.as_entire_binding(),
                 ],
             )
         });
@@ -563,7 +618,157 @@ impl SoftmaxXent {
         // vec4 loads and stores: whole rows of vec4s, b from the tables.
         let aligned =
             variant == Variant::RowSegments && c.is_multiple_of(4) && c <= BIAS_TABLE_CLASSES;
-        let chunk_groups = chunks
+        if split {
+            let windowed = variant == Variant::SplitRowWindowed;
+            let aligned = c.is_multiple_of(4);
+            let rows_max = chunks.iter().map(|ch| ch.rows).max().unwrap_or(1);
+            use wgpu::BufferUsages as U;
+            let partials = buffers::storage(
+                ctx,
+                "split partials",
+                (rows_max * split_chunks * 16) as u64,
+                U::STORAGE,
+            )?;
+            let lse = buffers::storage(ctx, "split lse", rows_max as u64 * 4, U::STORAGE)?;
+            // Dispatches of the partial and gradient passes: all chunks at
+            // once, or one window of b (16384 / L chunks) at a time.
+            let per_dispatch = if windowed {
+                WINDOW_CLASSES / split_len
+            } else {
+                split_chunks
+            };
+            let windows = split_chunks.div_ceil(per_dispatch);
+            let mut slots = vec![reduce];
+            for ch in &chunks {
+                for w in 0..windows {
+                    slots.push(Params {
+                        rows: ch.rows as u32,
+                        flags,
+                        seg_threads: split_chunks as u32,
+                        seg_len: split_len as u32,
+                        _pad: (w * per_dispatch) as u32,
+                        ..base
+                    });
+                }
+            }
+            let split_params = buffers::param_slots(ctx, &slots)?;
+            let layout = kernels.layout(Family::SoftmaxXentSplit);
+            let pipe = |e| kernels.pipeline(e, wg);
+            let partial = pipe(Entry::XentSplitPartial { windowed, aligned });
+            let combine = pipe(Entry::XentSplitCombine { aligned });
+            let grad_pass = pipe(Entry::XentSplitGrad {
+                windowed,
+                aligned,
+                in_place,
+            });
+            let write_grad = !matches!(b.grad, GradOutput::None);
+            let mut steps = Vec::new();
+            for (i, ch) in chunks.iter().enumerate() {
+                let rows = ch.rows as u64;
+                let (first, elems) = (ch.start as u64, rows * c as u64);
+                let upstream = match b.upstream {
+                    UpstreamBuffer::One => self.one.as_entire_binding(),
+                    UpstreamBuffer::Scalar(g) => range(g, 0, 4),
+                    UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
+                };
+                let logits_range = || range(b.logits, first * row_bytes, elems * 4);
+                let grad_range = || match b.grad {
+                    GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
+                    _ => self.unused_grad.as_entire_binding(),
+                };
+                let groups: Vec<(wgpu::BindGroup, u32)> = (0..windows)
+                    .map(|w| {
+                        // As in the row pass: each view bound once, the
+                        // unused pair to stand-ins.
+                        let (logits, grad, logits4, grad4) = if aligned {
+                            let grad4 = match b.grad {
+                                GradOutput::Separate(_) => grad_range(),
+                                _ => self.unused_view[1].as_entire_binding(),
+                            };
+                            (
+                                self.unused_view[0].as_entire_binding(),
+                                self.unused_grad.as_entire_binding(),
+                                logits_range(),
+                                grad4,
+                            )
+                        } else {
+                            (
+                                logits_range(),
+                                grad_range(),
+                                self.unused_view[0].as_entire_binding(),
+                                self.unused_view[1].as_entire_binding(),
+                            )
+                        };
+                        let window = range(
+                            &self.bias_table,
+                            (w * WINDOW_CLASSES * 4) as u64,
+                            (WINDOW_CLASSES * 4) as u64,
+                        );
+                        let group = buffers::bind_group(
+                            ctx,
+                            "softmax_xent split",
+                            &layout,
+                            vec![
+                                split_params.slot(1 + i * windows + w),
+                                logits,
+                                range(b.labels, first * 4, rows * 4),
+                                self.class_params.as_entire_binding(),
+                                grad,
+                                range(&row_loss, first * 4, rows * 4),
+                                upstream.clone(),
+                                status.as_entire_binding(),
+                                window.clone(),
+                                window,
+                                logits4,
+                                grad4,
+                                partials.as_entire_binding(),
+                                lse.as_entire_binding(),
+                            ],
+                        );
+                        let count = per_dispatch.min(split_chunks - w * per_dispatch);
+                        (group, count as u32)
+                    })
+                    .collect();
+                for (group, count) in &groups {
+                    steps.push(Step {
+                        pipeline: partial.clone(),
+                        group: group.clone(),
+                        workgroups: [*count, ch.rows as u32],
+                    });
+                }
+                steps.push(Step {
+                    pipeline: combine.clone(),
+                    group: groups[0].0.clone(),
+                    workgroups: [ch.rows.div_ceil(wg as usize) as u32, 1],
+                });
+                if write_grad {
+                    for (group, count) in groups {
+                        steps.push(Step {
+                            pipeline: grad_pass.clone(),
+                            group,
+                            workgroups: [count, ch.rows as u32],
+                        });
+                    }
+                }
+            }
+            return Ok(BoundLoss {
+                rows: n,
+                reduction: self.spec.reduction_kind(),
+                normalizer_partial: kernels.pipeline(Entry::NormalizerPartial, 0),
+                normalizer: kernels.pipeline(Entry::Normalizer, 0),
+                finalize_partial: kernels.pipeline(Entry::FinalizePartial, 0),
+                finalize: kernels.pipeline(Entry::Finalize, 0),
+                reduce_groups: reduce_groups as u32,
+                _partials: reduce_partials,
+                reduce_group,
+                steps,
+                _scratch: vec![partials, lse],
+                row_loss,
+                status,
+                _params: vec![params, split_params],
+            });
+        }
+        let chunk_groups: Vec<(wgpu::BindGroup, u32)> = chunks
             .iter()
             .enumerate()
             .map(|(k, ch)| {
@@ -645,21 +850,30 @@ impl SoftmaxXent {
             Variant::RowSegments => Entry::XentRowSegmentsWide(in_place),
             _ => Entry::XentRowPerGroup,
         };
+        let xent = kernels.pipeline(xent_entry, wg);
+        let steps = chunk_groups
+            .into_iter()
+            .map(|(group, workgroups)| Step {
+                pipeline: xent.clone(),
+                group,
+                workgroups: [workgroups, 1],
+            })
+            .collect();
         Ok(BoundLoss {
             rows: n,
             reduction: self.spec.reduction_kind(),
-            xent: kernels.pipeline(xent_entry, wg),
             normalizer_partial: kernels.pipeline(Entry::NormalizerPartial, 0),
             normalizer: kernels.pipeline(Entry::Normalizer, 0),
             finalize_partial: kernels.pipeline(Entry::FinalizePartial, 0),
             finalize: kernels.pipeline(Entry::Finalize, 0),
             reduce_groups: reduce_groups as u32,
-            _partials: partials,
+            _partials: reduce_partials,
             reduce_group,
-            chunks: chunk_groups,
+            steps,
+            _scratch: Vec::new(),
             row_loss,
             status,
-            _params: params,
+            _params: vec![params],
         })
     }
 
@@ -691,10 +905,10 @@ impl SoftmaxXent {
         pass.dispatch_workgroups(bound.reduce_groups, 1, 1);
         pass.set_pipeline(&bound.normalizer);
         pass.dispatch_workgroups(1, 1, 1);
-        pass.set_pipeline(&bound.xent);
-        for (group, workgroups) in &bound.chunks {
-            pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(*workgroups, 1, 1);
+        for step in &bound.steps {
+            pass.set_pipeline(&step.pipeline);
+            pass.set_bind_group(0, &step.group, &[]);
+            pass.dispatch_workgroups(step.workgroups[0], step.workgroups[1], 1);
         }
         if bound.reduction != Reduction::None {
             pass.set_bind_group(0, reduce_group, &[]);

@@ -65,6 +65,8 @@ fn variant_name(v: Variant) -> &'static str {
         Variant::RowCached => "RowCached",
         Variant::RowCachedSubgroup => "RowCachedSubgroup",
         Variant::RowSegments => "RowSegments",
+        Variant::SplitRow => "SplitRow",
+        Variant::SplitRowWindowed => "SplitRowWindowed",
     }
 }
 
@@ -75,6 +77,8 @@ fn variant_from(s: &str) -> Option<Variant> {
         Variant::RowCached,
         Variant::RowCachedSubgroup,
         Variant::RowSegments,
+        Variant::SplitRow,
+        Variant::SplitRowWindowed,
     ]
     .into_iter()
     .find(|&v| variant_name(v) == s)
@@ -271,6 +275,8 @@ impl Tuning {
                 Variant::RowCached,
                 Variant::RowCachedSubgroup,
                 Variant::RowSegments,
+                Variant::SplitRow,
+                Variant::SplitRowWindowed,
             ] {
                 for wg in [64u32, 256] {
                     let op = ctx

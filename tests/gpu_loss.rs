@@ -13,12 +13,14 @@ use logit_adjust::{
 };
 use wgpu::util::DeviceExt;
 
-const VARIANTS: [Variant; 5] = [
+const VARIANTS: [Variant; 7] = [
     Variant::RowPerThread,
     Variant::RowPerGroup,
     Variant::RowCached,
     Variant::RowCachedSubgroup,
     Variant::RowSegments,
+    Variant::SplitRow,
+    Variant::SplitRowWindowed,
 ];
 const REDUCTIONS: [Reduction; 4] = [
     Reduction::None,
@@ -315,6 +317,27 @@ fn segment_and_table_boundaries() {
         (3, 16_385),
         (2, 20_001),
         (2, 32_769),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(case(n, c, k));
+    }
+}
+
+#[test]
+fn split_row_chunk_and_window_boundaries() {
+    // Around the split-row layout's cuts: chunks of 4096 classes (fewer, a
+    // power of two, below that), windows of b of 16384 classes, C not a
+    // multiple of 4 (scalar loads, a ragged last chunk), a last window with
+    // a single chunk.
+    for (k, (n, c)) in [
+        (5, 5),
+        (3, 4095),
+        (3, 4100),
+        (2, 16_388),
+        (2, 49_157),
+        (2, 65_540),
     ]
     .into_iter()
     .enumerate()

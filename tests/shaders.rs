@@ -22,17 +22,20 @@ fn shader_files() -> Vec<(String, String)> {
         })
         .collect();
     files.sort();
-    // softmax_xent_subgroup.wgsl is a tail appended to softmax_xent.wgsl;
-    // it is checked as that module (below), its header here.
-    if let Some(part) = files
-        .iter_mut()
-        .find(|(f, _)| f == "softmax_xent_subgroup.wgsl")
-    {
-        part.1 = logit_adjust::kernels::module_sources()
-            .into_iter()
-            .find(|(label, _)| label.contains("subgroup"))
-            .expect("the subgroup module")
-            .1;
+    // softmax_xent_subgroup.wgsl and softmax_xent_split.wgsl are parts the
+    // host puts into softmax_xent.wgsl; each is checked as the module built
+    // with it.
+    for (part_file, key) in [
+        ("softmax_xent_subgroup.wgsl", "subgroup"),
+        ("softmax_xent_split.wgsl", "split"),
+    ] {
+        if let Some(part) = files.iter_mut().find(|(f, _)| f == part_file) {
+            part.1 = logit_adjust::kernels::module_sources()
+                .into_iter()
+                .find(|(label, _)| label.contains(key))
+                .unwrap_or_else(|| panic!("the module built with {part_file}"))
+                .1;
+        }
     }
     // The modules built from a file with a constant replaced (the
     // segment-cache variants of softmax_xent.wgsl).
