@@ -14,6 +14,9 @@ pub const SOFTMAX_XENT_SUBGROUP_WGSL: &str = include_str!("../shaders/softmax_xe
 /// `shaders/softmax_xent_split.wgsl`: the split-row layout's three passes,
 /// appended to `softmax_xent.wgsl` (whose bindings and helpers it uses).
 pub const SOFTMAX_XENT_SPLIT_WGSL: &str = include_str!("../shaders/softmax_xent_split.wgsl");
+/// `shaders/softmax_xent_unrolled.wgsl`: the row-unrolled layout (C fixed
+/// per pipeline), appended to `softmax_xent.wgsl`.
+pub const SOFTMAX_XENT_UNROLLED_WGSL: &str = include_str!("../shaders/softmax_xent_unrolled.wgsl");
 /// `shaders/loss_reduce.wgsl`: the normalizer and the final reduction.
 pub const LOSS_REDUCE_WGSL: &str = include_str!("../shaders/loss_reduce.wgsl");
 /// `shaders/posthoc.wgsl`: batched post-hoc correction and argmax.
@@ -107,6 +110,8 @@ pub(crate) enum Family {
     /// `softmax_xent.wgsl` followed by `softmax_xent_split.wgsl`: its layout
     /// adds the split-row partials and LSE bindings (12, 13).
     SoftmaxXentSplit,
+    /// `softmax_xent.wgsl` followed by `softmax_xent_unrolled.wgsl`.
+    SoftmaxXentUnrolled,
     LossReduce,
     PostHoc,
     Metrics,
@@ -116,12 +121,13 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    const ALL: [Family; 11] = [
+    const ALL: [Family; 12] = [
         Family::SoftmaxXent,
         Family::SoftmaxXentMid,
         Family::SoftmaxXentSmall,
         Family::SoftmaxXentSubgroup,
         Family::SoftmaxXentSplit,
+        Family::SoftmaxXentUnrolled,
         Family::LossReduce,
         Family::PostHoc,
         Family::Metrics,
@@ -151,6 +157,12 @@ impl Family {
                     Cow::Owned(format!("{SOFTMAX_XENT_WGSL}\n{SOFTMAX_XENT_SPLIT_WGSL}")),
                 )
             }
+            Family::SoftmaxXentUnrolled => {
+                return (
+                    "softmax_xent.wgsl with softmax_xent_unrolled.wgsl",
+                    Cow::Owned(format!("{SOFTMAX_XENT_WGSL}\n{SOFTMAX_XENT_UNROLLED_WGSL}")),
+                )
+            }
             Family::SoftmaxXentMid => return ("softmax_xent.wgsl (mid cache)", small(32)),
             Family::SoftmaxXentSmall => return ("softmax_xent.wgsl (small cache)", small(4)),
             Family::SoftmaxXent => ("softmax_xent.wgsl", SOFTMAX_XENT_WGSL),
@@ -168,9 +180,10 @@ impl Family {
     /// variants bind exactly what `softmax_xent.wgsl` binds).
     fn layout_family(self) -> Family {
         match self {
-            Family::SoftmaxXentMid | Family::SoftmaxXentSmall | Family::SoftmaxXentSubgroup => {
-                Family::SoftmaxXent
-            }
+            Family::SoftmaxXentMid
+            | Family::SoftmaxXentSmall
+            | Family::SoftmaxXentSubgroup
+            | Family::SoftmaxXentUnrolled => Family::SoftmaxXent,
             f => f,
         }
     }
@@ -184,7 +197,8 @@ impl Family {
             | Family::SoftmaxXentMid
             | Family::SoftmaxXentSmall
             | Family::SoftmaxXentSubgroup
-            | Family::SoftmaxXentSplit => &[8, 9],
+            | Family::SoftmaxXentSplit
+            | Family::SoftmaxXentUnrolled => &[8, 9],
             // adjust_table: a window of a_tc in a 64 KiB uniform buffer
             Family::PostHoc => &[6],
             _ => &[],
@@ -198,7 +212,8 @@ impl Family {
             Family::SoftmaxXent
             | Family::SoftmaxXentMid
             | Family::SoftmaxXentSmall
-            | Family::SoftmaxXentSubgroup => &[10, 11],
+            | Family::SoftmaxXentSubgroup
+            | Family::SoftmaxXentUnrolled => &[10, 11],
             // and partials, row_lse
             Family::SoftmaxXentSplit => &[10, 11, 12, 13],
             _ => &[],
@@ -214,8 +229,8 @@ impl Family {
             | Family::SoftmaxXentMid
             | Family::SoftmaxXentSmall
             | Family::SoftmaxXentSubgroup
-            | Family::SoftmaxXentSplit => &[false, true, true, false, false, true, true],
-            // labels, class_params, row_loss, status
+            | Family::SoftmaxXentSplit
+            | Family::SoftmaxXentUnrolled => &[false, true, true, false, false, true, true],
             // labels, class_params, row_loss, status, partials
             Family::LossReduce => &[true, true, true, false, false],
             // logits, adjust, pred, corrected_out, best_state
@@ -245,6 +260,11 @@ pub(crate) enum Entry {
     XentRowSegments(SegmentCache, bool, bool, bool),
     /// `xent_row_segments_wide`, in place or not (b from storage).
     XentRowSegmentsWide(bool),
+    /// `xent_row_unrolled` for this `C`, in place or not.
+    XentRowUnrolled {
+        classes: u32,
+        in_place: bool,
+    },
     /// `xent_split_partial`: b from uniform windows or not, vec4 loads or not.
     XentSplitPartial {
         windowed: bool,
@@ -308,6 +328,10 @@ impl Entry {
                 (true, false) => "xent_split_partial_windowed",
                 (true, true) => "xent_split_partial4_windowed",
             },
+            Entry::XentRowUnrolled {
+                in_place: false, ..
+            } => "xent_row_unrolled",
+            Entry::XentRowUnrolled { in_place: true, .. } => "xent_row_unrolled_in_place",
             Entry::XentSplitCombine { aligned: false } => "xent_split_combine",
             Entry::XentSplitCombine { aligned: true } => "xent_split_combine4",
             Entry::XentSplitGrad {
@@ -353,6 +377,7 @@ impl Entry {
         match self {
             Entry::XentRowSegments(cache, ..) => cache.family(),
             Entry::XentRowCachedSubgroup => Family::SoftmaxXentSubgroup,
+            Entry::XentRowUnrolled { .. } => Family::SoftmaxXentUnrolled,
             Entry::XentSplitPartial { .. }
             | Entry::XentSplitCombine { .. }
             | Entry::XentSplitGrad { .. } => Family::SoftmaxXentSplit,
@@ -521,18 +546,20 @@ impl Kernels {
                 return p.clone();
             }
             let objects = &b.families[&entry.family()];
-            let constants: &[(&str, f64)] = if overridable {
-                &[("WG_SIZE", workgroup_size as f64)]
-            } else {
-                &[]
-            };
+            let mut constants: Vec<(&str, f64)> = Vec::new();
+            if overridable {
+                constants.push(("WG_SIZE", workgroup_size as f64));
+            }
+            if let Entry::XentRowUnrolled { classes, .. } = entry {
+                constants.push(("ROW_C", classes as f64));
+            }
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry.name()),
                 layout: Some(&objects.pipeline_layout),
                 module: &objects.module,
                 entry_point: Some(entry.name()),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
+                    constants: &constants,
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,

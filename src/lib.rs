@@ -54,7 +54,8 @@ pub use posthoc::{
 pub use prior::{count_labels, ClassPrior};
 pub use softmax_xent::{
     segment_plan, BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,
-    BIAS_TABLE_CLASSES, ROW_CACHED_MAX_CLASSES, ROW_PER_THREAD_MAX_CLASSES, SEGMENT_MAX_CLASSES,
+    BIAS_TABLE_CLASSES, ROW_CACHED_MAX_CLASSES, ROW_PER_THREAD_MAX_CLASSES,
+    ROW_UNROLLED_MAX_CLASSES, SEGMENT_MAX_CLASSES, SPLIT_CHUNK_CLASSES,
 };
 pub use train::{LinearTrainer, Standardizer, TrainConfig, MAX_BATCH};
 pub use tuning::Tuning;

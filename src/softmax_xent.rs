@@ -63,6 +63,10 @@ pub enum Variant {
     /// [`BIAS_TABLE_CLASSES`]. The fastest layout on CPU adapters
     /// (lavapipe, llvmpipe), where each thread runs as a SIMD lane.
     RowSegments,
+    /// One thread per row with `C` fixed per pipeline (a pipeline
+    /// constant), so the row stays in registers: one read, one write, no
+    /// barriers. For `C <=` [`ROW_UNROLLED_MAX_CLASSES`].
+    RowUnrolled,
     /// Each row cut into chunks of up to [`SPLIT_CHUNK_CLASSES`], a
     /// workgroup per (chunk, row), so a few rows of a huge `C` still fill the
     /// device: per-chunk online-softmax partials, a combine pass per row,
@@ -81,6 +85,9 @@ pub const SEGMENT_MAX_CLASSES: usize = 512;
 pub const BIAS_TABLE_CLASSES: usize = 32768;
 /// Bytes of each of the two uniform `b` tables (`bias_table`, `bias_table_hi`).
 const BIAS_TABLE_BYTES: usize = BIAS_TABLE_CLASSES * 2;
+
+/// The largest `C` of [`Variant::RowUnrolled`] (`ROW_C_MAX` in the shader).
+pub const ROW_UNROLLED_MAX_CLASSES: usize = 32;
 
 /// Classes per chunk of [`Variant::SplitRow`] (fewer when `C` is smaller:
 /// the chunk is a power of two, so it divides a 16,384-class window of `b`).
@@ -357,6 +364,7 @@ impl SoftmaxXent {
         match variant {
             Variant::Auto | Variant::RowPerGroup => true,
             Variant::RowPerThread => c <= ROW_PER_THREAD_MAX_CLASSES,
+            Variant::RowUnrolled => c <= ROW_UNROLLED_MAX_CLASSES,
             Variant::RowCached => c <= self.row_cached_capacity(),
             Variant::RowCachedSubgroup => {
                 c <= self.row_cached_capacity() && self.ctx.capabilities().subgroups
@@ -375,9 +383,10 @@ impl SoftmaxXent {
     }
 
     /// The layout the row pass will use for this `C`: the forced one, else
-    /// the tuned one (see [`crate::tuning`]), else the built-in rule: on CPU
-    /// adapters row-segments up to its capacity, split-row with windows of
-    /// `b` beyond; on GPUs a row per thread up to 32 classes, row-cached up
+    /// the tuned one (see [`crate::tuning`]), else the built-in rule:
+    /// row-unrolled up to 32 classes; then on CPU adapters row-segments up
+    /// to its capacity, split-row with windows of
+    /// `b` beyond; on GPUs row-cached up
     /// to its capacity, split-row beyond (the two reads of row-per-group,
     /// but a few rows of a huge `C` still fill the device).
     pub fn resolved_variant(&self) -> Variant {
@@ -389,6 +398,7 @@ impl SoftmaxXent {
         let c = self.spec.classes();
         let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
+            Variant::Auto if c <= ROW_UNROLLED_MAX_CLASSES => Variant::RowUnrolled,
             Variant::Auto if cpu && c <= self.segments_capacity() => Variant::RowSegments,
             Variant::Auto if cpu => Variant::SplitRowWindowed,
             Variant::Auto if c <= ROW_PER_THREAD_AUTO_MAX_CLASSES => Variant::RowPerThread,
@@ -514,6 +524,11 @@ impl SoftmaxXent {
                 self.row_cached_capacity()
             )));
         }
+        if variant == Variant::RowUnrolled && c > ROW_UNROLLED_MAX_CLASSES {
+            return Err(Error::TooLarge(format!(
+                "{c} classes: the row-unrolled layout takes at most {ROW_UNROLLED_MAX_CLASSES}"
+            )));
+        }
         if variant == Variant::RowSegments && c > self.segments_capacity() {
             return Err(Error::TooLarge(format!(
                 "{c} classes: the row-segments layout holds at most {} on this device",
@@ -524,6 +539,7 @@ impl SoftmaxXent {
         let trips = match variant {
             Variant::RowPerThread if c > ROW_PER_THREAD_MAX_CLASSES => usize::MAX,
             Variant::RowPerThread => 2 * c,
+            Variant::RowUnrolled => 3 * c,
             Variant::RowSegments => 3 * seg_len / 4 + 2 * seg_threads.ilog2() as usize,
             Variant::SplitRow | Variant::SplitRowWindowed => {
                 let (chunks, len) = split_plan(c);
@@ -539,7 +555,7 @@ impl SoftmaxXent {
         }
         let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
         let rows_per_group = match variant {
-            Variant::RowPerThread => wg as usize,
+            Variant::RowPerThread | Variant::RowUnrolled => wg as usize,
             Variant::RowSegments => wg as usize / seg_threads,
             _ => 1,
         };
@@ -836,6 +852,10 @@ impl SoftmaxXent {
             .collect();
         let xent_entry = match variant {
             Variant::RowPerThread => Entry::XentRowPerThread,
+            Variant::RowUnrolled => Entry::XentRowUnrolled {
+                classes: c as u32,
+                in_place,
+            },
             Variant::RowCached => Entry::XentRowCached,
             Variant::RowCachedSubgroup => Entry::XentRowCachedSubgroup,
             Variant::RowSegments if c <= BIAS_TABLE_CLASSES => {

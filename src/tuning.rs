@@ -65,6 +65,7 @@ fn variant_name(v: Variant) -> &'static str {
         Variant::RowCached => "RowCached",
         Variant::RowCachedSubgroup => "RowCachedSubgroup",
         Variant::RowSegments => "RowSegments",
+        Variant::RowUnrolled => "RowUnrolled",
         Variant::SplitRow => "SplitRow",
         Variant::SplitRowWindowed => "SplitRowWindowed",
     }
@@ -77,6 +78,7 @@ fn variant_from(s: &str) -> Option<Variant> {
         Variant::RowCached,
         Variant::RowCachedSubgroup,
         Variant::RowSegments,
+        Variant::RowUnrolled,
         Variant::SplitRow,
         Variant::SplitRowWindowed,
     ]
@@ -275,6 +277,7 @@ impl Tuning {
                 Variant::RowCached,
                 Variant::RowCachedSubgroup,
                 Variant::RowSegments,
+                Variant::RowUnrolled,
                 Variant::SplitRow,
                 Variant::SplitRowWindowed,
             ] {

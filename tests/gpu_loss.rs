@@ -9,12 +9,13 @@ use common::{contexts, max_abs, name, worst, Rng};
 use logit_adjust::{
     reference, ClassPrior, Context, GradOutput, LossBuffers, LossOutput, LossSpec, Reduction,
     SoftmaxXent, Upstream, UpstreamBuffer, Variant, ROW_CACHED_MAX_CLASSES,
-    ROW_PER_THREAD_MAX_CLASSES,
+    ROW_PER_THREAD_MAX_CLASSES, ROW_UNROLLED_MAX_CLASSES,
 };
 use wgpu::util::DeviceExt;
 
-const VARIANTS: [Variant; 7] = [
+const VARIANTS: [Variant; 8] = [
     Variant::RowPerThread,
+    Variant::RowUnrolled,
     Variant::RowPerGroup,
     Variant::RowCached,
     Variant::RowCachedSubgroup,
@@ -34,6 +35,7 @@ fn variants_for(c: usize) -> impl Iterator<Item = Variant> {
     VARIANTS
         .into_iter()
         .filter(move |&v| v != Variant::RowPerThread || c <= ROW_PER_THREAD_MAX_CLASSES)
+        .filter(move |&v| v != Variant::RowUnrolled || c <= ROW_UNROLLED_MAX_CLASSES)
         .filter(move |&v| {
             !matches!(v, Variant::RowCached | Variant::RowCachedSubgroup)
                 || c <= ROW_CACHED_MAX_CLASSES
@@ -417,7 +419,7 @@ fn forward_only_and_in_place() {
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     let want_fwd = reference::forward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
+        for variant in variants_for(c).filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let what = format!("{} {variant:?} seed={seed}", name(ctx));
             let fwd = op.forward(&logits, &labels).unwrap();
@@ -470,7 +472,7 @@ fn general_form_margins_weights_and_ignore_index_inside_the_range() {
             let labels = rng.labels(n, c, 0.0, 3);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             for ctx in contexts() {
-                for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
+                for variant in variants_for(c).filter(|&v| runs(ctx, v)) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     compare(
@@ -491,7 +493,7 @@ fn mean_over_no_valid_rows_is_zero_with_zero_gradient() {
     let logits = Rng::fresh().logits(15, 3.0);
     let labels = [-100i64; 3];
     for ctx in contexts() {
-        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
+        for variant in variants_for(5).filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
             assert_eq!(got.loss, Some(0.0), "{}", name(ctx));
@@ -537,7 +539,7 @@ fn device_forward_and_in_place_with_the_default_upstream() {
     let labels = rng.labels(n, c, 0.1, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
+        for variant in variants_for(c).filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let l32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
             let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&l32));
@@ -718,7 +720,7 @@ fn labels_out_of_range_on_the_device_are_reported_and_loud() {
     let spec = LossSpec::cross_entropy(10).reduction(Reduction::Sum);
     let logits = Rng::fresh().logits(30, 2.0);
     for ctx in contexts() {
-        for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
+        for variant in variants_for(10).filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let logits_buf = init(ctx, "logits", bytemuck::cast_slice(&logits));
             let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&[1i32, 10, -100]));
@@ -785,7 +787,7 @@ fn every_preset_of_the_family_matches_the_reference() {
             let spec = spec.clone().reduction(reduction);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             for ctx in contexts() {
-                for variant in VARIANTS.into_iter().filter(|&v| runs(ctx, v)) {
+                for variant in variants_for(c).filter(|&v| runs(ctx, v)) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     compare(

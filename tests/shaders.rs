@@ -22,12 +22,13 @@ fn shader_files() -> Vec<(String, String)> {
         })
         .collect();
     files.sort();
-    // softmax_xent_subgroup.wgsl and softmax_xent_split.wgsl are parts the
+    // softmax_xent_{subgroup,split,unrolled}.wgsl are parts the
     // host puts into softmax_xent.wgsl; each is checked as the module built
     // with it.
     for (part_file, key) in [
         ("softmax_xent_subgroup.wgsl", "subgroup"),
         ("softmax_xent_split.wgsl", "split"),
+        ("softmax_xent_unrolled.wgsl", "unrolled"),
     ] {
         if let Some(part) = files.iter_mut().find(|(f, _)| f == part_file) {
             part.1 = logit_adjust::kernels::module_sources()

@@ -140,7 +140,7 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
 
         // Baselines: a copy of N*C f32 moves the fused kernel's floor (read
         // once, write once); a copy of N*C/2 moves the forward's bytes; a read
-        // of N*C is the post-hoc floor (the faster of two read layouts).
+        // of N*C is the post-hoc floor (each the faster of two layouts).
         let full = CopyBaseline::new(&ctx, elements).map_err(e)?;
         let half = CopyBaseline::new(&ctx, elements / 2).map_err(e)?;
         // Ours and the baselines take turns, a few repetitions at a time, so
@@ -155,6 +155,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
             Box::new(|p| full.record_read(p)),
             Box::new(|p| full.record_read_wide(p)),
             Box::new(|p| half.record_copy(p)),
+            Box::new(|p| full.record_copy_wide(p)),
+            Box::new(|p| half.record_copy_wide(p)),
         ];
         let rounds = 3;
         let per_round = reps.div_ceil(rounds).max(1);
@@ -176,9 +178,10 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
             );
         }
         let m: Vec<f64> = samples.into_iter().map(median).collect();
-        let (t_fused, t_forward, t_post, t_copy) = (m[0], m[1], m[2], m[3]);
-        let (t_read, t_copy_half) = (m[4].min(m[5]), m[6]);
-        let (t_driver, t_driver_half) = (m[7], m[8]);
+        // Each floor is the faster of its two layouts.
+        let (t_fused, t_forward, t_post, t_copy) = (m[0], m[1], m[2], m[3].min(m[7]));
+        let (t_read, t_copy_half) = (m[4].min(m[5]), m[6].min(m[8]));
+        let (t_driver, t_driver_half) = (m[9], m[10]);
         drop(passes);
         drop(full);
         drop(half);
