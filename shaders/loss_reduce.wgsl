@@ -12,14 +12,20 @@
 //
 // Each runs in two dispatches. `*_partial`: G workgroups of 256 threads
 // (G = groups, at most 256); workgroup g sums the rows
-// [g * span, (g + 1) * span) into partials[g], thread t walking rows
-// t, t + 256, ... of its span four per loop trip (llvmpipe/lavapipe stop an
-// invocation after about 65,535 loop trips). `normalizer` / `finalize`: one
-// workgroup adds the G partials, thread g taking partial g. Both end in a
-// workgroup-memory tree. G and the span depend on N alone, so the result is
-// the same bits on every run of the same adapter (no float atomics); G
-// workgroups rather than one keep every core busy on CPU adapters, where one
-// workgroup runs on one core.
+// [g * span, (g + 1) * span) into partials[g] (span a multiple of 4), thread
+// t walking the row quads t, t + 256, ... of its span through vec4 views of
+// the labels and the losses (labels4, row_loss4: the first 4 * floor(N / 4)
+// rows; the last N % 4 rows through the scalar views). A vec4 load costs CPU
+// adapters one loop over the SIMD lanes for four rows instead of four.
+// llvmpipe/lavapipe stop an invocation after about 65,535 loop trips; a
+// thread makes span / 1024 here (16 with the host's span of 16384 rows).
+// The span is large because each workgroup's closing tree is costly on CPU
+// adapters (about 240,000 instructions for 256 threads on lavapipe). Then
+// `normalizer` / `finalize`: one workgroup adds the G partials, thread g
+// taking partial g. Both end in a workgroup-memory tree. G and the span
+// depend on N alone, so the result is the same bits on every run of the same
+// adapter (no float atomics); G workgroups rather than one keep every core
+// busy on CPU adapters, where one workgroup runs on one core.
 // Barriers: one after the partials are stored, and one per tree level, so a
 // level's sums are complete before the next level reads them.
 
@@ -47,6 +53,10 @@ const WG: u32 = 256u;
 @group(0) @binding(4) var<storage, read_write> status: array<f32>;
 // G pairs: (weight or loss sum, bad labels) per partial workgroup
 @group(0) @binding(5) var<storage, read_write> partials: array<vec2<f32>>;
+// The same labels and losses as vec4s: rows 4q .. 4q + 3 at q, for
+// q < floor(N / 4) (a 16-byte stand-in when N < 4).
+@group(0) @binding(6) var<storage, read> labels4: array<vec4<i32>>;
+@group(0) @binding(7) var<storage, read> row_loss4: array<vec4<f32>>;
 
 var<workgroup> red_a: array<f32, WG>;
 var<workgroup> red_b: array<f32, WG>;
@@ -79,6 +89,41 @@ fn row_weight(i: u32, end: u32) -> vec2<f32> {
 
 fn row_value(i: u32, end: u32) -> f32 {
     return select(0.0, row_loss[min(i, params.rows - 1u)], i < end);
+}
+
+// row_weight for the four rows of quad q, all inside the span.
+fn quad_weight(q: u32) -> vec2<f32> {
+    let c = params.classes;
+    let label = labels4[q];
+    let ignored = label == vec4(params.ignore_index);
+    let bad = !ignored & ((label < vec4(0)) | (vec4<u32>(label) >= vec4(c)));
+    var w = vec4(1.0);
+    if (params.flags == REDUCTION_WEIGHTED_MEAN) {
+        let y = select(vec4(0u), vec4<u32>(label), !bad & !ignored);
+        w = vec4(class_params[2u * c + y.x], class_params[2u * c + y.y],
+                 class_params[2u * c + y.z], class_params[2u * c + y.w]);
+    }
+    let wv = select(vec4(0.0), w, !ignored & !bad);
+    let bv = select(vec4(0.0), vec4(1.0), bad);
+    return vec2(wv.x + wv.y + wv.z + wv.w, bv.x + bv.y + bv.z + bv.w);
+}
+
+// Quads [q0, q1) of span [start, end) go through the vec4 views, the rows
+// [tail, end) after them through the scalar ones (at most three, all in the
+// last span, since span % 4 == 0).
+struct Split {
+    q0: u32,
+    q1: u32,
+    tail: u32,
+}
+
+fn split_span(range: vec2<u32>) -> Split {
+    let whole = params.rows / 4u;
+    var s: Split;
+    s.q0 = min(range.x / 4u, whole);
+    s.q1 = min(range.y / 4u, whole);
+    s.tail = max(range.x, 4u * whole);
+    return s;
 }
 
 // Sum `value(i)` over this workgroup's span into partials[g] (v.x) and the
@@ -116,12 +161,13 @@ fn normalizer_partial(
     @builtin(local_invocation_index) tid: u32,
 ) {
     let range = span_of(wid.x);
-    let iters = (range.y - range.x + 4u * WG - 1u) / (4u * WG);
+    let sp = split_span(range);
     var acc = vec2(0.0);
-    for (var k = 0u; k < iters; k++) {
-        let i = range.x + k * 4u * WG + tid;
-        acc += row_weight(i, range.y) + row_weight(i + WG, range.y)
-            + row_weight(i + 2u * WG, range.y) + row_weight(i + 3u * WG, range.y);
+    for (var q = sp.q0 + tid; q < sp.q1; q += WG) {
+        acc += quad_weight(q);
+    }
+    if (tid < 3u) {
+        acc += row_weight(sp.tail + tid, range.y);
     }
     store_partial(wid.x, tid, acc);
 }
@@ -142,12 +188,14 @@ fn finalize_partial(
     @builtin(local_invocation_index) tid: u32,
 ) {
     let range = span_of(wid.x);
-    let iters = (range.y - range.x + 4u * WG - 1u) / (4u * WG);
+    let sp = split_span(range);
     var total = 0.0;
-    for (var k = 0u; k < iters; k++) {
-        let i = range.x + k * 4u * WG + tid;
-        total += row_value(i, range.y) + row_value(i + WG, range.y)
-            + row_value(i + 2u * WG, range.y) + row_value(i + 3u * WG, range.y);
+    for (var q = sp.q0 + tid; q < sp.q1; q += WG) {
+        let l = row_loss4[q];
+        total += l.x + l.y + l.z + l.w;
+    }
+    if (tid < 3u) {
+        total += row_value(sp.tail + tid, range.y);
     }
     store_partial(wid.x, tid, vec2(total, 0.0));
 }

@@ -231,8 +231,8 @@ impl Family {
             | Family::SoftmaxXentSubgroup
             | Family::SoftmaxXentSplit
             | Family::SoftmaxXentUnrolled => &[false, true, true, false, false, true, true],
-            // labels, class_params, row_loss, status, partials
-            Family::LossReduce => &[true, true, true, false, false],
+            // labels, class_params, row_loss, status, partials, labels4, row_loss4
+            Family::LossReduce => &[true, true, true, false, false, true, true],
             // logits, adjust, pred, corrected_out, best_state
             Family::PostHoc => &[true, true, false, false, false],
             // labels, pred, counts

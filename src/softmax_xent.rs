@@ -30,8 +30,12 @@ const ROW_PER_THREAD_AUTO_MAX_CLASSES: usize = 32;
 /// refused above this `C` (where it would be slow anyway).
 pub const ROW_PER_THREAD_MAX_CLASSES: usize = 4096;
 /// Rows per workgroup of the partial reduce passes (and their most
-/// workgroups, which one 256-thread workgroup then combines).
-const REDUCE_ROWS_PER_GROUP: usize = 1024;
+/// workgroups, which one 256-thread workgroup then combines). Each
+/// workgroup ends in a 256-thread tree, which costs CPU adapters about
+/// 240,000 instructions (callgrind, lavapipe): at 1024 rows per workgroup
+/// the trees cost more than reading the rows. With 16384 a thread reads 16
+/// quads of rows per pass.
+const REDUCE_ROWS_PER_GROUP: usize = 16384;
 const REDUCE_MAX_GROUPS: usize = 256;
 /// The row-per-group layout makes 2*C/WG trips per invocation.
 const MAX_LOOP_TRIPS: usize = 65_000;
@@ -264,6 +268,8 @@ pub struct SoftmaxXent {
     /// Stand-ins for the vec4 views where they are unused (one buffer per
     /// binding, so that no buffer is bound twice in a dispatch).
     unused_view: [wgpu::Buffer; 2],
+    /// Stands in for the reduce passes' vec4 views when `N < 4` (read-only).
+    unused_quad: wgpu::Buffer,
 }
 
 impl Context {
@@ -315,6 +321,7 @@ impl SoftmaxXent {
                     buffers::storage(ctx, "unused logits4", 16, wgpu::BufferUsages::STORAGE)?,
                     buffers::storage(ctx, "unused grad4", 16, wgpu::BufferUsages::STORAGE)?,
                 ],
+                unused_quad: buffers::storage(ctx, "unused quad", 16, wgpu::BufferUsages::STORAGE)?,
             })
         })
     }
@@ -587,7 +594,8 @@ impl SoftmaxXent {
             .clamp(1, REDUCE_MAX_GROUPS);
         let reduce = Params {
             seg_threads: reduce_groups as u32,
-            seg_len: n.div_ceil(reduce_groups).max(1) as u32,
+            // A multiple of 4: the partial passes read row quads.
+            seg_len: n.div_ceil(reduce_groups).max(1).next_multiple_of(4) as u32,
             ..base
         };
         let slots: Vec<Params> = std::iter::once(reduce)
@@ -614,6 +622,11 @@ impl SoftmaxXent {
             wgpu::BufferUsages::STORAGE,
         )?;
         let kernels = ctx.kernels();
+        // The vec4 views of the reduce passes: the first floor(N / 4) quads.
+        let quads = |buffer| match n / 4 {
+            0 => self.unused_quad.as_entire_binding(),
+            q => range(buffer, 0, q as u64 * 16),
+        };
         let reduce_group = (n > 0).then(|| {
             buffers::bind_group(
                 ctx,
@@ -626,6 +639,8 @@ impl SoftmaxXent {
                     range(&row_loss, 0, n as u64 * 4),
                     status.as_entire_binding(),
                     reduce_partials.as_entire_binding(),
+                    quads(b.labels),
+                    quads(&row_loss),
                 ],
             )
         });
