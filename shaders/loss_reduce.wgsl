@@ -21,13 +21,13 @@
 // thread makes span / 1024 here (16 with the host's span of 16384 rows).
 // The span is large because each workgroup's closing tree is costly on CPU
 // adapters (about 240,000 instructions for 256 threads on lavapipe). Then
-// `normalizer` / `finalize`: one workgroup adds the G partials, thread g
-// taking partial g. Both end in a workgroup-memory tree. G and the span
-// depend on N alone, so the result is the same bits on every run of the same
-// adapter (no float atomics); G workgroups rather than one keep every core
-// busy on CPU adapters, where one workgroup runs on one core.
-// Barriers: one after the partials are stored, and one per tree level, so a
-// level's sums are complete before the next level reads them.
+// `normalizer` / `finalize`: a single thread adds the G partials in order.
+// G and the span depend on N alone, so the result is the same bits on every
+// run of the same adapter (no float atomics); G workgroups rather than one
+// keep every core busy on CPU adapters, where one workgroup runs on one core.
+// Barriers (partial passes only): one after the partials are stored, and one
+// per tree level, so a level's sums are complete before the next level reads
+// them.
 
 struct Params {
     rows: u32,          // N, the whole batch
@@ -144,15 +144,15 @@ fn store_partial(g: u32, tid: u32, acc: vec2<f32>) {
     }
 }
 
-// The G partials, summed by one workgroup in a fixed order.
-fn combine(tid: u32) -> vec2<f32> {
-    let p = select(vec2(0.0), partials[min(tid, params.groups - 1u)], tid < params.groups);
-    red_a[tid] = p.x;
-    red_b[tid] = p.y;
-    // Barrier: all partials are stored before the tree reads them.
-    workgroupBarrier();
-    tree_sum(tid);
-    return vec2(red_a[0], red_b[0]);
+// The G partials, summed in order by a single thread: at most 256 reads,
+// and no tree (a 256-thread tree costs a CPU adapter more than the whole
+// fold).
+fn combine() -> vec2<f32> {
+    var total = vec2(0.0);
+    for (var g = 0u; g < params.groups; g++) {
+        total += partials[g];
+    }
+    return total;
 }
 
 @compute @workgroup_size(WG)
@@ -172,14 +172,12 @@ fn normalizer_partial(
     store_partial(wid.x, tid, acc);
 }
 
-@compute @workgroup_size(WG)
-fn normalizer(@builtin(local_invocation_index) tid: u32) {
-    let total = combine(tid);
-    if (tid == 0u) {
-        let averaged = params.flags == REDUCTION_MEAN || params.flags == REDUCTION_WEIGHTED_MEAN;
-        status[0] = select(1.0, total.x, averaged);
-        status[1] = total.y;
-    }
+@compute @workgroup_size(1)
+fn normalizer() {
+    let total = combine();
+    let averaged = params.flags == REDUCTION_MEAN || params.flags == REDUCTION_WEIGHTED_MEAN;
+    status[0] = select(1.0, total.x, averaged);
+    status[1] = total.y;
 }
 
 @compute @workgroup_size(WG)
@@ -200,11 +198,9 @@ fn finalize_partial(
     store_partial(wid.x, tid, vec2(total, 0.0));
 }
 
-@compute @workgroup_size(WG)
-fn finalize(@builtin(local_invocation_index) tid: u32) {
-    let total = combine(tid);
-    if (tid == 0u) {
-        let denom = status[0];
-        status[2] = select(total.x / denom, 0.0, denom == 0.0);
-    }
+@compute @workgroup_size(1)
+fn finalize() {
+    let total = combine();
+    let denom = status[0];
+    status[2] = select(total.x / denom, 0.0, denom == 0.0);
 }
