@@ -22,11 +22,13 @@
 // per chunk 16 bytes of partials, per row 4 bytes of LSE. The forward alone
 // (no gradient) is the first two passes: 4 bytes read.
 //
-// Workgroup layout: WG_SIZE threads per chunk; thread t takes the four
-// classes from 4t, then 4(t + WG_SIZE), ...: neighbouring threads read
-// neighbouring 16 bytes. Barriers: only in the partial pass's two workgroup
-// trees (reduce_max_zsum, reduce_sum: after the partials are stored, and
-// after each level).
+// Workgroup layout: WG_SIZE threads per chunk. With b from storage (the GPU
+// layout, chunks of up to 4096 classes) thread t takes the four classes
+// from 4t, then 4(t + WG_SIZE), ...: neighbouring threads read neighbouring
+// 16 bytes. With b windows (the CPU layout, a chunk is a whole window of
+// 16384 classes) thread t takes one contiguous stretch (walk_of). Barriers:
+// only in the partial pass's two workgroup trees (reduce_max_zsum,
+// reduce_sum: after the partials are stored, and after each level).
 //
 // Where b comes from is fixed per entry point: class_params (one dispatch
 // covers every chunk), or in the _windowed entries bias_table, bound by the
@@ -64,6 +66,20 @@ fn split_logits4(base: u32, c: u32, last: u32, aligned: bool) -> vec4<f32> {
                 logits[base + min(c + 2u, last)], logits[base + min(c + 3u, last)]);
 }
 
+// Thread tid's walk over the chunk [c0, c1) as (first class, end, step).
+// Storage-b entries (the GPU layout): strided, four classes per step, so
+// neighbouring threads read neighbouring 16 bytes. Windowed entries (the CPU
+// layout): one contiguous stretch per thread, since on CPU adapters a thread
+// is a SIMD lane and contiguous per-lane streams are what they serve best.
+fn walk_of(tid: u32, c0: u32, c1: u32, windowed: bool) -> vec3<u32> {
+    if (windowed) {
+        let per = 4u * ((c1 - c0 + 4u * WG_SIZE - 1u) / (4u * WG_SIZE));
+        let first = min(c0 + tid * per, c1);
+        return vec3(first, min(first + per, c1), 4u);
+    }
+    return vec3(c0 + 4u * tid, c1, 4u * WG_SIZE);
+}
+
 fn split_partial(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool) {
     let k = params._pad + wid.x;
     let row = wid.y;
@@ -75,7 +91,8 @@ fn split_partial(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool) {
     var m = LOWEST;
     var s = 0.0;
     var z_sum = 0.0;
-    for (var c = c0 + 4u * tid; c < c1; c += 4u * WG_SIZE) {
+    let walk = walk_of(tid, c0, c1, windowed);
+    for (var c = walk.x; c < walk.y; c += walk.z) {
         let cs = vec4(c, c + 1u, c + 2u, c + 3u);
         let inside = cs < vec4(c1);
         let x = split_logits4(base, c, c1 - 1u, aligned);
@@ -146,7 +163,8 @@ fn split_grad(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool, in_place:
     let scale = grad_scale(row, t);
     let fill = select(0.0, nan(), t.bad);
     let dead = t.bad || t.ignored;
-    for (var c = c0 + 4u * tid; c < c1; c += 4u * WG_SIZE) {
+    let walk = walk_of(tid, c0, c1, windowed);
+    for (var c = walk.x; c < walk.y; c += walk.z) {
         let cs = vec4(c, c + 1u, c + 2u, c + 3u);
         let x = split_logits4(base, c, c1 - 1u, aligned);
         let z = x + split_bias4(c, windowed) - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));

@@ -77,8 +77,9 @@ pub enum Variant {
     /// then a second read for the gradient (8 bytes read and 4 written per
     /// element). `b` from a storage buffer; any `C`.
     SplitRow,
-    /// [`Variant::SplitRow`] with `b` from 64 KiB uniform windows, one
-    /// dispatch per window of 16,384 classes (what CPU adapters serve fast).
+    /// [`Variant::SplitRow`] laid out for CPU adapters: `b` from 64 KiB
+    /// uniform windows (one dispatch per window of 16,384 classes), a chunk
+    /// per window, each thread a contiguous stretch of it.
     SplitRowWindowed,
 }
 
@@ -100,9 +101,15 @@ pub const SPLIT_CHUNK_CLASSES: usize = 4096;
 const WINDOW_CLASSES: usize = BIAS_TABLE_CLASSES / 2;
 
 /// How [`Variant::SplitRow`] cuts a row of `classes`: `K` chunks of `L`
-/// classes (`L` a power of two, at least 4, dividing 16,384).
-pub fn split_plan(classes: usize) -> (usize, usize) {
-    let len = classes.max(4).next_power_of_two().min(SPLIT_CHUNK_CLASSES);
+/// classes (`L` a power of two, at least 4, dividing 16,384). With `b`
+/// windows ([`Variant::SplitRowWindowed`]) a chunk is up to a whole window.
+pub fn split_plan(classes: usize, windowed: bool) -> (usize, usize) {
+    let most = if windowed {
+        WINDOW_CLASSES
+    } else {
+        SPLIT_CHUNK_CLASSES
+    };
+    let len = classes.max(4).next_power_of_two().min(most);
     (classes.div_ceil(len).max(1), len)
 }
 
@@ -392,8 +399,8 @@ impl SoftmaxXent {
     /// The layout the row pass will use for this `C`: the forced one, else
     /// the tuned one (see [`crate::tuning`]), else the built-in rule:
     /// row-unrolled up to 32 classes; then on CPU adapters row-segments up
-    /// to its capacity, split-row with windows of
-    /// `b` beyond; on GPUs row-cached up
+    /// to 32,768 classes (b from the uniform tables), split-row with windows
+    /// of `b` beyond; on GPUs row-cached up
     /// to its capacity, split-row beyond (the two reads of row-per-group,
     /// but a few rows of a huge `C` still fill the device).
     pub fn resolved_variant(&self) -> Variant {
@@ -406,7 +413,11 @@ impl SoftmaxXent {
         let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
             Variant::Auto if c <= ROW_UNROLLED_MAX_CLASSES => Variant::RowUnrolled,
-            Variant::Auto if cpu && c <= self.segments_capacity() => Variant::RowSegments,
+            // Above the uniform b tables, row-segments reads b from storage,
+            // which costs CPU adapters more than split-row's second read
+            // (lavapipe, 256 x 262144: 730 against 629 ms; 512 x 65536: 423
+            // against 345 ms).
+            Variant::Auto if cpu && c <= BIAS_TABLE_CLASSES => Variant::RowSegments,
             Variant::Auto if cpu => Variant::SplitRowWindowed,
             Variant::Auto if c <= ROW_PER_THREAD_AUTO_MAX_CLASSES => Variant::RowPerThread,
             Variant::Auto if c <= self.row_cached_capacity() => Variant::RowCached,
@@ -549,7 +560,7 @@ impl SoftmaxXent {
             Variant::RowUnrolled => 3 * c,
             Variant::RowSegments => 3 * seg_len / 4 + 2 * seg_threads.ilog2() as usize,
             Variant::SplitRow | Variant::SplitRowWindowed => {
-                let (chunks, len) = split_plan(c);
+                let (chunks, len) = split_plan(c, variant == Variant::SplitRowWindowed);
                 (len / (4 * wg as usize)).max(2 * chunks) + 2 * wg.ilog2() as usize
             }
             _ => 2 * c.div_ceil(wg as usize),
@@ -567,7 +578,7 @@ impl SoftmaxXent {
             _ => 1,
         };
         let split = matches!(variant, Variant::SplitRow | Variant::SplitRowWindowed);
-        let (split_chunks, split_len) = split_plan(c);
+        let (split_chunks, split_len) = split_plan(c, variant == Variant::SplitRowWindowed);
         // The split-row layout's partials (16 bytes per chunk) of a chunk of
         // rows must fit one storage binding too.
         let rows_max = if split {
