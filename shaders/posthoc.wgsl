@@ -27,14 +27,16 @@
 //                           meet in a workgroup-memory tree.
 //   argmax_windows(16)    - one thread per row over a window of classes whose
 //                           a_tc fill a 64 KiB uniform buffer (W = 4096 / T4
-//                           classes, T4 = ceil(T / 4)), one dispatch per
+//                           classes rounded down to a multiple of 4,
+//                           T4 = ceil(T / 4)), one dispatch per
 //                           window, the running argmax kept in best_state
 //                           between windows. All threads read the same a_tc
 //                           at once (a broadcast on CPU adapters; lavapipe
 //                           turns storage reads into a loop over lanes).
 //                           The 16 variant keeps T <= 16 taus in named
 //                           registers: an indexed private array measured 3x
-//                           slower on lavapipe. No barriers.
+//                           slower on lavapipe; its _4 entry reads four
+//                           logits per load when C % 4 == 0. No barriers.
 //   corrected             - grid-stride over elements, one tau.
 //   topk_row_per_group    - one workgroup per row, one tau: each thread keeps
 //                           a sorted top-K of its strided columns in registers,
@@ -76,6 +78,8 @@ const MAX_TAU4: u32 = 16u;     // MAX_TAUS / 4
 // argmax_windows: a_tc for this window's classes, [c - window_start][t] in
 // vec4s of four taus (padded with 0), bound at the window's offset.
 @group(0) @binding(6) var<uniform> adjust_table: array<vec4<f32>, 4096>;
+// The logits as vec4s (argmax_windows16_4, C % 4 == 0); a stand-in otherwise.
+@group(0) @binding(7) var<storage, read> logits4: array<vec4<f32>>;
 
 var<workgroup> tile: array<f32, TILE>;
 var<workgroup> red_key: array<u32, WG>;
@@ -441,9 +445,33 @@ fn write_pred4(row: u32, q: u32, b: Best4) {
 // argmax_windows for T <= 16 with the four tau blocks in named registers
 // rather than an indexed array (which lavapipe keeps in memory). Blocks past
 // T4 compute on zero padding and are never written.
-@compute @workgroup_size(WG)
-fn argmax_windows16(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row = gid.x;
+struct Best16 {
+    b0: Best4,
+    b1: Best4,
+    b2: Best4,
+    b3: Best4,
+}
+
+// Logit f of class c against the T4 <= 4 tau blocks of a_tc at table row a.
+fn fold16(b: Best16, f: f32, a: u32, t4: u32, c: u32) -> Best16 {
+    var r = b;
+    r.b0 = fold4(b.b0, f, adjust_table[a], c);
+    if (t4 > 1u) {
+        r.b1 = fold4(b.b1, f, adjust_table[a + 1u], c);
+    }
+    if (t4 > 2u) {
+        r.b2 = fold4(b.b2, f, adjust_table[a + 2u], c);
+    }
+    if (t4 > 3u) {
+        r.b3 = fold4(b.b3, f, adjust_table[a + 3u], c);
+    }
+    return r;
+}
+
+// vec4s: read the logits four classes at a time through logits4 (C % 4 ==
+// 0 and window starts a multiple of 4), which costs CPU adapters one loop
+// over the SIMD lanes per four classes instead of four.
+fn windows16(row: u32, vec4s: bool) {
     if (row >= params.rows) {
         return;
     }
@@ -452,37 +480,38 @@ fn argmax_windows16(@builtin(global_invocation_id) gid: vec3<u32>) {
     let w1 = min(w0 + params.window_len, params.classes);
     let state = row * 8u * t4;
     let lowest = Best4(vec4(bitcast<f32>(0xff800000u)), vec4(0u));
-    var b0 = lowest;
-    var b1 = lowest;
-    var b2 = lowest;
-    var b3 = lowest;
+    var b = Best16(lowest, lowest, lowest, lowest);
     if (w0 != 0u) {
-        b0 = load4(state, 0u, t4);
+        b.b0 = load4(state, 0u, t4);
         if (t4 > 1u) {
-            b1 = load4(state, 1u, t4);
+            b.b1 = load4(state, 1u, t4);
         }
         if (t4 > 2u) {
-            b2 = load4(state, 2u, t4);
+            b.b2 = load4(state, 2u, t4);
         }
         if (t4 > 3u) {
-            b3 = load4(state, 3u, t4);
+            b.b3 = load4(state, 3u, t4);
         }
     }
     let row_base = row * params.classes;
-    for (var c = w0; c < w1; c++) {
-        let f = logits[row_base + c];
-        let a = (c - w0) * t4;
-        b0 = fold4(b0, f, adjust_table[a], c);
-        if (t4 > 1u) {
-            b1 = fold4(b1, f, adjust_table[a + 1u], c);
+    if (vec4s) {
+        for (var c = w0; c < w1; c += 4u) {
+            let f = logits4[(row_base + c) / 4u];
+            let a = (c - w0) * t4;
+            b = fold16(b, f.x, a, t4, c);
+            b = fold16(b, f.y, a + t4, t4, c + 1u);
+            b = fold16(b, f.z, a + 2u * t4, t4, c + 2u);
+            b = fold16(b, f.w, a + 3u * t4, t4, c + 3u);
         }
-        if (t4 > 2u) {
-            b2 = fold4(b2, f, adjust_table[a + 2u], c);
-        }
-        if (t4 > 3u) {
-            b3 = fold4(b3, f, adjust_table[a + 3u], c);
+    } else {
+        for (var c = w0; c < w1; c++) {
+            b = fold16(b, logits[row_base + c], (c - w0) * t4, t4, c);
         }
     }
+    let b0 = b.b0;
+    let b1 = b.b1;
+    let b2 = b.b2;
+    let b3 = b.b3;
     if (w1 == params.classes) {
         write_pred4(row, 0u, b0);
         write_pred4(row, 1u, b1);
@@ -500,4 +529,14 @@ fn argmax_windows16(@builtin(global_invocation_id) gid: vec3<u32>) {
             store4(state, 3u, t4, b3);
         }
     }
+}
+
+@compute @workgroup_size(WG)
+fn argmax_windows16(@builtin(global_invocation_id) gid: vec3<u32>) {
+    windows16(gid.x, false);
+}
+
+@compute @workgroup_size(WG)
+fn argmax_windows16_4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    windows16(gid.x, true);
 }

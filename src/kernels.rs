@@ -220,6 +220,15 @@ impl Family {
         }
     }
 
+    /// Read-only storage bindings after the uniform tables (binding numbers).
+    fn late_read_only_bindings(self) -> &'static [u32] {
+        match self {
+            // logits4: a vec4 view of the logits
+            Family::PostHoc => &[7],
+            _ => &[],
+        }
+    }
+
     /// Binding 0 is the uniform `params`; then storage buffers, `true` for
     /// read-only. Mirrors the WGSL declarations.
     fn storage_bindings(self) -> &'static [bool] {
@@ -288,6 +297,8 @@ pub(crate) enum Entry {
     ArgmaxRowPerGroup,
     ArgmaxWindows,
     ArgmaxWindows16,
+    /// `argmax_windows16` reading the logits as vec4s (`C % 4 == 0`).
+    ArgmaxWindows16Vec4,
     Corrected,
     TopK,
     ClassCounts,
@@ -356,6 +367,7 @@ impl Entry {
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
             Entry::ArgmaxWindows => "argmax_windows",
             Entry::ArgmaxWindows16 => "argmax_windows16",
+            Entry::ArgmaxWindows16Vec4 => "argmax_windows16_4",
             Entry::Corrected => "corrected",
             Entry::TopK => "topk_row_per_group",
             Entry::ClassCounts => "class_counts",
@@ -393,6 +405,7 @@ impl Entry {
             | Entry::ArgmaxRowPerGroup
             | Entry::ArgmaxWindows
             | Entry::ArgmaxWindows16
+            | Entry::ArgmaxWindows16Vec4
             | Entry::Corrected
             | Entry::TopK => Family::PostHoc,
             Entry::ClassCounts => Family::Metrics,
@@ -482,6 +495,12 @@ impl Built {
                         entries.push(layout_entry(
                             binding,
                             wgpu::BufferBindingType::Storage { read_only: false },
+                        ));
+                    }
+                    for &binding in family.late_read_only_bindings() {
+                        entries.push(layout_entry(
+                            binding,
+                            wgpu::BufferBindingType::Storage { read_only: true },
                         ));
                     }
                     let layout =

@@ -100,6 +100,8 @@ pub struct PostHoc {
     unused_state: wgpu::Buffer,
     /// Stands in for the uniform `a_tc` table where it is not used.
     unused_table: wgpu::Buffer,
+    /// Stands in for the vec4 view of the logits where it is not used.
+    unused_view: wgpu::Buffer,
     /// The windowed uniform `a_tc` table, built on first use.
     table: std::sync::OnceLock<wgpu::Buffer>,
     variant: PostHocVariant,
@@ -158,7 +160,7 @@ impl PostHoc {
     /// Validate the taus and upload the `T x C` adjustments.
     pub fn new(ctx: &Context, prior: &ClassPrior, taus: &[f64]) -> Result<Self> {
         let adjustments = adjustments(prior, taus)?;
-        let (adjust, unused, unused_state, unused_table) = ctx.scoped(|| {
+        let (adjust, unused, unused_state, unused_table, unused_view) = ctx.scoped(|| {
             Ok((
                 buffers::upload(
                     ctx,
@@ -174,6 +176,7 @@ impl PostHoc {
                     TABLE_BYTES,
                     wgpu::BufferUsages::UNIFORM,
                 )?,
+                buffers::storage(ctx, "unused logits4", 16, wgpu::BufferUsages::STORAGE)?,
             ))
         })?;
         Ok(Self {
@@ -185,6 +188,7 @@ impl PostHoc {
             unused,
             unused_state,
             unused_table,
+            unused_view,
             table: std::sync::OnceLock::new(),
             variant: PostHocVariant::Auto,
         })
@@ -216,9 +220,10 @@ impl PostHoc {
         self.taus.len().div_ceil(4)
     }
 
-    /// Classes per window of the windowed layout.
+    /// Classes per window of the windowed layout (a multiple of 4, so the
+    /// windows of a row start on vec4 boundaries when `C % 4 == 0`).
     fn window_len(&self) -> usize {
-        TABLE_FLOATS / (4 * self.tau4())
+        TABLE_FLOATS / (4 * self.tau4()) / 4 * 4
     }
 
     /// The windowed table: window `w` at byte `w * 64 KiB`, holding
@@ -301,6 +306,9 @@ impl PostHoc {
         }
         let (entry, rows_per_group) = match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
+            PostHocVariant::Windows if t <= 16 && c.is_multiple_of(4) => {
+                (Entry::ArgmaxWindows16Vec4, WG)
+            }
             PostHocVariant::Windows if t <= 16 => (Entry::ArgmaxWindows16, WG),
             PostHocVariant::Windows => (Entry::ArgmaxWindows, WG),
             _ => (Entry::ArgmaxRowPerGroup, 1),
@@ -379,6 +387,13 @@ impl PostHoc {
                         self.unused.as_entire_binding(),
                         state_range,
                         table.clone(),
+                        // The vec4 view for argmax_windows16_4 (C % 4 == 0;
+                        // rows * C floats is then whole vec4s).
+                        if c.is_multiple_of(4) && rows > 0 {
+                            range(b.logits, first * c as u64 * 4, rows * c as u64 * 4)
+                        } else {
+                            self.unused_view.as_entire_binding()
+                        },
                     ],
                 );
                 groups.push((group, ch.rows.div_ceil(rows_per_group) as u32));
@@ -572,6 +587,7 @@ impl PostHoc {
                             corrected,
                             self.unused_state.as_entire_binding(),
                             self.unused_table.as_entire_binding(),
+                            self.unused_view.as_entire_binding(),
                         ],
                     );
                     (group, (job.workgroups)(ch.rows))

@@ -188,6 +188,18 @@ fn a_hundred_thousand_classes() {
 }
 
 #[test]
+fn windows_with_and_without_vec4_loads() {
+    // argmax_windows16_4 (C % 4 == 0): one window, several windows of 1364
+    // classes (T = 9..12 rounds 4096 / 3 down to a multiple of 4), and the
+    // scalar argmax_windows16 beside them (C % 4 != 0).
+    let windows = [PostHocVariant::Windows];
+    check(5000, 12, 16, &windows);
+    check(60, 4100, 12, &windows);
+    check(60, 4101, 9, &windows);
+    check(70, 1001, 16, &windows);
+}
+
+#[test]
 fn empty_batch_and_one_class() {
     check(0, 10, 3, &VARIANTS);
     check(100, 1, 8, &VARIANTS);
