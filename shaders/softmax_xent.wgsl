@@ -607,35 +607,40 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
                 grad4[(base + c) / 4u] = g;
             }
         }
-    } else if (in_place) {
-        for (var k = 0u; k < trips; k++) {
-            let c = c0 + 4u * k;
-            let g = segment_grad(cache[k], c, t, scale, inv_s, fill, dead);
-            logits[base + c] = g.x;
-            if (c + 1u < c1) {
-                logits[base + c + 1u] = g.y;
-            }
-            if (c + 2u < c1) {
-                logits[base + c + 2u] = g.z;
-            }
-            if (c + 3u < c1) {
-                logits[base + c + 3u] = g.w;
-            }
-        }
     } else {
         for (var k = 0u; k < trips; k++) {
             let c = c0 + 4u * k;
             let g = segment_grad(cache[k], c, t, scale, inv_s, fill, dead);
-            grad[base + c] = g.x;
-            if (c + 1u < c1) {
-                grad[base + c + 1u] = g.y;
-            }
-            if (c + 2u < c1) {
-                grad[base + c + 2u] = g.z;
-            }
-            if (c + 3u < c1) {
-                grad[base + c + 3u] = g.w;
-            }
+            store_grad4(base + c, g, c1 - c, in_place);
+        }
+    }
+}
+
+// The gradient of four consecutive elements from `index`, of which `left`
+// (at least 1) are inside the row, over the logits or into grad. `in_place`
+// is a constant of the calling entry point, so no branch survives.
+fn store_grad4(index: u32, g: vec4<f32>, left: u32, in_place: bool) {
+    if (in_place) {
+        logits[index] = g.x;
+        if (left > 1u) {
+            logits[index + 1u] = g.y;
+        }
+        if (left > 2u) {
+            logits[index + 2u] = g.z;
+        }
+        if (left > 3u) {
+            logits[index + 3u] = g.w;
+        }
+    } else {
+        grad[index] = g.x;
+        if (left > 1u) {
+            grad[index + 1u] = g.y;
+        }
+        if (left > 2u) {
+            grad[index + 2u] = g.z;
+        }
+        if (left > 3u) {
+            grad[index + 3u] = g.w;
         }
     }
 }

@@ -176,28 +176,8 @@ fn split_grad(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool, in_place:
             } else {
                 grad4[(base + c) / 4u] = g;
             }
-        } else if (in_place) {
-            logits[base + c] = g.x;
-            if (c + 1u < c1) {
-                logits[base + c + 1u] = g.y;
-            }
-            if (c + 2u < c1) {
-                logits[base + c + 2u] = g.z;
-            }
-            if (c + 3u < c1) {
-                logits[base + c + 3u] = g.w;
-            }
         } else {
-            grad[base + c] = g.x;
-            if (c + 1u < c1) {
-                grad[base + c + 1u] = g.y;
-            }
-            if (c + 2u < c1) {
-                grad[base + c + 2u] = g.z;
-            }
-            if (c + 3u < c1) {
-                grad[base + c + 3u] = g.w;
-            }
+            store_grad4(base + c, g, c1 - c, in_place);
         }
     }
 }

@@ -660,7 +660,7 @@ impl SoftmaxXent {
         // vec4 loads and stores: whole rows of vec4s, b from the tables.
         let aligned =
             variant == Variant::RowSegments && c.is_multiple_of(4) && c <= BIAS_TABLE_CLASSES;
-        if split {
+        let (steps, scratch, extra_params) = if split {
             let windowed = variant == Variant::SplitRowWindowed;
             let aligned = c.is_multiple_of(4);
             let rows_max = chunks.iter().map(|ch| ch.rows).max().unwrap_or(1);
@@ -793,118 +793,105 @@ impl SoftmaxXent {
                     }
                 }
             }
-            return Ok(BoundLoss {
-                rows: n,
-                reduction: self.spec.reduction_kind(),
-                normalizer_partial: kernels.pipeline(Entry::NormalizerPartial, 0),
-                normalizer: kernels.pipeline(Entry::Normalizer, 0),
-                finalize_partial: kernels.pipeline(Entry::FinalizePartial, 0),
-                finalize: kernels.pipeline(Entry::Finalize, 0),
-                reduce_groups: reduce_groups as u32,
-                _partials: reduce_partials,
-                reduce_group,
-                steps,
-                _scratch: vec![partials, lse],
-                row_loss,
-                status,
-                _params: vec![params, split_params],
-            });
-        }
-        let chunk_groups: Vec<(wgpu::BindGroup, u32)> = chunks
-            .iter()
-            .enumerate()
-            .map(|(k, ch)| {
-                let rows = ch.rows as u64;
-                let (first, elems) = (ch.start as u64, rows * c as u64);
-                let upstream = match b.upstream {
-                    UpstreamBuffer::One => self.one.as_entire_binding(),
-                    UpstreamBuffer::Scalar(g) => range(g, 0, 4),
-                    UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
-                };
-                let logits_range = range(b.logits, first * row_bytes, elems * 4);
-                let grad_range = match b.grad {
-                    GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
-                    _ => self.unused_grad.as_entire_binding(),
-                };
-                // The vec4 entries use only the vec4 views (bindings 10, 11),
-                // the others only the f32 ones (1, 4); the unused pair gets
-                // stand-ins, so no buffer is bound twice in one dispatch
-                // (aliased writable views are legal but left to chance on
-                // drivers we cannot test).
-                let (logits, grad, logits4, grad4) = if aligned {
-                    let grad4 = match b.grad {
-                        GradOutput::Separate(_) => grad_range,
-                        _ => self.unused_view[1].as_entire_binding(),
+            (steps, vec![partials, lse], Some(split_params))
+        } else {
+            let chunk_groups: Vec<(wgpu::BindGroup, u32)> = chunks
+                .iter()
+                .enumerate()
+                .map(|(k, ch)| {
+                    let rows = ch.rows as u64;
+                    let (first, elems) = (ch.start as u64, rows * c as u64);
+                    let upstream = match b.upstream {
+                        UpstreamBuffer::One => self.one.as_entire_binding(),
+                        UpstreamBuffer::Scalar(g) => range(g, 0, 4),
+                        UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
                     };
-                    (
-                        self.unused_view[0].as_entire_binding(),
-                        self.unused_grad.as_entire_binding(),
-                        logits_range,
-                        grad4,
-                    )
-                } else {
-                    (
-                        logits_range,
-                        grad_range,
-                        self.unused_view[0].as_entire_binding(),
-                        self.unused_view[1].as_entire_binding(),
-                    )
-                };
-                let group = buffers::bind_group(
-                    ctx,
-                    "softmax_xent chunk",
-                    &xent_layout,
-                    vec![
-                        params.slot(k + 1),
-                        logits,
-                        range(b.labels, first * 4, rows * 4),
-                        self.class_params.as_entire_binding(),
-                        grad,
-                        range(&row_loss, first * 4, rows * 4),
-                        upstream,
-                        status.as_entire_binding(),
-                        range(&self.bias_table, 0, BIAS_TABLE_BYTES as u64),
-                        range(
-                            &self.bias_table,
-                            BIAS_TABLE_BYTES as u64,
-                            BIAS_TABLE_BYTES as u64,
-                        ),
-                        logits4,
-                        grad4,
-                    ],
-                );
-                (group, ch.rows.div_ceil(rows_per_group) as u32)
-            })
-            .collect();
-        let xent_entry = match variant {
-            Variant::RowPerThread => Entry::XentRowPerThread,
-            Variant::RowUnrolled => Entry::XentRowUnrolled {
-                classes: c as u32,
-                in_place,
-            },
-            Variant::RowCached => Entry::XentRowCached,
-            Variant::RowCachedSubgroup => Entry::XentRowCachedSubgroup,
-            Variant::RowSegments if c <= BIAS_TABLE_CLASSES => {
-                let both_tables = c > BIAS_TABLE_CLASSES / 2;
-                Entry::XentRowSegments(
-                    SegmentCache::for_len(seg_len),
+                    let logits_range = range(b.logits, first * row_bytes, elems * 4);
+                    let grad_range = match b.grad {
+                        GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
+                        _ => self.unused_grad.as_entire_binding(),
+                    };
+                    // The vec4 entries use only the vec4 views (bindings 10, 11),
+                    // the others only the f32 ones (1, 4); the unused pair gets
+                    // stand-ins, so no buffer is bound twice in one dispatch
+                    // (aliased writable views are legal but left to chance on
+                    // drivers we cannot test).
+                    let (logits, grad, logits4, grad4) = if aligned {
+                        let grad4 = match b.grad {
+                            GradOutput::Separate(_) => grad_range,
+                            _ => self.unused_view[1].as_entire_binding(),
+                        };
+                        (
+                            self.unused_view[0].as_entire_binding(),
+                            self.unused_grad.as_entire_binding(),
+                            logits_range,
+                            grad4,
+                        )
+                    } else {
+                        (
+                            logits_range,
+                            grad_range,
+                            self.unused_view[0].as_entire_binding(),
+                            self.unused_view[1].as_entire_binding(),
+                        )
+                    };
+                    let group = buffers::bind_group(
+                        ctx,
+                        "softmax_xent chunk",
+                        &xent_layout,
+                        vec![
+                            params.slot(k + 1),
+                            logits,
+                            range(b.labels, first * 4, rows * 4),
+                            self.class_params.as_entire_binding(),
+                            grad,
+                            range(&row_loss, first * 4, rows * 4),
+                            upstream,
+                            status.as_entire_binding(),
+                            range(&self.bias_table, 0, BIAS_TABLE_BYTES as u64),
+                            range(
+                                &self.bias_table,
+                                BIAS_TABLE_BYTES as u64,
+                                BIAS_TABLE_BYTES as u64,
+                            ),
+                            logits4,
+                            grad4,
+                        ],
+                    );
+                    (group, ch.rows.div_ceil(rows_per_group) as u32)
+                })
+                .collect();
+            let xent_entry = match variant {
+                Variant::RowPerThread => Entry::XentRowPerThread,
+                Variant::RowUnrolled => Entry::XentRowUnrolled {
+                    classes: c as u32,
                     in_place,
-                    aligned,
-                    both_tables,
-                )
-            }
-            Variant::RowSegments => Entry::XentRowSegmentsWide(in_place),
-            _ => Entry::XentRowPerGroup,
+                },
+                Variant::RowCached => Entry::XentRowCached,
+                Variant::RowCachedSubgroup => Entry::XentRowCachedSubgroup,
+                Variant::RowSegments if c <= BIAS_TABLE_CLASSES => {
+                    let both_tables = c > BIAS_TABLE_CLASSES / 2;
+                    Entry::XentRowSegments(
+                        SegmentCache::for_len(seg_len),
+                        in_place,
+                        aligned,
+                        both_tables,
+                    )
+                }
+                Variant::RowSegments => Entry::XentRowSegmentsWide(in_place),
+                _ => Entry::XentRowPerGroup,
+            };
+            let xent = kernels.pipeline(xent_entry, wg);
+            let steps = chunk_groups
+                .into_iter()
+                .map(|(group, workgroups)| Step {
+                    pipeline: xent.clone(),
+                    group,
+                    workgroups: [workgroups, 1],
+                })
+                .collect();
+            (steps, Vec::new(), None)
         };
-        let xent = kernels.pipeline(xent_entry, wg);
-        let steps = chunk_groups
-            .into_iter()
-            .map(|(group, workgroups)| Step {
-                pipeline: xent.clone(),
-                group,
-                workgroups: [workgroups, 1],
-            })
-            .collect();
         Ok(BoundLoss {
             rows: n,
             reduction: self.spec.reduction_kind(),
@@ -916,10 +903,10 @@ impl SoftmaxXent {
             _partials: reduce_partials,
             reduce_group,
             steps,
-            _scratch: Vec::new(),
+            _scratch: scratch,
             row_loss,
             status,
-            _params: vec![params],
+            _params: std::iter::once(params).chain(extra_params).collect(),
         })
     }
 
