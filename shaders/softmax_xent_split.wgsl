@@ -22,13 +22,14 @@
 // per chunk 16 bytes of partials, per row 4 bytes of LSE. The forward alone
 // (no gradient) is the first two passes: 4 bytes read.
 //
-// Workgroup layout: WG_SIZE threads per chunk. With b from storage (the GPU
-// layout, chunks of up to 4096 classes) thread t takes the four classes
-// from 4t, then 4(t + WG_SIZE), ...: neighbouring threads read neighbouring
-// 16 bytes. With b windows (the CPU layout, a chunk is a whole window of
-// 16384 classes) thread t takes one contiguous stretch (walk_of). Barriers:
-// only in the partial pass's two workgroup trees (reduce_max_zsum,
-// reduce_sum: after the partials are stored, and after each level).
+// Workgroup layout: with b from storage (the GPU layout, chunks of up to
+// 4096 classes) a workgroup of WG_SIZE threads per (chunk, row); thread t
+// takes the four classes from 4t, then 4(t + WG_SIZE), ...: neighbouring
+// threads read neighbouring 16 bytes. With b windows (the CPU layout, a
+// chunk is a whole window of 16384 classes) a thread per row takes the
+// whole chunk (place_of). Barriers: only in the GPU layout's partial pass,
+// in its two workgroup trees (reduce_max_zsum, reduce_sum: after the
+// partials are stored, and after each level).
 //
 // Where b comes from is fixed per entry point: class_params (one dispatch
 // covers every chunk), or in the _windowed entries bias_table, bound by the
@@ -66,23 +67,40 @@ fn split_logits4(base: u32, c: u32, last: u32, aligned: bool) -> vec4<f32> {
                 logits[base + min(c + 2u, last)], logits[base + min(c + 3u, last)]);
 }
 
-// Thread tid's walk over the chunk [c0, c1) as (first class, end, step).
-// Storage-b entries (the GPU layout): strided, four classes per step, so
-// neighbouring threads read neighbouring 16 bytes. Windowed entries (the CPU
-// layout): one contiguous stretch per thread, since on CPU adapters a thread
-// is a SIMD lane and contiguous per-lane streams are what they serve best.
+// Which chunk k and row a thread works on, and whether that row exists.
+// Storage-b entries (the GPU layout): a workgroup per (chunk, row). Windowed
+// entries (the CPU layout): a thread per row, consecutive rows in
+// consecutive threads, the whole chunk each; so every lane reads the same
+// b_c at once (one broadcast on CPU adapters instead of a gather) and no
+// workgroup tree is needed.
+struct Place {
+    k: u32,
+    row: u32,
+    valid: bool,
+}
+
+fn place_of(wid: vec3<u32>, tid: u32, windowed: bool) -> Place {
+    if (windowed) {
+        let r = wid.x * WG_SIZE + tid;
+        return Place(params._pad, min(r, params.rows - 1u), r < params.rows);
+    }
+    return Place(params._pad + wid.x, wid.y, true);
+}
+
+// A thread's walk over the chunk [c0, c1) as (first class, end, step):
+// strided four classes at a time across the workgroup (neighbouring threads
+// read neighbouring 16 bytes), or the whole chunk for a windowed thread.
 fn walk_of(tid: u32, c0: u32, c1: u32, windowed: bool) -> vec3<u32> {
     if (windowed) {
-        let per = 4u * ((c1 - c0 + 4u * WG_SIZE - 1u) / (4u * WG_SIZE));
-        let first = min(c0 + tid * per, c1);
-        return vec3(first, min(first + per, c1), 4u);
+        return vec3(c0, c1, 4u);
     }
     return vec3(c0 + 4u * tid, c1, 4u * WG_SIZE);
 }
 
 fn split_partial(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool) {
-    let k = params._pad + wid.x;
-    let row = wid.y;
+    let place = place_of(wid, tid, windowed);
+    let k = place.k;
+    let row = place.row;
     let c_len = params.classes;
     let base = row * c_len;
     let t = target_of(labels[row]);
@@ -108,10 +126,17 @@ fn split_partial(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool) {
         let zs = select(vec4(0.0), z, inside);
         z_sum += zs.x + zs.y + zs.z + zs.w;
     }
-    let mz = reduce_max_zsum(tid, m, z_sum);
-    let s_chunk = reduce_sum(tid, s * exp(m - mz.x));
-    if (tid == 0u) {
-        partials[row * params.seg_threads + k] = vec4(mz.x, s_chunk, mz.y, 0.0);
+    if (windowed) {
+        // The thread holds the whole chunk.
+        if (place.valid) {
+            partials[row * params.seg_threads + k] = vec4(m, s, z_sum, 0.0);
+        }
+    } else {
+        let mz = reduce_max_zsum(tid, m, z_sum);
+        let s_chunk = reduce_sum(tid, s * exp(m - mz.x));
+        if (tid == 0u) {
+            partials[row * params.seg_threads + k] = vec4(mz.x, s_chunk, mz.y, 0.0);
+        }
     }
 }
 
@@ -152,8 +177,12 @@ fn split_combine(row: u32, aligned: bool) {
 }
 
 fn split_grad(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool, in_place: bool) {
-    let k = params._pad + wid.x;
-    let row = wid.y;
+    let place = place_of(wid, tid, windowed);
+    if (!place.valid) {
+        return;
+    }
+    let k = place.k;
+    let row = place.row;
     let c_len = params.classes;
     let base = row * c_len;
     let t = target_of(labels[row]);

@@ -79,7 +79,8 @@ pub enum Variant {
     SplitRow,
     /// [`Variant::SplitRow`] laid out for CPU adapters: `b` from 64 KiB
     /// uniform windows (one dispatch per window of 16,384 classes), a chunk
-    /// per window, each thread a contiguous stretch of it.
+    /// per window, a thread per row taking the whole chunk (so every lane
+    /// reads the same `b_c`: a broadcast, and no workgroup tree).
     SplitRowWindowed,
 }
 
@@ -97,6 +98,9 @@ pub const ROW_UNROLLED_MAX_CLASSES: usize = 32;
 /// Classes per chunk of [`Variant::SplitRow`] (fewer when `C` is smaller:
 /// the chunk is a power of two, so it divides a 16,384-class window of `b`).
 pub const SPLIT_CHUNK_CLASSES: usize = 4096;
+/// Threads per workgroup of [`Variant::SplitRowWindowed`] unless set or
+/// tuned: one SIMD row of a CPU adapter.
+const WINDOWED_WORKGROUP_SIZE: u32 = 8;
 /// Classes per uniform window of `b` (64 KiB).
 const WINDOW_CLASSES: usize = BIAS_TABLE_CLASSES / 2;
 
@@ -446,15 +450,22 @@ impl SoftmaxXent {
     /// workgroup with `C` so each thread holds at most 64 values; the
     /// row-segments layout needs at least `P` threads.
     fn workgroup_size_for(&self, variant: Variant) -> u32 {
-        let base = match self.tuned() {
+        let tuned = match self.tuned() {
             Some((v, wg))
                 if !self.explicit_size && self.variant == Variant::Auto && v == variant =>
             {
-                wg
+                Some(wg)
             }
-            _ => self.workgroup_size,
+            _ => None,
         };
+        let base = tuned.unwrap_or(self.workgroup_size);
         match variant {
+            // A thread per row: small workgroups, so that a few rows still
+            // make several workgroups (lavapipe, 16 x 262144: 37-50 ms at 8
+            // threads against 161 ms at 64).
+            Variant::SplitRowWindowed if tuned.is_none() && !self.explicit_size => {
+                WINDOWED_WORKGROUP_SIZE
+            }
             Variant::RowSegments => {
                 let (threads, _) = segment_plan(self.spec.classes());
                 threads.max(base as usize) as u32
@@ -559,9 +570,13 @@ impl SoftmaxXent {
             Variant::RowPerThread => 2 * c,
             Variant::RowUnrolled => 3 * c,
             Variant::RowSegments => 3 * seg_len / 4 + 2 * seg_threads.ilog2() as usize,
-            Variant::SplitRow | Variant::SplitRowWindowed => {
-                let (chunks, len) = split_plan(c, variant == Variant::SplitRowWindowed);
+            Variant::SplitRow => {
+                let (chunks, len) = split_plan(c, false);
                 (len / (4 * wg as usize)).max(2 * chunks) + 2 * wg.ilog2() as usize
+            }
+            Variant::SplitRowWindowed => {
+                let (chunks, len) = split_plan(c, true);
+                (len / 4).max(2 * chunks)
             }
             _ => 2 * c.div_ceil(wg as usize),
         };
@@ -771,11 +786,20 @@ impl SoftmaxXent {
                         (group, count as u32)
                     })
                     .collect();
+                // A workgroup per (chunk, row), or for the windowed entries a
+                // thread per row (each dispatch is one window, one chunk).
+                let shape = |count: u32| {
+                    if windowed {
+                        [ch.rows.div_ceil(wg as usize) as u32, 1]
+                    } else {
+                        [count, ch.rows as u32]
+                    }
+                };
                 for (group, count) in &groups {
                     steps.push(Step {
                         pipeline: partial.clone(),
                         group: group.clone(),
-                        workgroups: [*count, ch.rows as u32],
+                        workgroups: shape(*count),
                     });
                 }
                 steps.push(Step {
@@ -788,7 +812,7 @@ impl SoftmaxXent {
                         steps.push(Step {
                             pipeline: grad_pass.clone(),
                             group,
-                            workgroups: [count, ch.rows as u32],
+                            workgroups: shape(count),
                         });
                     }
                 }
