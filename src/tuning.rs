@@ -71,19 +71,20 @@ fn variant_name(v: Variant) -> &'static str {
     }
 }
 
+/// Every loss layout: the ones `tune` times and a cache may name.
+const LOSS_VARIANTS: [Variant; 8] = [
+    Variant::RowPerThread,
+    Variant::RowPerGroup,
+    Variant::RowCached,
+    Variant::RowCachedSubgroup,
+    Variant::RowSegments,
+    Variant::RowUnrolled,
+    Variant::SplitRow,
+    Variant::SplitRowWindowed,
+];
+
 fn variant_from(s: &str) -> Option<Variant> {
-    [
-        Variant::RowPerThread,
-        Variant::RowPerGroup,
-        Variant::RowCached,
-        Variant::RowCachedSubgroup,
-        Variant::RowSegments,
-        Variant::RowUnrolled,
-        Variant::SplitRow,
-        Variant::SplitRowWindowed,
-    ]
-    .into_iter()
-    .find(|&v| variant_name(v) == s)
+    LOSS_VARIANTS.into_iter().find(|&v| variant_name(v) == s)
 }
 
 fn posthoc_name(v: PostHocVariant) -> &'static str {
@@ -221,7 +222,8 @@ impl Tuning {
         Ok(path)
     }
 
-    /// Time every layout (and workgroup size 64 and 256) of the fused
+    /// Time every layout (at workgroup sizes 64 and 256; 8 and 64 for the
+    /// windowed split-row layout) of the fused
     /// forward+backward and of the 16-tau post-hoc argmax at each of
     /// [`TUNED_CLASSES`], on about `elements` logits each (N = elements / C),
     /// and keep the fastest per `C`. `progress` hears each result.
@@ -271,17 +273,15 @@ impl Tuning {
             drop(logits);
 
             let mut best: Option<(f64, Variant, u32)> = None;
-            for variant in [
-                Variant::RowPerThread,
-                Variant::RowPerGroup,
-                Variant::RowCached,
-                Variant::RowCachedSubgroup,
-                Variant::RowSegments,
-                Variant::RowUnrolled,
-                Variant::SplitRow,
-                Variant::SplitRowWindowed,
-            ] {
-                for wg in [64u32, 256] {
+            for variant in LOSS_VARIANTS {
+                // The windowed split-row layout runs a thread per row: its
+                // useful workgroups are small.
+                let sizes = if variant == Variant::SplitRowWindowed {
+                    [8u32, 64]
+                } else {
+                    [64, 256]
+                };
+                for wg in sizes {
                     let op = ctx
                         .softmax_xent(&spec)?
                         .with_variant(variant)
