@@ -695,19 +695,20 @@ impl SoftmaxXent {
                 split_chunks
             };
             let windows = split_chunks.div_ceil(per_dispatch);
-            let mut slots = vec![reduce];
-            for ch in &chunks {
-                for w in 0..windows {
-                    slots.push(Params {
+            // Slot i * windows + w: chunk of rows i, window (or all chunks) w.
+            let slots: Vec<Params> = chunks
+                .iter()
+                .flat_map(|ch| {
+                    (0..windows).map(move |w| Params {
                         rows: ch.rows as u32,
                         flags,
                         seg_threads: split_chunks as u32,
                         seg_len: split_len as u32,
                         _pad: (w * per_dispatch) as u32,
                         ..base
-                    });
-                }
-            }
+                    })
+                })
+                .collect();
             let split_params = buffers::param_slots(ctx, &slots)?;
             let layout = kernels.layout(Family::SoftmaxXentSplit);
             let pipe = |e| kernels.pipeline(e, wg);
@@ -766,7 +767,7 @@ impl SoftmaxXent {
                             "softmax_xent split",
                             &layout,
                             vec![
-                                split_params.slot(1 + i * windows + w),
+                                split_params.slot(i * windows + w),
                                 logits,
                                 range(b.labels, first * 4, rows * 4),
                                 self.class_params.as_entire_binding(),
