@@ -722,41 +722,11 @@ impl SoftmaxXent {
             let write_grad = !matches!(b.grad, GradOutput::None);
             let mut steps = Vec::new();
             for (i, ch) in chunks.iter().enumerate() {
-                let rows = ch.rows as u64;
-                let (first, elems) = (ch.start as u64, rows * c as u64);
-                let upstream = match b.upstream {
-                    UpstreamBuffer::One => self.one.as_entire_binding(),
-                    UpstreamBuffer::Scalar(g) => range(g, 0, 4),
-                    UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
-                };
-                let logits_range = || range(b.logits, first * row_bytes, elems * 4);
-                let grad_range = || match b.grad {
-                    GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
-                    _ => self.unused_grad.as_entire_binding(),
-                };
+                let (first, rows) = (ch.start as u64, ch.rows as u64);
                 let groups: Vec<(wgpu::BindGroup, u32)> = (0..windows)
                     .map(|w| {
-                        // As in the row pass: each view bound once, the
-                        // unused pair to stand-ins.
-                        let (logits, grad, logits4, grad4) = if aligned {
-                            let grad4 = match b.grad {
-                                GradOutput::Separate(_) => grad_range(),
-                                _ => self.unused_view[1].as_entire_binding(),
-                            };
-                            (
-                                self.unused_view[0].as_entire_binding(),
-                                self.unused_grad.as_entire_binding(),
-                                logits_range(),
-                                grad4,
-                            )
-                        } else {
-                            (
-                                logits_range(),
-                                grad_range(),
-                                self.unused_view[0].as_entire_binding(),
-                                self.unused_view[1].as_entire_binding(),
-                            )
-                        };
+                        let [logits, grad, upstream, logits4, grad4] =
+                            self.chunk_views(b, first, rows, aligned);
                         let window = range(
                             &self.bias_table,
                             (w * WINDOW_CLASSES * 4) as u64,
@@ -773,7 +743,7 @@ impl SoftmaxXent {
                                 self.class_params.as_entire_binding(),
                                 grad,
                                 range(&row_loss, first * 4, rows * 4),
-                                upstream.clone(),
+                                upstream,
                                 status.as_entire_binding(),
                                 window.clone(),
                                 window,
@@ -824,42 +794,9 @@ impl SoftmaxXent {
                 .iter()
                 .enumerate()
                 .map(|(k, ch)| {
-                    let rows = ch.rows as u64;
-                    let (first, elems) = (ch.start as u64, rows * c as u64);
-                    let upstream = match b.upstream {
-                        UpstreamBuffer::One => self.one.as_entire_binding(),
-                        UpstreamBuffer::Scalar(g) => range(g, 0, 4),
-                        UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
-                    };
-                    let logits_range = range(b.logits, first * row_bytes, elems * 4);
-                    let grad_range = match b.grad {
-                        GradOutput::Separate(g) => range(g, first * row_bytes, elems * 4),
-                        _ => self.unused_grad.as_entire_binding(),
-                    };
-                    // The vec4 entries use only the vec4 views (bindings 10, 11),
-                    // the others only the f32 ones (1, 4); the unused pair gets
-                    // stand-ins, so no buffer is bound twice in one dispatch
-                    // (aliased writable views are legal but left to chance on
-                    // drivers we cannot test).
-                    let (logits, grad, logits4, grad4) = if aligned {
-                        let grad4 = match b.grad {
-                            GradOutput::Separate(_) => grad_range,
-                            _ => self.unused_view[1].as_entire_binding(),
-                        };
-                        (
-                            self.unused_view[0].as_entire_binding(),
-                            self.unused_grad.as_entire_binding(),
-                            logits_range,
-                            grad4,
-                        )
-                    } else {
-                        (
-                            logits_range,
-                            grad_range,
-                            self.unused_view[0].as_entire_binding(),
-                            self.unused_view[1].as_entire_binding(),
-                        )
-                    };
+                    let (first, rows) = (ch.start as u64, ch.rows as u64);
+                    let [logits, grad, upstream, logits4, grad4] =
+                        self.chunk_views(b, first, rows, aligned);
                     let group = buffers::bind_group(
                         ctx,
                         "softmax_xent chunk",
@@ -933,6 +870,52 @@ impl SoftmaxXent {
             status,
             _params: std::iter::once(params).chain(extra_params).collect(),
         })
+    }
+
+    /// The per-chunk bindings of rows `[first, first + rows)`: logits, grad,
+    /// upstream, and the vec4 views of the logits and grad. The vec4 entries
+    /// (`aligned`) use only the vec4 views (bindings 10, 11), the others only
+    /// the f32 ones (1, 4); the unused pair gets stand-ins, so no buffer is
+    /// bound twice in one dispatch (aliased writable views are legal but left
+    /// to chance on drivers we cannot test).
+    fn chunk_views<'a>(
+        &'a self,
+        b: &LossBuffers<'a>,
+        first: u64,
+        rows: u64,
+        aligned: bool,
+    ) -> [wgpu::BindingResource<'a>; 5] {
+        let row_bytes = self.spec.classes() as u64 * 4;
+        let (at, bytes) = (first * row_bytes, rows * row_bytes);
+        let upstream = match b.upstream {
+            UpstreamBuffer::One => self.one.as_entire_binding(),
+            UpstreamBuffer::Scalar(g) => range(g, 0, 4),
+            UpstreamBuffer::PerRow(g) => range(g, first * 4, rows * 4),
+        };
+        let grad = match b.grad {
+            GradOutput::Separate(g) => Some(range(g, at, bytes)),
+            _ => None,
+        };
+        let logits = range(b.logits, at, bytes);
+        let unused_f32 = self.unused_grad.as_entire_binding();
+        let [unused4, unused_grad4] = &self.unused_view;
+        if aligned {
+            [
+                unused4.as_entire_binding(),
+                unused_f32,
+                upstream,
+                logits,
+                grad.unwrap_or_else(|| unused_grad4.as_entire_binding()),
+            ]
+        } else {
+            [
+                logits,
+                grad.unwrap_or(unused_f32),
+                upstream,
+                unused4.as_entire_binding(),
+                unused_grad4.as_entire_binding(),
+            ]
+        }
     }
 
     /// Record the run into `encoder`: normalizer, the row pass over every
