@@ -273,6 +273,8 @@ pub(crate) enum Entry {
     XentRowUnrolled {
         classes: u32,
         in_place: bool,
+        /// The vec4 form: R = 4 / gcd(C, 4) rows per thread, whole vec4s.
+        vec4s: bool,
     },
     /// `xent_split_partial`: b from uniform windows or not, vec4 loads or not.
     XentSplitPartial {
@@ -340,9 +342,13 @@ impl Entry {
                 (true, true) => "xent_split_partial4_windowed",
             },
             Entry::XentRowUnrolled {
-                in_place: false, ..
-            } => "xent_row_unrolled",
-            Entry::XentRowUnrolled { in_place: true, .. } => "xent_row_unrolled_in_place",
+                in_place, vec4s, ..
+            } => match (vec4s, in_place) {
+                (false, false) => "xent_row_unrolled",
+                (false, true) => "xent_row_unrolled_in_place",
+                (true, false) => "xent_rows_unrolled4",
+                (true, true) => "xent_rows_unrolled4_in_place",
+            },
             Entry::XentSplitCombine { aligned: false } => "xent_split_combine",
             Entry::XentSplitCombine { aligned: true } => "xent_split_combine4",
             Entry::XentSplitGrad {
@@ -571,6 +577,7 @@ impl Kernels {
             }
             if let Entry::XentRowUnrolled { classes, .. } = entry {
                 constants.push(("ROW_C", classes as f64));
+                constants.push(("ROW_R", unrolled_rows_per_thread(classes as usize) as f64));
             }
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry.name()),
@@ -586,5 +593,15 @@ impl Kernels {
             b.pipelines.insert(key, pipeline.clone());
             pipeline
         })
+    }
+}
+
+/// Rows per thread of the vec4 row-unrolled entries: the fewest whole rows
+/// that fill whole vec4s, `4 / gcd(C, 4)`.
+pub(crate) fn unrolled_rows_per_thread(classes: usize) -> usize {
+    match classes % 4 {
+        0 => 1,
+        2 => 2,
+        _ => 4,
     }
 }

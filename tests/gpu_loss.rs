@@ -262,9 +262,25 @@ fn one_class() {
 
 #[test]
 fn few_classes() {
-    for (k, (n, c)) in [(1, 2), (7, 2), (1, 10), (7, 10), (70_000, 10), (70_000, 2)]
-        .into_iter()
-        .enumerate()
+    // The row-unrolled layout (C <= 32) in its scalar form (N * C % 4 != 0,
+    // or R * C > 20: C = 7, 31) and its vec4 form with 1, 2 and 4 rows per
+    // thread (C = 16; 2, 10; 3, 5).
+    for (k, (n, c)) in [
+        (1, 2),
+        (7, 2),
+        (1, 10),
+        (7, 10),
+        (70_000, 10),
+        (70_000, 2),
+        (4, 3),
+        (68, 5),
+        (65, 5),
+        (8, 31),
+        (5, 16),
+        (70_004, 7),
+    ]
+    .into_iter()
+    .enumerate()
     {
         check(case(n, c, k));
     }
@@ -407,9 +423,26 @@ fn extreme_logits_and_a_tiny_prior() {
 
 #[test]
 fn forward_only_and_in_place() {
+    // C = 500 takes the wide layouts; C <= 32 the row-unrolled one, in its
+    // vec4 form (64 x 10, 12 x 3, 9 x 16) and its scalar form (33 x 10,
+    // 13 x 3: N * C % 4 != 0; 20 x 31, 9 x 32: R * C > 20).
+    for (n, c) in [
+        (300, 500),
+        (64, 10),
+        (33, 10),
+        (12, 3),
+        (13, 3),
+        (9, 16),
+        (20, 31),
+        (9, 32),
+    ] {
+        forward_only_and_in_place_at(n, c);
+    }
+}
+
+fn forward_only_and_in_place_at(n: usize, c: usize) {
     let mut rng = Rng::fresh();
     let seed = rng.seed();
-    let (n, c) = (300, 500);
     let prior = ClassPrior::from_counts(&rng.counts(c, 50.0)).unwrap();
     let spec = LossSpec::logit_adjusted(&prior, 1.0)
         .unwrap()
@@ -421,7 +454,7 @@ fn forward_only_and_in_place() {
     for ctx in contexts() {
         for variant in variants_for(c).filter(|&v| runs(ctx, v)) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
-            let what = format!("{} {variant:?} seed={seed}", name(ctx));
+            let what = format!("{} {variant:?} N={n} C={c} seed={seed}", name(ctx));
             let fwd = op.forward(&logits, &labels).unwrap();
             assert!(fwd.grad.is_none());
             compare(
