@@ -35,8 +35,9 @@
 //                           turns storage reads into a loop over lanes).
 //                           The 16 variant keeps T <= 16 taus in named
 //                           registers: an indexed private array measured 3x
-//                           slower on lavapipe; its _4 entry reads four
-//                           logits per load when C % 4 == 0. No barriers.
+//                           slower on lavapipe; it takes two rows per thread,
+//                           so each a_tc read serves both; its _4 entry reads
+//                           four logits per load when C % 4 == 0. No barriers.
 //   corrected             - grid-stride over elements, one tau.
 //   topk_row_per_group    - one workgroup per row, one tau: each thread keeps
 //                           a sorted top-K of its strided columns in registers,
@@ -452,36 +453,39 @@ struct Best16 {
     b3: Best4,
 }
 
-// Logit f of class c against the T4 <= 4 tau blocks of a_tc at table row a.
-fn fold16(b: Best16, f: f32, a: u32, t4: u32, c: u32) -> Best16 {
-    var r = b;
-    r.b0 = fold4(b.b0, f, adjust_table[a], c);
+// The a_tc of one class for up to 16 taus: the T4 <= 4 vec4 blocks at table
+// row a (blocks past T4 stay zero and are never written out).
+struct Adjust16 {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+}
+
+fn adjust16(a: u32, t4: u32) -> Adjust16 {
+    var r = Adjust16(adjust_table[a], vec4(0.0), vec4(0.0), vec4(0.0));
     if (t4 > 1u) {
-        r.b1 = fold4(b.b1, f, adjust_table[a + 1u], c);
+        r.a1 = adjust_table[a + 1u];
     }
     if (t4 > 2u) {
-        r.b2 = fold4(b.b2, f, adjust_table[a + 2u], c);
+        r.a2 = adjust_table[a + 2u];
     }
     if (t4 > 3u) {
-        r.b3 = fold4(b.b3, f, adjust_table[a + 3u], c);
+        r.a3 = adjust_table[a + 3u];
     }
     return r;
 }
 
-// vec4s: read the logits four classes at a time through logits4 (C % 4 ==
-// 0 and window starts a multiple of 4), which costs CPU adapters one loop
-// over the SIMD lanes per four classes instead of four.
-fn windows16(row: u32, vec4s: bool) {
-    if (row >= params.rows) {
-        return;
-    }
-    let t4 = (params.taus + 3u) / 4u;
-    let w0 = params.window_start;
-    let w1 = min(w0 + params.window_len, params.classes);
-    let state = row * 8u * t4;
+// Logit f of class c against the a_tc of that class.
+fn fold16(b: Best16, f: f32, a: Adjust16, c: u32) -> Best16 {
+    return Best16(fold4(b.b0, f, a.a0, c), fold4(b.b1, f, a.a1, c), fold4(b.b2, f, a.a2, c), fold4(b.b3, f, a.a3, c));
+}
+
+fn resume16(row: u32, t4: u32) -> Best16 {
     let lowest = Best4(vec4(bitcast<f32>(0xff800000u)), vec4(0u));
     var b = Best16(lowest, lowest, lowest, lowest);
-    if (w0 != 0u) {
+    if (params.window_start != 0u) {
+        let state = row * 8u * t4;
         b.b0 = load4(state, 0u, t4);
         if (t4 > 1u) {
             b.b1 = load4(state, 1u, t4);
@@ -493,41 +497,81 @@ fn windows16(row: u32, vec4s: bool) {
             b.b3 = load4(state, 3u, t4);
         }
     }
-    let row_base = row * params.classes;
+    return b;
+}
+
+fn finish16(row: u32, t4: u32, b: Best16) {
+    if (min(params.window_start + params.window_len, params.classes) == params.classes) {
+        write_pred4(row, 0u, b.b0);
+        write_pred4(row, 1u, b.b1);
+        write_pred4(row, 2u, b.b2);
+        write_pred4(row, 3u, b.b3);
+    } else {
+        let state = row * 8u * t4;
+        store4(state, 0u, t4, b.b0);
+        if (t4 > 1u) {
+            store4(state, 1u, t4, b.b1);
+        }
+        if (t4 > 2u) {
+            store4(state, 2u, t4, b.b2);
+        }
+        if (t4 > 3u) {
+            store4(state, 3u, t4, b.b3);
+        }
+    }
+}
+
+// Two rows per thread (rows 2g and 2g + 1): each a_tc block is read once
+// for both rows. lavapipe gathers a uniform read whose index comes from a
+// loop variable (Mesa 22.3 broadcasts only constant or push-constant
+// indices), at about 16 instructions per vec4 per lane; sharing each gather
+// between two rows halves that, the larger part of this kernel's work.
+// vec4s: read the logits four classes at a time through logits4 (C % 4 ==
+// 0 and window starts a multiple of 4), which costs CPU adapters one loop
+// over the SIMD lanes per four classes instead of four.
+fn windows16(g: u32, vec4s: bool) {
+    let r0 = 2u * g;
+    if (r0 >= params.rows) {
+        return;
+    }
+    let second = r0 + 1u < params.rows;
+    // A lone last row computes twice and is written once.
+    let r1 = select(r0, r0 + 1u, second);
+    let t4 = (params.taus + 3u) / 4u;
+    let w0 = params.window_start;
+    let w1 = min(w0 + params.window_len, params.classes);
+    var b0 = resume16(r0, t4);
+    var b1 = resume16(r1, t4);
+    let base0 = r0 * params.classes;
+    let base1 = r1 * params.classes;
     if (vec4s) {
         for (var c = w0; c < w1; c += 4u) {
-            let f = logits4[(row_base + c) / 4u];
+            let f0 = logits4[(base0 + c) / 4u];
+            let f1 = logits4[(base1 + c) / 4u];
             let a = (c - w0) * t4;
-            b = fold16(b, f.x, a, t4, c);
-            b = fold16(b, f.y, a + t4, t4, c + 1u);
-            b = fold16(b, f.z, a + 2u * t4, t4, c + 2u);
-            b = fold16(b, f.w, a + 3u * t4, t4, c + 3u);
+            let ax = adjust16(a, t4);
+            b0 = fold16(b0, f0.x, ax, c);
+            b1 = fold16(b1, f1.x, ax, c);
+            let ay = adjust16(a + t4, t4);
+            b0 = fold16(b0, f0.y, ay, c + 1u);
+            b1 = fold16(b1, f1.y, ay, c + 1u);
+            let az = adjust16(a + 2u * t4, t4);
+            b0 = fold16(b0, f0.z, az, c + 2u);
+            b1 = fold16(b1, f1.z, az, c + 2u);
+            let aw = adjust16(a + 3u * t4, t4);
+            b0 = fold16(b0, f0.w, aw, c + 3u);
+            b1 = fold16(b1, f1.w, aw, c + 3u);
         }
     } else {
         for (var c = w0; c < w1; c++) {
-            b = fold16(b, logits[row_base + c], (c - w0) * t4, t4, c);
+            let a = adjust16((c - w0) * t4, t4);
+            b0 = fold16(b0, logits[base0 + c], a, c);
+            b1 = fold16(b1, logits[base1 + c], a, c);
         }
     }
-    let b0 = b.b0;
-    let b1 = b.b1;
-    let b2 = b.b2;
-    let b3 = b.b3;
-    if (w1 == params.classes) {
-        write_pred4(row, 0u, b0);
-        write_pred4(row, 1u, b1);
-        write_pred4(row, 2u, b2);
-        write_pred4(row, 3u, b3);
-    } else {
-        store4(state, 0u, t4, b0);
-        if (t4 > 1u) {
-            store4(state, 1u, t4, b1);
-        }
-        if (t4 > 2u) {
-            store4(state, 2u, t4, b2);
-        }
-        if (t4 > 3u) {
-            store4(state, 3u, t4, b3);
-        }
+    finish16(r0, t4, b0);
+    if (second) {
+        finish16(r1, t4, b1);
     }
 }
 

@@ -306,10 +306,11 @@ impl PostHoc {
         }
         let (entry, rows_per_group) = match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
+            // Two rows per thread.
             PostHocVariant::Windows if t <= 16 && c.is_multiple_of(4) => {
-                (Entry::ArgmaxWindows16Vec4, WG)
+                (Entry::ArgmaxWindows16Vec4, 2 * WG)
             }
-            PostHocVariant::Windows if t <= 16 => (Entry::ArgmaxWindows16, WG),
+            PostHocVariant::Windows if t <= 16 => (Entry::ArgmaxWindows16, 2 * WG),
             PostHocVariant::Windows => (Entry::ArgmaxWindows, WG),
             _ => (Entry::ArgmaxRowPerGroup, 1),
         };
