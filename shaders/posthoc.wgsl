@@ -521,52 +521,67 @@ fn finish16(row: u32, t4: u32, b: Best16) {
     }
 }
 
-// Two rows per thread (rows 2g and 2g + 1): each a_tc block is read once
-// for both rows. lavapipe gathers a uniform read whose index comes from a
+// With `pairs`, two rows per thread (rows 2g and 2g + 1): each a_tc block
+// is read once for both rows. lavapipe gathers a uniform read whose index comes from a
 // loop variable (Mesa 22.3 broadcasts only constant or push-constant
 // indices), at about 16 instructions per vec4 per lane; sharing each gather
 // between two rows halves that, the larger part of this kernel's work.
 // vec4s: read the logits four classes at a time through logits4 (C % 4 ==
 // 0 and window starts a multiple of 4), which costs CPU adapters one loop
-// over the SIMD lanes per four classes instead of four.
-fn windows16(g: u32, vec4s: bool) {
-    let r0 = 2u * g;
+// over the SIMD lanes per four classes instead of four. `pairs` and `vec4s`
+// are fixed per entry point, so the unused paths compile away. The host
+// pairs rows only from 2048 rows: with fewer, halving the threads left
+// too few workgroups (256 x 262144: 976-1018 ms paired, 606-649 single).
+fn windows16(g: u32, vec4s: bool, pairs: bool) {
+    let r0 = select(g, 2u * g, pairs);
     if (r0 >= params.rows) {
         return;
     }
-    let second = r0 + 1u < params.rows;
+    let second = pairs && r0 + 1u < params.rows;
     // A lone last row computes twice and is written once.
     let r1 = select(r0, r0 + 1u, second);
     let t4 = (params.taus + 3u) / 4u;
     let w0 = params.window_start;
     let w1 = min(w0 + params.window_len, params.classes);
     var b0 = resume16(r0, t4);
-    var b1 = resume16(r1, t4);
+    var b1 = b0;
+    if (pairs) {
+        b1 = resume16(r1, t4);
+    }
     let base0 = r0 * params.classes;
     let base1 = r1 * params.classes;
     if (vec4s) {
         for (var c = w0; c < w1; c += 4u) {
             let f0 = logits4[(base0 + c) / 4u];
-            let f1 = logits4[(base1 + c) / 4u];
             let a = (c - w0) * t4;
-            let ax = adjust16(a, t4);
-            b0 = fold16(b0, f0.x, ax, c);
-            b1 = fold16(b1, f1.x, ax, c);
-            let ay = adjust16(a + t4, t4);
-            b0 = fold16(b0, f0.y, ay, c + 1u);
-            b1 = fold16(b1, f1.y, ay, c + 1u);
-            let az = adjust16(a + 2u * t4, t4);
-            b0 = fold16(b0, f0.z, az, c + 2u);
-            b1 = fold16(b1, f1.z, az, c + 2u);
-            let aw = adjust16(a + 3u * t4, t4);
-            b0 = fold16(b0, f0.w, aw, c + 3u);
-            b1 = fold16(b1, f1.w, aw, c + 3u);
+            if (pairs) {
+                let f1 = logits4[(base1 + c) / 4u];
+                let ax = adjust16(a, t4);
+                b0 = fold16(b0, f0.x, ax, c);
+                b1 = fold16(b1, f1.x, ax, c);
+                let ay = adjust16(a + t4, t4);
+                b0 = fold16(b0, f0.y, ay, c + 1u);
+                b1 = fold16(b1, f1.y, ay, c + 1u);
+                let az = adjust16(a + 2u * t4, t4);
+                b0 = fold16(b0, f0.z, az, c + 2u);
+                b1 = fold16(b1, f1.z, az, c + 2u);
+                let aw = adjust16(a + 3u * t4, t4);
+                b0 = fold16(b0, f0.w, aw, c + 3u);
+                b1 = fold16(b1, f1.w, aw, c + 3u);
+            } else {
+                b0 = fold16(b0, f0.x, adjust16(a, t4), c);
+                b0 = fold16(b0, f0.y, adjust16(a + t4, t4), c + 1u);
+                b0 = fold16(b0, f0.z, adjust16(a + 2u * t4, t4), c + 2u);
+                b0 = fold16(b0, f0.w, adjust16(a + 3u * t4, t4), c + 3u);
+            }
         }
     } else {
         for (var c = w0; c < w1; c++) {
             let a = adjust16((c - w0) * t4, t4);
             b0 = fold16(b0, logits[base0 + c], a, c);
-            b1 = fold16(b1, logits[base1 + c], a, c);
+            if (pairs) {
+                b1 = fold16(b1, logits[base1 + c], a, c);
+            }
         }
     }
     finish16(r0, t4, b0);
@@ -577,10 +592,20 @@ fn windows16(g: u32, vec4s: bool) {
 
 @compute @workgroup_size(WG)
 fn argmax_windows16(@builtin(global_invocation_id) gid: vec3<u32>) {
-    windows16(gid.x, false);
+    windows16(gid.x, false, false);
 }
 
 @compute @workgroup_size(WG)
 fn argmax_windows16_4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    windows16(gid.x, true);
+    windows16(gid.x, true, false);
+}
+
+@compute @workgroup_size(WG)
+fn argmax_windows16_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
+    windows16(gid.x, false, true);
+}
+
+@compute @workgroup_size(WG)
+fn argmax_windows16_4_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
+    windows16(gid.x, true, true);
 }

@@ -298,9 +298,12 @@ pub(crate) enum Entry {
     ArgmaxRowPerThread,
     ArgmaxRowPerGroup,
     ArgmaxWindows,
-    ArgmaxWindows16,
-    /// `argmax_windows16` reading the logits as vec4s (`C % 4 == 0`).
-    ArgmaxWindows16Vec4,
+    /// `argmax_windows16`, two rows per thread or one (`pairs`), reading
+    /// the logits as vec4s (`C % 4 == 0`) or not.
+    ArgmaxWindows16 {
+        vec4s: bool,
+        pairs: bool,
+    },
     Corrected,
     TopK,
     ClassCounts,
@@ -372,8 +375,12 @@ impl Entry {
             Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
             Entry::ArgmaxWindows => "argmax_windows",
-            Entry::ArgmaxWindows16 => "argmax_windows16",
-            Entry::ArgmaxWindows16Vec4 => "argmax_windows16_4",
+            Entry::ArgmaxWindows16 { vec4s, pairs } => match (vec4s, pairs) {
+                (false, false) => "argmax_windows16",
+                (true, false) => "argmax_windows16_4",
+                (false, true) => "argmax_windows16_pairs",
+                (true, true) => "argmax_windows16_4_pairs",
+            },
             Entry::Corrected => "corrected",
             Entry::TopK => "topk_row_per_group",
             Entry::ClassCounts => "class_counts",
@@ -410,8 +417,7 @@ impl Entry {
             Entry::ArgmaxRowPerThread
             | Entry::ArgmaxRowPerGroup
             | Entry::ArgmaxWindows
-            | Entry::ArgmaxWindows16
-            | Entry::ArgmaxWindows16Vec4
+            | Entry::ArgmaxWindows16 { .. }
             | Entry::Corrected
             | Entry::TopK => Family::PostHoc,
             Entry::ClassCounts => Family::Metrics,

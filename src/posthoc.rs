@@ -19,6 +19,12 @@ const WG: usize = 64;
 const TILE: usize = 1024;
 /// Up to this C*T, one thread per row is the faster layout.
 const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
+/// The windowed 16-tau argmax takes two rows per thread from this many rows
+/// (16 workgroups of pairs): each a_tc read then serves two rows, which cut
+/// lavapipe's instructions by 27% at 4096 x 1000; with fewer rows, halving
+/// the threads cost more than it saved (256 x 262144: 976-1018 ms paired,
+/// 606-649 ms not).
+const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
 /// llvmpipe/lavapipe end an invocation after about 65,535 loop trips.
 const MAX_LOOP_TRIPS: usize = 60_000;
 
@@ -306,11 +312,13 @@ impl PostHoc {
         }
         let (entry, rows_per_group) = match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
-            // Two rows per thread.
-            PostHocVariant::Windows if t <= 16 && c.is_multiple_of(4) => {
-                (Entry::ArgmaxWindows16Vec4, 2 * WG)
+            // Two rows per thread where that still leaves 16 workgroups.
+            PostHocVariant::Windows if t <= 16 => {
+                let pairs = n >= WINDOWS_PAIRS_MIN_ROWS;
+                let vec4s = c.is_multiple_of(4);
+                let rows = if pairs { 2 * WG } else { WG };
+                (Entry::ArgmaxWindows16 { vec4s, pairs }, rows)
             }
-            PostHocVariant::Windows if t <= 16 => (Entry::ArgmaxWindows16, 2 * WG),
             PostHocVariant::Windows => (Entry::ArgmaxWindows, WG),
             _ => (Entry::ArgmaxRowPerGroup, 1),
         };

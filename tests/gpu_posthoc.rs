@@ -18,16 +18,23 @@ const VARIANTS: [PostHocVariant; 3] = [
     PostHocVariant::Windows,
 ];
 
-/// Logits with many ties (values on a coarse grid) and some +-inf entries,
+/// Logits with many ties (values on a coarse grid), +-inf entries in every
+/// third row,
 /// whole rows of -inf and of +inf.
 fn nasty_logits(rng: &mut Rng, n: usize, c: usize) -> Vec<f32> {
+    // Infinities in every third row only: with one element in 50 infinite,
+    // a row of 1000 classes almost surely holds a +inf, which wins whatever
+    // the adjustment, and a wrong a_tc would go unseen.
     let mut f: Vec<f32> = (0..n * c)
-        .map(|_| match rng.below(50) {
-            0 => f32::INFINITY,
-            1 => f32::NEG_INFINITY,
-            2 => -0.0, // ties +0 under IEEE compares
-            k if k < 25 => (rng.below(7) as f32 - 3.0) * 0.5, // ties
-            _ => rng.range(-10.0, 10.0) as f32,
+        .map(|i| {
+            let specials = (i / c.max(1)) % 3 == 0;
+            match rng.below(50) {
+                0 if specials => f32::INFINITY,
+                1 if specials => f32::NEG_INFINITY,
+                2 => -0.0, // ties +0 under IEEE compares
+                k if k < 25 => (rng.below(7) as f32 - 3.0) * 0.5, // ties
+                _ => rng.range(-10.0, 10.0) as f32,
+            }
         })
         .collect();
     if n >= 3 {
@@ -191,12 +198,16 @@ fn a_hundred_thousand_classes() {
 fn windows_with_and_without_vec4_loads() {
     // argmax_windows16_4 (C % 4 == 0): one window, several windows of 1364
     // classes (T = 9..12 rounds 4096 / 3 down to a multiple of 4), and the
-    // scalar argmax_windows16 beside them (C % 4 != 0).
+    // scalar argmax_windows16 beside them (C % 4 != 0); a row per thread
+    // below 2048 rows, two from 2048 (an odd N leaves the last thread one).
     let windows = [PostHocVariant::Windows];
     check(5000, 12, 16, &windows);
     check(60, 4100, 12, &windows);
     check(60, 4101, 9, &windows);
     check(70, 1001, 16, &windows);
+    check(2049, 4101, 9, &windows);
+    check(2050, 4100, 16, &windows);
+    check(2047, 1000, 16, &windows);
 }
 
 #[test]
