@@ -19,15 +19,14 @@ const VARIANTS: [PostHocVariant; 3] = [
 ];
 
 /// Logits with many ties (values on a coarse grid), +-inf entries in every
-/// third row,
-/// whole rows of -inf and of +inf.
+/// third row, whole rows of -inf and of +inf.
 fn nasty_logits(rng: &mut Rng, n: usize, c: usize) -> Vec<f32> {
     // Infinities in every third row only: with one element in 50 infinite,
     // a row of 1000 classes almost surely holds a +inf, which wins whatever
     // the adjustment, and a wrong a_tc would go unseen.
     let mut f: Vec<f32> = (0..n * c)
         .map(|i| {
-            let specials = (i / c.max(1)) % 3 == 0;
+            let specials = (i / c.max(1)).is_multiple_of(3);
             match rng.below(50) {
                 0 if specials => f32::INFINITY,
                 1 if specials => f32::NEG_INFINITY,
