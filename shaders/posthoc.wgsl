@@ -31,8 +31,9 @@
 //                           T4 = ceil(T / 4)), one dispatch per
 //                           window, the running argmax kept in best_state
 //                           between windows. All threads read the same a_tc
-//                           at once (a broadcast on CPU adapters; lavapipe
-//                           turns storage reads into a loop over lanes).
+//                           at once from a uniform buffer (lavapipe gathers
+//                           it, a few instructions per lane, where a storage
+//                           read is a loop over lanes of about 22).
 //                           The 16 variant keeps T <= 16 taus in named
 //                           registers: an indexed private array measured 3x
 //                           slower on lavapipe; it takes two rows per thread,
@@ -314,8 +315,8 @@ fn topk_row_per_group(
 }
 
 // One thread per row over one window of classes, all taus at once, four per
-// vec4: a_tc comes from a uniform buffer at an index every thread shares, so
-// lavapipe reads it as one broadcast, not a loop over lanes. Plain float
+// vec4: a_tc comes from a uniform buffer at an index every thread shares (a
+// gather on lavapipe, see windows16, but not a loop over lanes). Plain float
 // compares (a_tc is finite, so f - a keeps an infinite f infinite; -0 and +0
 // compare equal); strict `>` keeps the earliest index on ties, and the
 // initial -inf makes a row of -inf predict class 0. Windows after the first

@@ -97,8 +97,8 @@ override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
 @group(0) @binding(7) var<storage, read> norm: array<f32>;
 // b_0..b_{C-1} again, zero-padded, in two 64 KiB uniform tables (classes
 // below 16384, then 16384..32767), for xent_row_segments when C <= 32768:
-// on lavapipe a uniform-buffer read is a vector gather or a scalar
-// broadcast, a storage read a per-lane loop.
+// on lavapipe a uniform-buffer read is a vector gather (a scalar broadcast
+// at a constant index), a storage read a per-lane loop.
 @group(0) @binding(8) var<uniform> bias_table: array<vec4<f32>, 4096>;
 @group(0) @binding(9) var<uniform> bias_table_hi: array<vec4<f32>, 4096>;
 // The logits and the gradient as vec4s, for the xent_row_segments4 entries

@@ -20,7 +20,7 @@
 override ROW_C: u32 = 16u;       // C, set per pipeline, 1 <= ROW_C <= ROW_C_MAX
 const ROW_C_MAX: u32 = 32u;
 
-fn row_unrolled(row_unclamped: u32, in_place: bool) {
+fn row_unrolled(row_unclamped: u32, in_place: bool, write_grad: bool) {
     let valid = row_unclamped < params.rows;
     let row = min(row_unclamped, params.rows - 1u);
     let base = row * ROW_C;
@@ -51,7 +51,7 @@ fn row_unrolled(row_unclamped: u32, in_place: bool) {
         l = row_loss_of(t, m + log(s), z_y, z_sum);
     }
     row_loss[row] = l;
-    if ((params.flags & FLAG_WRITE_GRAD) == 0u) {
+    if (!write_grad || (params.flags & FLAG_WRITE_GRAD) == 0u) {
         return;
     }
     let scale = grad_scale(row, t);
@@ -73,12 +73,20 @@ fn row_unrolled(row_unclamped: u32, in_place: bool) {
 
 @compute @workgroup_size(WG_SIZE)
 fn xent_row_unrolled(@builtin(global_invocation_id) gid: vec3<u32>) {
-    row_unrolled(gid.x, false);
+    row_unrolled(gid.x, false, true);
 }
 
 @compute @workgroup_size(WG_SIZE)
 fn xent_row_unrolled_in_place(@builtin(global_invocation_id) gid: vec3<u32>) {
-    row_unrolled(gid.x, true);
+    row_unrolled(gid.x, true, true);
+}
+
+// The forward alone (no gradient): its own entry, so the gradient code is
+// compiled away rather than run under a mask (lavapipe runs both sides of a
+// branch on a uniform flag).
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_unrolled_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    row_unrolled(gid.x, false, false);
 }
 
 // The vec4 form (xent_rows_unrolled4): each thread takes R = 4 / gcd(C, 4)
@@ -97,7 +105,7 @@ override ROW_R: u32 = 1u;       // rows per thread: 1, 2 or 4
 // lavapipe spilled v and the scalar form was twice as fast (C = 31, 32).
 const ROW_V_MAX: u32 = 5u;
 
-fn row_in_vec4s(v: ptr<function, array<vec4<f32>, ROW_V_MAX>>, row: u32, r: u32, valid: bool) {
+fn row_in_vec4s(v: ptr<function, array<vec4<f32>, ROW_V_MAX>>, row: u32, r: u32, valid: bool, write_grad: bool) {
     let t = target_from_table(labels[row], true);
     var z: array<f32, ROW_C_MAX>;
     var m = LOWEST;
@@ -125,6 +133,9 @@ fn row_in_vec4s(v: ptr<function, array<vec4<f32>, ROW_V_MAX>>, row: u32, r: u32,
     if (valid) {
         row_loss[row] = l;
     }
+    if (!write_grad) {
+        return;
+    }
     let scale = grad_scale(row, t);
     let inv_s = 1.0 / s;
     let fill = select(0.0, nan(), t.bad);
@@ -137,7 +148,7 @@ fn row_in_vec4s(v: ptr<function, array<vec4<f32>, ROW_V_MAX>>, row: u32, r: u32,
     }
 }
 
-fn rows_unrolled4(group_unclamped: u32, in_place: bool) {
+fn rows_unrolled4(group_unclamped: u32, in_place: bool, write_grad: bool) {
     let groups = params.rows / ROW_R;
     let valid = group_unclamped < groups;
     let first = min(group_unclamped, groups - 1u) * ROW_R;
@@ -146,15 +157,15 @@ fn rows_unrolled4(group_unclamped: u32, in_place: bool) {
     for (var j = 0u; j < ROW_R * ROW_C / 4u; j++) {
         v[j] = logits4[base4 + j];
     }
-    row_in_vec4s(&v, first, 0u, valid);
+    row_in_vec4s(&v, first, 0u, valid, write_grad);
     if (ROW_R > 1u) {
-        row_in_vec4s(&v, first + 1u, 1u, valid);
+        row_in_vec4s(&v, first + 1u, 1u, valid, write_grad);
     }
     if (ROW_R > 2u) {
-        row_in_vec4s(&v, first + 2u, 2u, valid);
-        row_in_vec4s(&v, first + 3u, 3u, valid);
+        row_in_vec4s(&v, first + 2u, 2u, valid, write_grad);
+        row_in_vec4s(&v, first + 3u, 3u, valid, write_grad);
     }
-    if (!valid || (params.flags & FLAG_WRITE_GRAD) == 0u) {
+    if (!write_grad || !valid || (params.flags & FLAG_WRITE_GRAD) == 0u) {
         return;
     }
     for (var j = 0u; j < ROW_R * ROW_C / 4u; j++) {
@@ -169,10 +180,15 @@ fn rows_unrolled4(group_unclamped: u32, in_place: bool) {
 
 @compute @workgroup_size(WG_SIZE)
 fn xent_rows_unrolled4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    rows_unrolled4(gid.x, false);
+    rows_unrolled4(gid.x, false, true);
 }
 
 @compute @workgroup_size(WG_SIZE)
 fn xent_rows_unrolled4_in_place(@builtin(global_invocation_id) gid: vec3<u32>) {
-    rows_unrolled4(gid.x, true);
+    rows_unrolled4(gid.x, true, true);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_rows_unrolled4_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    rows_unrolled4(gid.x, false, false);
 }

@@ -275,6 +275,8 @@ pub(crate) enum Entry {
         in_place: bool,
         /// The vec4 form: R = 4 / gcd(C, 4) rows per thread, whole vec4s.
         vec4s: bool,
+        /// The forward alone: no gradient code at all (`in_place` unused).
+        forward: bool,
     },
     /// `xent_split_partial`: b from uniform windows or not, vec4 loads or not.
     XentSplitPartial {
@@ -345,12 +347,17 @@ impl Entry {
                 (true, true) => "xent_split_partial4_windowed",
             },
             Entry::XentRowUnrolled {
-                in_place, vec4s, ..
-            } => match (vec4s, in_place) {
-                (false, false) => "xent_row_unrolled",
-                (false, true) => "xent_row_unrolled_in_place",
-                (true, false) => "xent_rows_unrolled4",
-                (true, true) => "xent_rows_unrolled4_in_place",
+                in_place,
+                vec4s,
+                forward,
+                ..
+            } => match (vec4s, in_place, forward) {
+                (false, _, true) => "xent_row_unrolled_forward",
+                (true, _, true) => "xent_rows_unrolled4_forward",
+                (false, false, false) => "xent_row_unrolled",
+                (false, true, false) => "xent_row_unrolled_in_place",
+                (true, false, false) => "xent_rows_unrolled4",
+                (true, true, false) => "xent_rows_unrolled4_in_place",
             },
             Entry::XentSplitCombine { aligned: false } => "xent_split_combine",
             Entry::XentSplitCombine { aligned: true } => "xent_split_combine4",

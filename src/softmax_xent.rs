@@ -82,7 +82,7 @@ pub enum Variant {
     /// [`Variant::SplitRow`] laid out for CPU adapters: `b` from 64 KiB
     /// uniform windows (one dispatch per window of 16,384 classes), a chunk
     /// per window, a thread per row taking the whole chunk (so every lane
-    /// reads the same `b_c`: a broadcast, and no workgroup tree).
+    /// reads the same `b_c` from a uniform buffer, and no workgroup tree).
     SplitRowWindowed,
 }
 
@@ -850,6 +850,7 @@ impl SoftmaxXent {
                     classes: c as u32,
                     in_place,
                     vec4s: rows4,
+                    forward: matches!(b.grad, GradOutput::None),
                 },
                 Variant::RowCached => Entry::XentRowCached,
                 Variant::RowCachedSubgroup => Entry::XentRowCachedSubgroup,
