@@ -39,6 +39,10 @@
 //                           slower on lavapipe; it takes two rows per thread,
 //                           so each a_tc read serves both; its _4 entry reads
 //                           four logits per load when C % 4 == 0. No barriers.
+//   argmax_unrolled16     - argmax_windows16 for C <= 32, T <= 16, with C and
+//                           T4 pipeline constants: straight-line code per
+//                           class, so each a_tc is read at a constant index
+//                           (a broadcast on lavapipe, not a gather).
 //   corrected             - grid-stride over elements, one tau.
 //   topk_row_per_group    - one workgroup per row, one tau: each thread keeps
 //                           a sorted top-K of its strided columns in registers,
@@ -609,4 +613,70 @@ fn argmax_windows16_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(WG)
 fn argmax_windows16_4_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
     windows16(gid.x, true, true);
+}
+
+// argmax_windows16 for small C: C (POST_C <= 32) and T4 are pipeline
+// constants, so the class loop unrolls, every a_tc index is a constant, and
+// lavapipe reads a_tc with one broadcast per block instead of a gather per
+// lane (its broadcasts need constant indices). One thread per row, a single
+// window (C * T4 <= 128 vec4s of the table), no state. Traffic as
+// argmax_windows16: 4 bytes read per logit, 4T written per row.
+override POST_C: u32 = 1u;
+override POST_T4: u32 = 4u;
+
+// Class k of the row at `base`, for k < POST_C (a constant after inlining).
+fn unrolled_class(b: ptr<function, Best16>, base: u32, k: u32) {
+    if (k < POST_C) {
+        *b = fold16(*b, logits[base + k], adjust16(k * POST_T4, POST_T4), k);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn argmax_unrolled16(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= params.rows) {
+        return;
+    }
+    let lowest = Best4(vec4(bitcast<f32>(0xff800000u)), vec4(0u));
+    var b = Best16(lowest, lowest, lowest, lowest);
+    let base = row * POST_C;
+    // Straight-line calls, not a loop: Mesa's NIR left a loop over C rolled
+    // (its body is large), and then the a_tc index was a loop counter again.
+    // Calls past C compile away.
+    unrolled_class(&b, base, 0u);
+    unrolled_class(&b, base, 1u);
+    unrolled_class(&b, base, 2u);
+    unrolled_class(&b, base, 3u);
+    unrolled_class(&b, base, 4u);
+    unrolled_class(&b, base, 5u);
+    unrolled_class(&b, base, 6u);
+    unrolled_class(&b, base, 7u);
+    unrolled_class(&b, base, 8u);
+    unrolled_class(&b, base, 9u);
+    unrolled_class(&b, base, 10u);
+    unrolled_class(&b, base, 11u);
+    unrolled_class(&b, base, 12u);
+    unrolled_class(&b, base, 13u);
+    unrolled_class(&b, base, 14u);
+    unrolled_class(&b, base, 15u);
+    unrolled_class(&b, base, 16u);
+    unrolled_class(&b, base, 17u);
+    unrolled_class(&b, base, 18u);
+    unrolled_class(&b, base, 19u);
+    unrolled_class(&b, base, 20u);
+    unrolled_class(&b, base, 21u);
+    unrolled_class(&b, base, 22u);
+    unrolled_class(&b, base, 23u);
+    unrolled_class(&b, base, 24u);
+    unrolled_class(&b, base, 25u);
+    unrolled_class(&b, base, 26u);
+    unrolled_class(&b, base, 27u);
+    unrolled_class(&b, base, 28u);
+    unrolled_class(&b, base, 29u);
+    unrolled_class(&b, base, 30u);
+    unrolled_class(&b, base, 31u);
+    write_pred4(row, 0u, b.b0);
+    write_pred4(row, 1u, b.b1);
+    write_pred4(row, 2u, b.b2);
+    write_pred4(row, 3u, b.b3);
 }

@@ -306,6 +306,11 @@ pub(crate) enum Entry {
         vec4s: bool,
         pairs: bool,
     },
+    /// `argmax_unrolled16`: C and ceil(T / 4) fixed per pipeline.
+    ArgmaxUnrolled16 {
+        classes: u32,
+        tau4: u32,
+    },
     Corrected,
     TopK,
     ClassCounts,
@@ -382,6 +387,7 @@ impl Entry {
             Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
             Entry::ArgmaxWindows => "argmax_windows",
+            Entry::ArgmaxUnrolled16 { .. } => "argmax_unrolled16",
             Entry::ArgmaxWindows16 { vec4s, pairs } => match (vec4s, pairs) {
                 (false, false) => "argmax_windows16",
                 (true, false) => "argmax_windows16_4",
@@ -425,6 +431,7 @@ impl Entry {
             | Entry::ArgmaxRowPerGroup
             | Entry::ArgmaxWindows
             | Entry::ArgmaxWindows16 { .. }
+            | Entry::ArgmaxUnrolled16 { .. }
             | Entry::Corrected
             | Entry::TopK => Family::PostHoc,
             Entry::ClassCounts => Family::Metrics,
@@ -591,6 +598,10 @@ impl Kernels {
             if let Entry::XentRowUnrolled { classes, .. } = entry {
                 constants.push(("ROW_C", classes as f64));
                 constants.push(("ROW_R", unrolled_rows_per_thread(classes as usize) as f64));
+            }
+            if let Entry::ArgmaxUnrolled16 { classes, tau4 } = entry {
+                constants.push(("POST_C", classes as f64));
+                constants.push(("POST_T4", tau4 as f64));
             }
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry.name()),

@@ -25,6 +25,10 @@ const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
 /// the threads cost more than it saved (256 x 262144: 976-1018 ms paired,
 /// 606-649 ms not).
 const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
+/// Up to this C (and T <= 16) the windowed layout runs `argmax_unrolled16`,
+/// with C a pipeline constant: its class loop unrolls, so lavapipe reads
+/// each `a_tc` with a broadcast instead of a gather.
+const UNROLLED_MAX_CLASSES: usize = 32;
 /// llvmpipe/lavapipe end an invocation after about 65,535 loop trips.
 const MAX_LOOP_TRIPS: usize = 60_000;
 
@@ -312,6 +316,13 @@ impl PostHoc {
         }
         let (entry, rows_per_group) = match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
+            PostHocVariant::Windows if t <= 16 && c <= UNROLLED_MAX_CLASSES => (
+                Entry::ArgmaxUnrolled16 {
+                    classes: c as u32,
+                    tau4: self.tau4() as u32,
+                },
+                WG,
+            ),
             // Two rows per thread where that still leaves 16 workgroups.
             PostHocVariant::Windows if t <= 16 => {
                 let pairs = n >= WINDOWS_PAIRS_MIN_ROWS;

@@ -207,6 +207,12 @@ fn windows_with_and_without_vec4_loads() {
     check(2049, 4101, 9, &windows);
     check(2050, 4100, 16, &windows);
     check(2047, 1000, 16, &windows);
+    // argmax_unrolled16 (C <= 32 and T <= 16, C and T4 pipeline constants),
+    // and C = 33 just past it.
+    check(333, 10, 16, &windows);
+    check(100, 3, 5, &windows);
+    check(64, 32, 13, &windows);
+    check(50, 33, 16, &windows);
 }
 
 #[test]
