@@ -20,29 +20,25 @@
 override ROW_C: u32 = 16u;       // C, set per pipeline, 1 <= ROW_C <= ROW_C_MAX
 const ROW_C_MAX: u32 = 32u;
 
-fn row_unrolled(row_unclamped: u32, in_place: bool, write_grad: bool) {
-    let valid = row_unclamped < params.rows;
-    let row = min(row_unclamped, params.rows - 1u);
-    let base = row * ROW_C;
+// One row's math with the row in z (ROW_C values, constant indices once the
+// loops unroll): on entry its logits, on return its gradient (when
+// write_grad); row_loss[row] is written when `valid`. Shared by both forms.
+fn row_in_registers(z: ptr<function, array<f32, ROW_C_MAX>>, row: u32, valid: bool, write_grad: bool) {
     let t = target_from_table(labels[row], true);
-    var z: array<f32, ROW_C_MAX>;
     var m = LOWEST;
     var z_sum = 0.0;
     var z_y = 0.0;
     for (var c = 0u; c < ROW_C; c++) {
-        let zc = logits[base + c] + bias_table[c / 4u][c % 4u] - select(0.0, t.margin, c == t.y);
-        z[c] = zc;
+        let zc = (*z)[c] + bias_table[c / 4u][c % 4u] - select(0.0, t.margin, c == t.y);
+        (*z)[c] = zc;
         m = max(m, zc);
         z_sum += zc;
         z_y += select(0.0, zc, c == t.y);
     }
     var s = 0.0;
     for (var c = 0u; c < ROW_C; c++) {
-        z[c] = exp(z[c] - m);
-        s += z[c];
-    }
-    if (!valid) {
-        return;
+        (*z)[c] = exp((*z)[c] - m);
+        s += (*z)[c];
     }
     var l = 0.0;
     if (t.bad) {
@@ -50,8 +46,10 @@ fn row_unrolled(row_unclamped: u32, in_place: bool, write_grad: bool) {
     } else if (!t.ignored) {
         l = row_loss_of(t, m + log(s), z_y, z_sum);
     }
-    row_loss[row] = l;
-    if (!write_grad || (params.flags & FLAG_WRITE_GRAD) == 0u) {
+    if (valid) {
+        row_loss[row] = l;
+    }
+    if (!write_grad) {
         return;
     }
     let scale = grad_scale(row, t);
@@ -61,12 +59,28 @@ fn row_unrolled(row_unclamped: u32, in_place: bool, write_grad: bool) {
     let q_other = params.smoothing / f32(ROW_C);
     let q_true = 1.0 - params.smoothing + q_other;
     for (var c = 0u; c < ROW_C; c++) {
-        let g = select(scale * (z[c] * inv_s - select(q_other, q_true, c == t.y)), fill, dead);
+        (*z)[c] = select(scale * ((*z)[c] * inv_s - select(q_other, q_true, c == t.y)), fill, dead);
+    }
+}
+
+fn row_unrolled(row_unclamped: u32, in_place: bool, write_grad: bool) {
+    let valid = row_unclamped < params.rows;
+    let row = min(row_unclamped, params.rows - 1u);
+    let base = row * ROW_C;
+    var z: array<f32, ROW_C_MAX>;
+    for (var c = 0u; c < ROW_C; c++) {
+        z[c] = logits[base + c];
+    }
+    row_in_registers(&z, row, valid, write_grad);
+    if (!valid || !write_grad || (params.flags & FLAG_WRITE_GRAD) == 0u) {
+        return;
+    }
+    for (var c = 0u; c < ROW_C; c++) {
         // The destination is fixed per entry point (see row_segments).
         if (in_place) {
-            logits[base + c] = g;
+            logits[base + c] = z[c];
         } else {
-            grad[base + c] = g;
+            grad[base + c] = z[c];
         }
     }
 }
@@ -97,7 +111,8 @@ fn xent_row_unrolled_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // once per float (at 262144 x 10: 22 instructions per lane per float for a
 // scalar access). The host picks it only when every chunk holds a multiple
 // of R rows (N * C % 4 == 0 per chunk), so no vec4 straddles the end of a
-// view. The same math per row as row_unrolled; the rows are handled by
+// view (and only up to R * C = 20, see ROW_V_MAX). The same math per row
+// as the scalar form (row_in_registers); the rows are handled by
 // straight-line calls with constant r, so every index into v is a constant
 // after inlining and unrolling, and v stays in registers.
 override ROW_R: u32 = 1u;       // rows per thread: 1, 2 or 4
@@ -106,45 +121,18 @@ override ROW_R: u32 = 1u;       // rows per thread: 1, 2 or 4
 const ROW_V_MAX: u32 = 5u;
 
 fn row_in_vec4s(v: ptr<function, array<vec4<f32>, ROW_V_MAX>>, row: u32, r: u32, valid: bool, write_grad: bool) {
-    let t = target_from_table(labels[row], true);
     var z: array<f32, ROW_C_MAX>;
-    var m = LOWEST;
-    var z_sum = 0.0;
-    var z_y = 0.0;
     for (var c = 0u; c < ROW_C; c++) {
         let e = r * ROW_C + c;
-        let zc = (*v)[e / 4u][e % 4u] + bias_table[c / 4u][c % 4u] - select(0.0, t.margin, c == t.y);
-        z[c] = zc;
-        m = max(m, zc);
-        z_sum += zc;
-        z_y += select(0.0, zc, c == t.y);
+        z[c] = (*v)[e / 4u][e % 4u];
     }
-    var s = 0.0;
-    for (var c = 0u; c < ROW_C; c++) {
-        z[c] = exp(z[c] - m);
-        s += z[c];
-    }
-    var l = 0.0;
-    if (t.bad) {
-        l = nan();
-    } else if (!t.ignored) {
-        l = row_loss_of(t, m + log(s), z_y, z_sum);
-    }
-    if (valid) {
-        row_loss[row] = l;
-    }
+    row_in_registers(&z, row, valid, write_grad);
     if (!write_grad) {
         return;
     }
-    let scale = grad_scale(row, t);
-    let inv_s = 1.0 / s;
-    let fill = select(0.0, nan(), t.bad);
-    let dead = t.bad || t.ignored;
-    let q_other = params.smoothing / f32(ROW_C);
-    let q_true = 1.0 - params.smoothing + q_other;
     for (var c = 0u; c < ROW_C; c++) {
         let e = r * ROW_C + c;
-        (*v)[e / 4u][e % 4u] = select(scale * (z[c] * inv_s - select(q_other, q_true, c == t.y)), fill, dead);
+        (*v)[e / 4u][e % 4u] = z[c];
     }
 }
 
