@@ -616,9 +616,9 @@ fn argmax_windows16_4_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // argmax_windows16 for small C: C (POST_C <= 32) and T4 are pipeline
-// constants, so the class loop unrolls, every a_tc index is a constant, and
-// lavapipe reads a_tc with one broadcast per block instead of a gather per
-// lane (its broadcasts need constant indices). One thread per row, a single
+// constants and the classes are straight-line code, so every a_tc index is
+// a constant and lavapipe reads a_tc with one broadcast per block instead
+// of a gather per lane (its broadcasts need constant indices). One thread per row, a single
 // window (C * T4 <= 128 vec4s of the table), no state. Traffic as
 // argmax_windows16: 4 bytes read per logit, 4T written per row.
 override POST_C: u32 = 1u;
