@@ -26,8 +26,9 @@ const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
 /// 606-649 ms not).
 const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
 /// Up to this C (and T <= 16) the windowed layout runs `argmax_unrolled16`,
-/// with C a pipeline constant: its class loop unrolls, so lavapipe reads
-/// each `a_tc` with a broadcast instead of a gather.
+/// with C a pipeline constant and one straight-line block per class (32 in
+/// the shader), so lavapipe reads each `a_tc` with a broadcast instead of a
+/// gather.
 const UNROLLED_MAX_CLASSES: usize = 32;
 /// llvmpipe/lavapipe end an invocation after about 65,535 loop trips.
 const MAX_LOOP_TRIPS: usize = 60_000;
