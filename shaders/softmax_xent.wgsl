@@ -48,7 +48,13 @@
 //                         a broadcast or a vector gather, no per-element
 //                         branch. The gradient's destination (separate or in
 //                         place) is fixed per entry point, since lavapipe
-//                         pays for both sides of any branch.
+//                         pays for both sides of any branch. Its vec4 entries
+//                         read and write whole vec4s: xent_row_segments4*
+//                         for C % 4 == 0, xent_row_segments4s* for other C
+//                         (rows start inside a vec4: a thread takes whole
+//                         vec4s of the buffer, b is shifted to match, and
+//                         the two vec4s a row shares with its neighbours are
+//                         stored component by component).
 // A fifth, split-row (a row cut across workgroups, for huge C and few rows),
 // lives in softmax_xent_split.wgsl, which the host appends to this file.
 // Loops run a workgroup-uniform trip count, so every barrier sits in uniform
@@ -101,10 +107,11 @@ override WG_SIZE: u32 = 64u;   // power of two, <= MAX_WG
 // at a constant index), a storage read a per-lane loop.
 @group(0) @binding(8) var<uniform> bias_table: array<vec4<f32>, 4096>;
 @group(0) @binding(9) var<uniform> bias_table_hi: array<vec4<f32>, 4096>;
-// The logits and the gradient as vec4s, for the xent_row_segments4 entries
-// (C % 4 == 0), which use these instead of bindings 1 and 4 (the host binds
-// stand-ins there, and here for every other entry): on lavapipe a vec4 load
-// or store pays the per-lane loop once for four floats.
+// The logits and the gradient as vec4s, for the vec4 entries
+// (xent_row_segments4*, xent_row_segments4s*, xent_rows_unrolled4*, the
+// split-row *4 entries), which use these instead of bindings 1 and 4 (the
+// host binds stand-ins there, and here for every other entry): on lavapipe
+// a vec4 load or store pays the per-lane loop once for four floats.
 @group(0) @binding(10) var<storage, read_write> logits4: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> grad4: array<vec4<f32>>;
 
@@ -503,7 +510,24 @@ fn segments_sum(tid: u32, lane: u32, first: u32, s: f32) -> f32 {
     return red_sum[first];
 }
 
-fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
+// How row_segments reaches the logits and the gradient, fixed per entry
+// point: scalar views (bindings 1, 4), or vec4 views (10, 11) with rows
+// of whole vec4s (C % 4 == 0), or vec4 views with rows that start
+// anywhere in a vec4 (C % 4 != 0, every chunk's N * C % 4 == 0).
+const VIEW_SCALAR: u32 = 0u;
+const VIEW_VEC4: u32 = 1u;
+const VIEW_SHIFTED: u32 = 2u;
+
+// hi shifted up by s components, lo's last s components below it:
+// components s..3 are hi.x.., components 0..s-1 are lo's top s.
+fn shift_in(lo: vec4<f32>, hi: vec4<f32>, s: u32) -> vec4<f32> {
+    var v = hi;
+    v = select(v, vec4(lo.w, hi.x, hi.y, hi.z), s == 1u);
+    v = select(v, vec4(lo.z, lo.w, hi.x, hi.y), s == 2u);
+    return select(v, vec4(lo.y, lo.z, lo.w, hi.x), s == 3u);
+}
+
+fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, view: u32) {
     let table = src != B_STORAGE;
     let p = params.seg_threads;
     let lane = tid % p;
@@ -516,9 +540,31 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
     let t = target_from_table(labels[row], table);
     // This thread's segment [c0, c1): contiguous, so each thread walks its
     // own stretch of memory and b_c is read as one vec4 per four classes.
-    let c0 = min(lane * params.seg_len, c_len);
-    let c1 = min(c0 + params.seg_len, c_len);
-    let trips = (c1 - c0 + 3u) / 4u;
+    var c0 = min(lane * params.seg_len, c_len);
+    var c1 = min(c0 + params.seg_len, c_len);
+    var trips = (c1 - c0 + 3u) / 4u;
+    // VIEW_SHIFTED: the segment is instead vec4s [u0, u0 + trips) of the
+    // buffer, of the q_end - q0 vec4s that hold a piece of the row; vec4 u
+    // holds classes 4u - base .. 4u - base + 3 (wrapping below 0, so the
+    // `< c_len` test rejects the previous row's), and its b is the table
+    // vec4s k - 1 and k (k = u - q0) shifted by s = base % 4.
+    let s = base % 4u;
+    let q0 = base / 4u;
+    var u0 = 0u;
+    if (view == VIEW_SHIFTED) {
+        let q_end = (base + c_len + 3u) / 4u;
+        u0 = min(q0 + lane * (params.seg_len / 4u), q_end);
+        trips = min(u0 + params.seg_len / 4u, q_end) - u0;
+        c0 = 4u * u0 - base;  // the class of u0's .x, maybe "negative"
+        c1 = c_len;
+    }
+    // The table vec4s past b's last (C + 3 classes span one more vec4 than
+    // C) are clamped to the table: their classes are masked anyway.
+    let k_last = select(4095u, 8191u, src == B_EITHER);
+    var b_lo = vec4(0.0);
+    if (view == VIEW_SHIFTED) {
+        b_lo = bias4(4u * min(max(u0 - q0, 1u) - 1u, k_last), src);
+    }
     let last = max(c1, 1u) - 1u;
     var cache: array<vec4<f32>, SEG_CACHE4>;
     var m4 = vec4(LOWEST);
@@ -531,14 +577,22 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
         // Clamped loads: past the segment's end re-read its last element,
         // masked to LOWEST below, so there is no branch per element.
         var x: vec4<f32>;
-        if (aligned) {
+        var b: vec4<f32>;
+        if (view == VIEW_VEC4) {
             // C % 4 == 0: the segment is whole vec4s.
             x = logits4[(base + c) / 4u];
+            b = bias4(c, src);
+        } else if (view == VIEW_SHIFTED) {
+            x = logits4[u0 + k];
+            let b_hi = bias4(4u * min(u0 + k - q0, k_last), src);
+            b = shift_in(b_lo, b_hi, s);
+            b_lo = b_hi;
         } else {
             x = vec4(logits[base + min(cs.x, last)], logits[base + min(cs.y, last)],
                      logits[base + min(cs.z, last)], logits[base + min(cs.w, last)]);
+            b = bias4(c, src);
         }
-        let z = x + bias4(c, src) - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
+        let z = x + b - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
         let zm = select(vec4(LOWEST), z, inside);
         cache[k] = zm;
         m4 = max(m4, zm);
@@ -559,9 +613,9 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
         cache[k] = e;
         s4 += e;
     }
-    var s = s4.x + s4.y + s4.z + s4.w;
+    var s_row = s4.x + s4.y + s4.z + s4.w;
     if (p > 1u) {
-        s = segments_sum(tid, lane, first, s);
+        s_row = segments_sum(tid, lane, first, s_row);
     }
     if (!valid) {
         return;
@@ -576,14 +630,14 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
                 // y may lie in another thread's segment. (The vec4 entries
                 // have only the vec4 view of the logits bound.)
                 var x_y = 0.0;
-                if (aligned) {
-                    x_y = logits4[(base + t.y) / 4u][(base + t.y) % 4u];
-                } else {
+                if (view == VIEW_SCALAR) {
                     x_y = logits[base + t.y];
+                } else {
+                    x_y = logits4[(base + t.y) / 4u][(base + t.y) % 4u];
                 }
                 z_y = x_y + class_params[t.y] - t.margin;
             }
-            l = row_loss_of(t, m + log(s), z_y, z_sum);
+            l = row_loss_of(t, m + log(s_row), z_y, z_sum);
         }
         row_loss[row] = l;
     }
@@ -591,27 +645,70 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, aligned: bool) {
         return;
     }
     let scale = grad_scale(row, t);
-    let inv_s = 1.0 / s;
+    let inv_s = 1.0 / s_row;
     let fill = select(0.0, nan(), t.bad);
     let dead = t.bad || t.ignored;
     // The destination is a compile-time choice (one entry point each):
     // lavapipe runs both sides of a branch under a mask, and even a branch
     // around the whole loop measured 25% slower at C = 1000.
-    if (aligned) {
+    if (view == VIEW_VEC4) {
         for (var k = 0u; k < trips; k++) {
             let c = c0 + 4u * k;
             let g = segment_grad(cache[k], c, t, scale, inv_s, fill, dead);
-            if (in_place) {
-                logits4[(base + c) / 4u] = g;
-            } else {
-                grad4[(base + c) / 4u] = g;
-            }
+            store4(in_place, (base + c) / 4u, g);
+        }
+    } else if (view == VIEW_SHIFTED) {
+        // Whole vec4 stores for the vec4s all inside the row,
+        // [(base + 3) / 4, (base + C) / 4); the row's first and last vec4
+        // (when it shares them with the rows beside it) get their
+        // components one by one, out of the loop, so the loop has no branch.
+        let k_lo = clamp((base + 3u) / 4u, u0, u0 + trips) - u0;
+        let k_hi = clamp((base + c_len) / 4u, u0, u0 + trips) - u0;
+        for (var k = k_lo; k < k_hi; k++) {
+            let c = c0 + 4u * k;
+            let g = segment_grad(cache[k], c, t, scale, inv_s, fill, dead);
+            store4(in_place, u0 + k, g);
+        }
+        if (k_lo > 0u) {
+            // k_lo == 1: this thread holds the row's first vec4 (s != 0).
+            let g = segment_grad(cache[0], c0, t, scale, inv_s, fill, dead);
+            store_part4(in_place, u0, g, vec4(c0, c0 + 1u, c0 + 2u, c0 + 3u) < vec4(c_len));
+        }
+        if (k_hi < trips && k_hi >= k_lo) {
+            // The row's last vec4, which ends inside it ((base + C) % 4 != 0);
+            // k_hi < k_lo only when C < 3 puts both ends in one vec4.
+            let c = c0 + 4u * k_hi;
+            let g = segment_grad(cache[k_hi], c, t, scale, inv_s, fill, dead);
+            store_part4(in_place, u0 + k_hi, g, vec4(c, c + 1u, c + 2u, c + 3u) < vec4(c_len));
         }
     } else {
         for (var k = 0u; k < trips; k++) {
             let c = c0 + 4u * k;
             let g = segment_grad(cache[k], c, t, scale, inv_s, fill, dead);
             store_grad4(base + c, g, c1 - c, in_place);
+        }
+    }
+}
+
+// A whole vec4 of gradient at vec4 index u, over the logits or into grad4.
+fn store4(in_place: bool, u: u32, g: vec4<f32>) {
+    if (in_place) {
+        logits4[u] = g;
+    } else {
+        grad4[u] = g;
+    }
+}
+
+// The components of vec4 u that belong to this row (`mine`), one by one:
+// the row beside shares the vec4 and writes the others.
+fn store_part4(in_place: bool, u: u32, g: vec4<f32>, mine: vec4<bool>) {
+    for (var j = 0u; j < 4u; j++) {
+        if (mine[j]) {
+            if (in_place) {
+                logits4[u][j] = g[j];
+            } else {
+                grad4[u][j] = g[j];
+            }
         }
     }
 }
@@ -658,7 +755,7 @@ fn xent_row_segments(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_LOW, false, false);
+    row_segments(wid.x, tid, B_LOW, false, VIEW_SCALAR);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -666,7 +763,7 @@ fn xent_row_segments_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_LOW, true, false);
+    row_segments(wid.x, tid, B_LOW, true, VIEW_SCALAR);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -674,7 +771,7 @@ fn xent_row_segments4(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_LOW, false, true);
+    row_segments(wid.x, tid, B_LOW, false, VIEW_VEC4);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -682,7 +779,7 @@ fn xent_row_segments4_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_LOW, true, true);
+    row_segments(wid.x, tid, B_LOW, true, VIEW_VEC4);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -690,7 +787,7 @@ fn xent_row_segments_t2(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_EITHER, false, false);
+    row_segments(wid.x, tid, B_EITHER, false, VIEW_SCALAR);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -698,7 +795,7 @@ fn xent_row_segments_t2_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_EITHER, true, false);
+    row_segments(wid.x, tid, B_EITHER, true, VIEW_SCALAR);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -706,7 +803,7 @@ fn xent_row_segments4_t2(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_EITHER, false, true);
+    row_segments(wid.x, tid, B_EITHER, false, VIEW_VEC4);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -714,7 +811,39 @@ fn xent_row_segments4_t2_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_EITHER, true, true);
+    row_segments(wid.x, tid, B_EITHER, true, VIEW_VEC4);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments4s(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_LOW, false, VIEW_SHIFTED);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments4s_in_place(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_LOW, true, VIEW_SHIFTED);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments4s_t2(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_EITHER, false, VIEW_SHIFTED);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn xent_row_segments4s_t2_in_place(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    row_segments(wid.x, tid, B_EITHER, true, VIEW_SHIFTED);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -722,7 +851,7 @@ fn xent_row_segments_wide(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_STORAGE, false, false);
+    row_segments(wid.x, tid, B_STORAGE, false, VIEW_SCALAR);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -730,5 +859,5 @@ fn xent_row_segments_wide_in_place(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) tid: u32,
 ) {
-    row_segments(wid.x, tid, B_STORAGE, true, false);
+    row_segments(wid.x, tid, B_STORAGE, true, VIEW_SCALAR);
 }

@@ -64,6 +64,21 @@ impl SegmentCache {
     }
 }
 
+/// How the row-segments entries reach the logits and the gradient (`VIEW_*`
+/// in softmax_xent.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SegmentView {
+    /// The f32 views: any `C`, four scalar loads and stores per vec4.
+    Scalar,
+    /// The vec4 views, rows of whole vec4s (`C % 4 == 0`).
+    Vec4,
+    /// The vec4 views, rows starting anywhere in a vec4 (`C % 4 != 0`, every
+    /// chunk's `N * C % 4 == 0`): a thread takes whole vec4s of the buffer,
+    /// `b` shifted to match, and the row's shared first and last vec4s are
+    /// stored component by component.
+    Shifted,
+}
+
 /// `softmax_xent.wgsl` with its row-cached reductions (the block between
 /// these markers) replaced by `softmax_xent_subgroup.wgsl`.
 fn with_subgroup_reductions() -> String {
@@ -263,10 +278,10 @@ pub(crate) enum Entry {
     XentRowPerThread,
     XentRowCached,
     XentRowCachedSubgroup,
-    /// `xent_row_segments` with this cache, in place or not, with vec4
-    /// loads and stores (`C % 4 == 0`) or not, b from the low uniform table
-    /// only (`C <= 16384`) or from both.
-    XentRowSegments(SegmentCache, bool, bool, bool),
+    /// `xent_row_segments` with this cache, in place or not, through these
+    /// views of the logits and gradient, b from the low uniform table only
+    /// (`C <= 16384`) or from both.
+    XentRowSegments(SegmentCache, bool, SegmentView, bool),
     /// `xent_row_segments_wide`, in place or not (b from storage).
     XentRowSegmentsWide(bool),
     /// `xent_row_unrolled` for this `C`, in place or not.
@@ -335,14 +350,23 @@ impl Entry {
             Entry::XentRowCached => "xent_row_cached",
             // The same entry point, in the module with subgroup reductions.
             Entry::XentRowCachedSubgroup => "xent_row_cached",
-            Entry::XentRowSegments(_, false, false, false) => "xent_row_segments",
-            Entry::XentRowSegments(_, true, false, false) => "xent_row_segments_in_place",
-            Entry::XentRowSegments(_, false, true, false) => "xent_row_segments4",
-            Entry::XentRowSegments(_, true, true, false) => "xent_row_segments4_in_place",
-            Entry::XentRowSegments(_, false, false, true) => "xent_row_segments_t2",
-            Entry::XentRowSegments(_, true, false, true) => "xent_row_segments_t2_in_place",
-            Entry::XentRowSegments(_, false, true, true) => "xent_row_segments4_t2",
-            Entry::XentRowSegments(_, true, true, true) => "xent_row_segments4_t2_in_place",
+            Entry::XentRowSegments(_, in_place, view, both_tables) => {
+                use SegmentView as V;
+                match (view, both_tables, in_place) {
+                    (V::Scalar, false, false) => "xent_row_segments",
+                    (V::Scalar, false, true) => "xent_row_segments_in_place",
+                    (V::Vec4, false, false) => "xent_row_segments4",
+                    (V::Vec4, false, true) => "xent_row_segments4_in_place",
+                    (V::Shifted, false, false) => "xent_row_segments4s",
+                    (V::Shifted, false, true) => "xent_row_segments4s_in_place",
+                    (V::Scalar, true, false) => "xent_row_segments_t2",
+                    (V::Scalar, true, true) => "xent_row_segments_t2_in_place",
+                    (V::Vec4, true, false) => "xent_row_segments4_t2",
+                    (V::Vec4, true, true) => "xent_row_segments4_t2_in_place",
+                    (V::Shifted, true, false) => "xent_row_segments4s_t2",
+                    (V::Shifted, true, true) => "xent_row_segments4s_t2_in_place",
+                }
+            }
             Entry::XentRowSegmentsWide(false) => "xent_row_segments_wide",
             Entry::XentRowSegmentsWide(true) => "xent_row_segments_wide_in_place",
             Entry::XentSplitPartial { windowed, aligned } => match (windowed, aligned) {

@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::buffers::{self, plan_chunks, range};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::{unrolled_rows_per_thread, Entry, Family, SegmentCache};
+use crate::kernels::{unrolled_rows_per_thread, Entry, Family, SegmentCache, SegmentView};
 use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
 
 const FLAG_WRITE_GRAD: u32 = 1;
@@ -127,8 +127,16 @@ pub fn split_plan(classes: usize, windowed: bool) -> (usize, usize) {
 }
 
 /// How [`Variant::RowSegments`] splits a row of `classes`: `P` threads per
-/// row (a power of two) and `L` classes per thread (a multiple of 4).
+/// row (a power of two) and `L` classes per thread (a multiple of 4). When
+/// `C % 4 != 0` (and `b` comes from the tables), `P * L` covers `C + 3`:
+/// the vec4 form for such rows gives each thread whole vec4s of the buffer,
+/// and a row starting inside a vec4 touches up to `(C + 3) / 4` of them.
 pub fn segment_plan(classes: usize) -> (usize, usize) {
+    let classes = if !classes.is_multiple_of(4) && classes <= BIAS_TABLE_CLASSES {
+        classes + 3
+    } else {
+        classes
+    };
     let threads = classes
         .div_ceil(SEGMENT_MAX_CLASSES)
         .max(1)
@@ -688,9 +696,22 @@ impl SoftmaxXent {
         let rows4 = variant == Variant::RowUnrolled
             && unrolled_rows_per_thread(c) * c <= ROW_UNROLLED4_MAX_FLOATS
             && chunks.iter().all(|ch| (ch.rows * c).is_multiple_of(4));
-        // vec4 loads and stores: whole rows of vec4s, b from the tables.
-        let aligned = rows4
-            || variant == Variant::RowSegments && c.is_multiple_of(4) && c <= BIAS_TABLE_CLASSES;
+        // vec4 loads and stores: whole rows of vec4s, or (row-segments)
+        // rows that start inside a vec4, where every chunk is whole vec4s;
+        // b from the tables.
+        let segment_view = match variant {
+            Variant::RowSegments if c <= BIAS_TABLE_CLASSES && c.is_multiple_of(4) => {
+                SegmentView::Vec4
+            }
+            Variant::RowSegments
+                if c <= BIAS_TABLE_CLASSES
+                    && chunks.iter().all(|ch| (ch.rows * c).is_multiple_of(4)) =>
+            {
+                SegmentView::Shifted
+            }
+            _ => SegmentView::Scalar,
+        };
+        let aligned = rows4 || segment_view != SegmentView::Scalar;
         let (steps, scratch, extra_params) = if split {
             let windowed = variant == Variant::SplitRowWindowed;
             let aligned = c.is_multiple_of(4);
@@ -859,7 +880,7 @@ impl SoftmaxXent {
                     Entry::XentRowSegments(
                         SegmentCache::for_len(seg_len),
                         in_place,
-                        aligned,
+                        segment_view,
                         both_tables,
                     )
                 }

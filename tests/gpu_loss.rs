@@ -344,6 +344,56 @@ fn segment_and_table_boundaries() {
 }
 
 #[test]
+fn segments_of_rows_that_start_inside_a_vec4() {
+    // C % 4 != 0 with N * C % 4 == 0: the row-segments layout reads and
+    // writes whole vec4s of the buffer (rows start at offsets 0-3 in a
+    // vec4), with b shifted to match and the shared end vec4s stored
+    // component by component. C % 4 = 1, 2, 3; one thread per row (C = 3,
+    // 509) and several (P = 2 to 64); both b tables (C > 16384) and the
+    // last table vec4 (16383, 32767).
+    for (k, (n, c)) in [
+        (4, 3),
+        (68, 509),
+        (12, 513),
+        (8, 1022),
+        (4, 8191),
+        (2, 8142),
+        (4, 16_383),
+        (4, 20_001),
+        (4, 32_767),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(case(n, c, k));
+    }
+}
+
+#[test]
+fn segments_of_shifted_rows_across_chunks() {
+    // 8256 rows of 4094 classes (135 MB) are two chunks on lavapipe (its
+    // storage bindings hold 128 MiB): the second chunk's view starts at row
+    // 8192, and its rows again start inside vec4s. The row-segments layout
+    // only, forced, and the automatic choice, both against the reference.
+    let (n, c) = (8256, 4094);
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+    let spec = LossSpec::logit_adjusted(&prior, 1.0).unwrap();
+    let logits = rng.logits(n * c, 30.0);
+    let labels = rng.labels(n, c, 0.1, -100);
+    let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
+    for ctx in contexts() {
+        for variant in [Variant::RowSegments, Variant::Auto] {
+            let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
+            let what = format!("{} {variant:?} N={n} C={c} seed={seed}", name(ctx));
+            let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
+            compare(&what, &got, &want, Tolerance::Ordinary);
+        }
+    }
+}
+
+#[test]
 fn split_row_chunk_and_window_boundaries() {
     // Around the split-row layout's cuts: chunks of 4096 classes (fewer, a
     // power of two, below that), windows of b of 16384 classes, C not a
@@ -425,9 +475,12 @@ fn extreme_logits_and_a_tiny_prior() {
 fn forward_only_and_in_place() {
     // C = 500 takes the wide layouts; C <= 32 the row-unrolled one, in its
     // vec4 form (64 x 10, 12 x 3, 9 x 16) and its scalar form (33 x 10,
-    // 13 x 3: N * C % 4 != 0; 20 x 31, 9 x 32: R * C > 20).
+    // 13 x 3: N * C % 4 != 0; 20 x 31, 9 x 32: R * C > 20); 8 x 1022 and
+    // 4 x 8191 the row-segments layout's shifted vec4 form.
     for (n, c) in [
         (300, 500),
+        (8, 1022),
+        (4, 8191),
         (64, 10),
         (33, 10),
         (12, 3),
