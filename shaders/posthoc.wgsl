@@ -37,8 +37,9 @@
 //                           The 16 variant keeps T <= 16 taus in named
 //                           registers: an indexed private array measured 3x
 //                           slower on lavapipe; it takes two rows per thread,
-//                           so each a_tc read serves both; its _4 entry reads
-//                           four logits per load when C % 4 == 0. No barriers.
+//                           so each a_tc read serves both. Scalar loads: vec4
+//                           loads took fewer instructions but 10-17% more
+//                           time (docs/PERFORMANCE.md). No barriers.
 //   argmax_unrolled16     - argmax_windows16 for C <= 32, T <= 16, with C and
 //                           T4 pipeline constants: straight-line code per
 //                           class, so each a_tc is read at a constant index
@@ -84,8 +85,6 @@ const MAX_TAU4: u32 = 16u;     // MAX_TAUS / 4
 // argmax_windows: a_tc for this window's classes, [c - window_start][t] in
 // vec4s of four taus (padded with 0), bound at the window's offset.
 @group(0) @binding(6) var<uniform> adjust_table: array<vec4<f32>, 4096>;
-// The logits as vec4s (argmax_windows16_4, C % 4 == 0); a stand-in otherwise.
-@group(0) @binding(7) var<storage, read> logits4: array<vec4<f32>>;
 
 var<workgroup> tile: array<f32, TILE>;
 var<workgroup> red_key: array<u32, WG>;
@@ -531,13 +530,10 @@ fn finish16(row: u32, t4: u32, b: Best16) {
 // loop variable (Mesa 22.3 broadcasts only constant or push-constant
 // indices), at about 16 instructions per vec4 per lane; sharing each gather
 // between two rows halves that, the larger part of this kernel's work.
-// vec4s: read the logits four classes at a time through logits4 (C % 4 ==
-// 0 and window starts a multiple of 4), which costs CPU adapters one loop
-// over the SIMD lanes per four classes instead of four. `pairs` and `vec4s`
-// are fixed per entry point, so the unused paths compile away. The host
+// `pairs` is fixed per entry point, so the unused path compiles away. The host
 // pairs rows only from 2048 rows: with fewer, halving the threads left
 // too few workgroups (256 x 262144: 976-1018 ms paired, 606-649 single).
-fn windows16(g: u32, vec4s: bool, pairs: bool) {
+fn windows16(g: u32, pairs: bool) {
     let r0 = select(g, 2u * g, pairs);
     if (r0 >= params.rows) {
         return;
@@ -555,38 +551,11 @@ fn windows16(g: u32, vec4s: bool, pairs: bool) {
     }
     let base0 = r0 * params.classes;
     let base1 = r1 * params.classes;
-    if (vec4s) {
-        for (var c = w0; c < w1; c += 4u) {
-            let f0 = logits4[(base0 + c) / 4u];
-            let a = (c - w0) * t4;
-            if (pairs) {
-                let f1 = logits4[(base1 + c) / 4u];
-                let ax = adjust16(a, t4);
-                b0 = fold16(b0, f0.x, ax, c);
-                b1 = fold16(b1, f1.x, ax, c);
-                let ay = adjust16(a + t4, t4);
-                b0 = fold16(b0, f0.y, ay, c + 1u);
-                b1 = fold16(b1, f1.y, ay, c + 1u);
-                let az = adjust16(a + 2u * t4, t4);
-                b0 = fold16(b0, f0.z, az, c + 2u);
-                b1 = fold16(b1, f1.z, az, c + 2u);
-                let aw = adjust16(a + 3u * t4, t4);
-                b0 = fold16(b0, f0.w, aw, c + 3u);
-                b1 = fold16(b1, f1.w, aw, c + 3u);
-            } else {
-                b0 = fold16(b0, f0.x, adjust16(a, t4), c);
-                b0 = fold16(b0, f0.y, adjust16(a + t4, t4), c + 1u);
-                b0 = fold16(b0, f0.z, adjust16(a + 2u * t4, t4), c + 2u);
-                b0 = fold16(b0, f0.w, adjust16(a + 3u * t4, t4), c + 3u);
-            }
-        }
-    } else {
-        for (var c = w0; c < w1; c++) {
-            let a = adjust16((c - w0) * t4, t4);
-            b0 = fold16(b0, logits[base0 + c], a, c);
-            if (pairs) {
-                b1 = fold16(b1, logits[base1 + c], a, c);
-            }
+    for (var c = w0; c < w1; c++) {
+        let a = adjust16((c - w0) * t4, t4);
+        b0 = fold16(b0, logits[base0 + c], a, c);
+        if (pairs) {
+            b1 = fold16(b1, logits[base1 + c], a, c);
         }
     }
     finish16(r0, t4, b0);
@@ -597,22 +566,12 @@ fn windows16(g: u32, vec4s: bool, pairs: bool) {
 
 @compute @workgroup_size(WG)
 fn argmax_windows16(@builtin(global_invocation_id) gid: vec3<u32>) {
-    windows16(gid.x, false, false);
-}
-
-@compute @workgroup_size(WG)
-fn argmax_windows16_4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    windows16(gid.x, true, false);
+    windows16(gid.x, false);
 }
 
 @compute @workgroup_size(WG)
 fn argmax_windows16_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
-    windows16(gid.x, false, true);
-}
-
-@compute @workgroup_size(WG)
-fn argmax_windows16_4_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
-    windows16(gid.x, true, true);
+    windows16(gid.x, true);
 }
 
 // argmax_windows16 for small C: C (POST_C <= 32) and T4 are pipeline

@@ -67,7 +67,7 @@ impl SegmentCache {
 /// How the row-segments entries reach the logits and the gradient (`VIEW_*`
 /// in softmax_xent.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum SegmentView {
+pub(crate) enum View {
     /// The f32 views: any `C`, four scalar loads and stores per vec4.
     Scalar,
     /// The vec4 views, rows of whole vec4s (`C % 4 == 0`).
@@ -235,15 +235,6 @@ impl Family {
         }
     }
 
-    /// Read-only storage bindings after the uniform tables (binding numbers).
-    fn late_read_only_bindings(self) -> &'static [u32] {
-        match self {
-            // logits4: a vec4 view of the logits
-            Family::PostHoc => &[7],
-            _ => &[],
-        }
-    }
-
     /// Binding 0 is the uniform `params`; then storage buffers, `true` for
     /// read-only. Mirrors the WGSL declarations.
     fn storage_bindings(self) -> &'static [bool] {
@@ -281,7 +272,7 @@ pub(crate) enum Entry {
     /// `xent_row_segments` with this cache, in place or not, through these
     /// views of the logits and gradient, b from the low uniform table only
     /// (`C <= 16384`) or from both.
-    XentRowSegments(SegmentCache, bool, SegmentView, bool),
+    XentRowSegments(SegmentCache, bool, View, bool),
     /// `xent_row_segments_wide`, in place or not (b from storage).
     XentRowSegmentsWide(bool),
     /// `xent_row_unrolled` for this `C`, in place or not.
@@ -315,10 +306,8 @@ pub(crate) enum Entry {
     ArgmaxRowPerThread,
     ArgmaxRowPerGroup,
     ArgmaxWindows,
-    /// `argmax_windows16`, two rows per thread or one (`pairs`), reading
-    /// the logits as vec4s (`C % 4 == 0`) or not.
+    /// `argmax_windows16`, two rows per thread or one (`pairs`).
     ArgmaxWindows16 {
-        vec4s: bool,
         pairs: bool,
     },
     /// `argmax_unrolled16`: C and ceil(T / 4) fixed per pipeline.
@@ -351,7 +340,7 @@ impl Entry {
             // The same entry point, in the module with subgroup reductions.
             Entry::XentRowCachedSubgroup => "xent_row_cached",
             Entry::XentRowSegments(_, in_place, view, both_tables) => {
-                use SegmentView as V;
+                use View as V;
                 match (view, both_tables, in_place) {
                     (V::Scalar, false, false) => "xent_row_segments",
                     (V::Scalar, false, true) => "xent_row_segments_in_place",
@@ -412,12 +401,8 @@ impl Entry {
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
             Entry::ArgmaxWindows => "argmax_windows",
             Entry::ArgmaxUnrolled16 { .. } => "argmax_unrolled16",
-            Entry::ArgmaxWindows16 { vec4s, pairs } => match (vec4s, pairs) {
-                (false, false) => "argmax_windows16",
-                (true, false) => "argmax_windows16_4",
-                (false, true) => "argmax_windows16_pairs",
-                (true, true) => "argmax_windows16_4_pairs",
-            },
+            Entry::ArgmaxWindows16 { pairs: false } => "argmax_windows16",
+            Entry::ArgmaxWindows16 { pairs: true } => "argmax_windows16_pairs",
             Entry::Corrected => "corrected",
             Entry::TopK => "topk_row_per_group",
             Entry::ClassCounts => "class_counts",
@@ -545,12 +530,6 @@ impl Built {
                         entries.push(layout_entry(
                             binding,
                             wgpu::BufferBindingType::Storage { read_only: false },
-                        ));
-                    }
-                    for &binding in family.late_read_only_bindings() {
-                        entries.push(layout_entry(
-                            binding,
-                            wgpu::BufferBindingType::Storage { read_only: true },
                         ));
                     }
                     let layout =

@@ -111,8 +111,6 @@ pub struct PostHoc {
     unused_state: wgpu::Buffer,
     /// Stands in for the uniform `a_tc` table where it is not used.
     unused_table: wgpu::Buffer,
-    /// Stands in for the vec4 view of the logits where it is not used.
-    unused_view: wgpu::Buffer,
     /// The windowed uniform `a_tc` table, built on first use.
     table: std::sync::OnceLock<wgpu::Buffer>,
     variant: PostHocVariant,
@@ -171,7 +169,7 @@ impl PostHoc {
     /// Validate the taus and upload the `T x C` adjustments.
     pub fn new(ctx: &Context, prior: &ClassPrior, taus: &[f64]) -> Result<Self> {
         let adjustments = adjustments(prior, taus)?;
-        let (adjust, unused, unused_state, unused_table, unused_view) = ctx.scoped(|| {
+        let (adjust, unused, unused_state, unused_table) = ctx.scoped(|| {
             Ok((
                 buffers::upload(
                     ctx,
@@ -187,7 +185,6 @@ impl PostHoc {
                     TABLE_BYTES,
                     wgpu::BufferUsages::UNIFORM,
                 )?,
-                buffers::storage(ctx, "unused logits4", 16, wgpu::BufferUsages::STORAGE)?,
             ))
         })?;
         Ok(Self {
@@ -199,7 +196,6 @@ impl PostHoc {
             unused,
             unused_state,
             unused_table,
-            unused_view,
             table: std::sync::OnceLock::new(),
             variant: PostHocVariant::Auto,
         })
@@ -327,9 +323,8 @@ impl PostHoc {
             // Two rows per thread where that still leaves 16 workgroups.
             PostHocVariant::Windows if t <= 16 => {
                 let pairs = n >= WINDOWS_PAIRS_MIN_ROWS;
-                let vec4s = c.is_multiple_of(4);
                 let rows = if pairs { 2 * WG } else { WG };
-                (Entry::ArgmaxWindows16 { vec4s, pairs }, rows)
+                (Entry::ArgmaxWindows16 { pairs }, rows)
             }
             PostHocVariant::Windows => (Entry::ArgmaxWindows, WG),
             _ => (Entry::ArgmaxRowPerGroup, 1),
@@ -408,13 +403,6 @@ impl PostHoc {
                         self.unused.as_entire_binding(),
                         state_range,
                         table.clone(),
-                        // The vec4 view for argmax_windows16_4 (C % 4 == 0;
-                        // rows * C floats is then whole vec4s).
-                        if c.is_multiple_of(4) && rows > 0 {
-                            range(b.logits, first * c as u64 * 4, rows * c as u64 * 4)
-                        } else {
-                            self.unused_view.as_entire_binding()
-                        },
                     ],
                 );
                 groups.push((group, ch.rows.div_ceil(rows_per_group) as u32));
@@ -608,7 +596,6 @@ impl PostHoc {
                             corrected,
                             self.unused_state.as_entire_binding(),
                             self.unused_table.as_entire_binding(),
-                            self.unused_view.as_entire_binding(),
                         ],
                     );
                     (group, (job.workgroups)(ch.rows))

@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::buffers::{self, plan_chunks, range};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::{unrolled_rows_per_thread, Entry, Family, SegmentCache, SegmentView};
+use crate::kernels::{unrolled_rows_per_thread, Entry, Family, SegmentCache, View};
 use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
 
 const FLAG_WRITE_GRAD: u32 = 1;
@@ -700,18 +700,16 @@ impl SoftmaxXent {
         // rows that start inside a vec4, where every chunk is whole vec4s;
         // b from the tables.
         let segment_view = match variant {
-            Variant::RowSegments if c <= BIAS_TABLE_CLASSES && c.is_multiple_of(4) => {
-                SegmentView::Vec4
-            }
+            Variant::RowSegments if c <= BIAS_TABLE_CLASSES && c.is_multiple_of(4) => View::Vec4,
             Variant::RowSegments
                 if c <= BIAS_TABLE_CLASSES
                     && chunks.iter().all(|ch| (ch.rows * c).is_multiple_of(4)) =>
             {
-                SegmentView::Shifted
+                View::Shifted
             }
-            _ => SegmentView::Scalar,
+            _ => View::Scalar,
         };
-        let aligned = rows4 || segment_view != SegmentView::Scalar;
+        let aligned = rows4 || segment_view != View::Scalar;
         let (steps, scratch, extra_params) = if split {
             let windowed = variant == Variant::SplitRowWindowed;
             let aligned = c.is_multiple_of(4);

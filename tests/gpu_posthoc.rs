@@ -194,11 +194,11 @@ fn a_hundred_thousand_classes() {
 }
 
 #[test]
-fn windows_with_and_without_vec4_loads() {
-    // argmax_windows16_4 (C % 4 == 0): one window, several windows of 1364
-    // classes (T = 9..12 rounds 4096 / 3 down to a multiple of 4), and the
-    // scalar argmax_windows16 beside them (C % 4 != 0); a row per thread
-    // below 2048 rows, two from 2048 (an odd N leaves the last thread one).
+fn windows_one_and_two_rows_per_thread() {
+    // argmax_windows16: one window, several windows of 1364 classes
+    // (T = 9..12 rounds 4096 / 3 down to a multiple of 4), C % 4 == 0 and
+    // not; a row per thread below 2048 rows, two from 2048 (an odd N leaves
+    // the last thread one).
     let windows = [PostHocVariant::Windows];
     check(5000, 12, 16, &windows);
     check(60, 4100, 12, &windows);
