@@ -458,11 +458,15 @@ fn target_from_table(label: i32, table: bool) -> Target {
 // sides, so the common C <= 16384 has entries without it).
 const B_STORAGE: u32 = 0u;
 const B_LOW: u32 = 1u;
+const B_HIGH: u32 = 2u;  // the high table alone (c >= 16384), within B_EITHER entries
 const B_EITHER: u32 = 3u;
 
 fn bias4(c: u32, src: u32) -> vec4<f32> {
     if (src == B_LOW) {
         return bias_table[c / 4u];
+    }
+    if (src == B_HIGH) {
+        return bias_table_hi[(c - TABLE_HALF) / 4u];
     }
     if (src == B_EITHER) {
         // c % 4 == 0, so a vec4 never straddles the two tables.
@@ -527,6 +531,64 @@ fn shift_in(lo: vec4<f32>, hi: vec4<f32>, s: u32) -> vec4<f32> {
     return select(v, vec4(lo.y, lo.z, lo.w, hi.x), s == 3u);
 }
 
+// A row-segments thread's place: its row's first element `base`, its
+// classes [c0, c1) (VIEW_SHIFTED: its vec4s from u0, the row's first vec4
+// q0, the row's offset s in it), the last class `last` a clamped scalar
+// load may touch, and the last table vec4 `k_last`.
+struct Segment {
+    base: u32,
+    c0: u32,
+    c1: u32,
+    u0: u32,
+    q0: u32,
+    s: u32,
+    last: u32,
+    k_last: u32,
+}
+
+// Pass 1's running values: max, sum of z and z_y per component, and the
+// previous table vec4 (VIEW_SHIFTED builds b from two).
+struct SegmentFold {
+    m4: vec4<f32>,
+    zs4: vec4<f32>,
+    zy4: vec4<f32>,
+    b_lo: vec4<f32>,
+}
+
+// Trip k of pass 1: the four adjusted logits z, masked to LOWEST past the
+// segment, folded into `acc`; the caller caches them.
+fn segment_z(sg: Segment, k: u32, t: Target, src: u32, view: u32, acc: ptr<function, SegmentFold>) -> vec4<f32> {
+    let c = sg.c0 + 4u * k;
+    let cs = vec4(c, c + 1u, c + 2u, c + 3u);
+    let inside = cs < vec4(sg.c1);
+    // Clamped loads: past the segment's end re-read its last element,
+    // masked to LOWEST below, so there is no branch per element.
+    var x: vec4<f32>;
+    var b: vec4<f32>;
+    if (view == VIEW_VEC4) {
+        // C % 4 == 0: the segment is whole vec4s.
+        x = logits4[(sg.base + c) / 4u];
+        b = bias4(c, src);
+    } else if (view == VIEW_SHIFTED) {
+        x = logits4[sg.u0 + k];
+        let b_hi = bias4(4u * min(sg.u0 + k - sg.q0, sg.k_last), src);
+        b = shift_in((*acc).b_lo, b_hi, sg.s);
+        (*acc).b_lo = b_hi;
+    } else {
+        let last = sg.last;
+        x = vec4(logits[sg.base + min(cs.x, last)], logits[sg.base + min(cs.y, last)],
+                 logits[sg.base + min(cs.z, last)], logits[sg.base + min(cs.w, last)]);
+        b = bias4(c, src);
+    }
+    let z = x + b - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
+    let zm = select(vec4(LOWEST), z, inside);
+    (*acc).m4 = max((*acc).m4, zm);
+    (*acc).zs4 += select(vec4(0.0), z, inside);
+    // z_y, kept on the way (P = 1) rather than read again for the loss.
+    (*acc).zy4 += select(vec4(0.0), z, inside & (cs == vec4(t.y)));
+    return zm;
+}
+
 fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, view: u32) {
     let table = src != B_STORAGE;
     let p = params.seg_threads;
@@ -565,41 +627,30 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, view: u32) {
     if (view == VIEW_SHIFTED) {
         b_lo = bias4(4u * min(max(u0 - q0, 1u) - 1u, k_last), src);
     }
-    let last = max(c1, 1u) - 1u;
+    let sg = Segment(base, c0, c1, u0, q0, s, max(c1, 1u) - 1u, k_last);
     var cache: array<vec4<f32>, SEG_CACHE4>;
-    var m4 = vec4(LOWEST);
-    var zs4 = vec4(0.0);
-    var zy4 = vec4(0.0);
-    for (var k = 0u; k < trips; k++) {
-        let c = c0 + 4u * k;
-        let cs = vec4(c, c + 1u, c + 2u, c + 3u);
-        let inside = cs < vec4(c1);
-        // Clamped loads: past the segment's end re-read its last element,
-        // masked to LOWEST below, so there is no branch per element.
-        var x: vec4<f32>;
-        var b: vec4<f32>;
-        if (view == VIEW_VEC4) {
-            // C % 4 == 0: the segment is whole vec4s.
-            x = logits4[(base + c) / 4u];
-            b = bias4(c, src);
-        } else if (view == VIEW_SHIFTED) {
-            x = logits4[u0 + k];
-            let b_hi = bias4(4u * min(u0 + k - q0, k_last), src);
-            b = shift_in(b_lo, b_hi, s);
-            b_lo = b_hi;
-        } else {
-            x = vec4(logits[base + min(cs.x, last)], logits[base + min(cs.y, last)],
-                     logits[base + min(cs.z, last)], logits[base + min(cs.w, last)]);
-            b = bias4(c, src);
-        }
-        let z = x + b - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
-        let zm = select(vec4(LOWEST), z, inside);
-        cache[k] = zm;
-        m4 = max(m4, zm);
-        zs4 += select(vec4(0.0), z, inside);
-        // z_y, kept on the way (P = 1) rather than read again for the loss.
-        zy4 += select(vec4(0.0), z, inside & (cs == vec4(t.y)));
+    var acc = SegmentFold(vec4(LOWEST), vec4(0.0), vec4(0.0), b_lo);
+    // With both tables: the trips in the low table, then a second loop for
+    // those in the high one, each reading its own table, instead of a
+    // branch per vec4 (whose two sides lavapipe would both run). A thread
+    // whose segment lies in one table leaves the other loop at once.
+    var k_split = trips;
+    if (src == B_EITHER) {
+        let k0 = select(c0 / 4u, u0 - q0, view == VIEW_SHIFTED);  // trip 0's table vec4
+        k_split = min(trips, max(k0, 4096u) - k0);
     }
+    let src_lo = select(src, B_LOW, src == B_EITHER);
+    for (var k = 0u; k < k_split; k++) {
+        cache[k] = segment_z(sg, k, t, src_lo, view, &acc);
+    }
+    if (src == B_EITHER) {
+        for (var k = k_split; k < trips; k++) {
+            cache[k] = segment_z(sg, k, t, B_HIGH, view, &acc);
+        }
+    }
+    let m4 = acc.m4;
+    let zs4 = acc.zs4;
+    let zy4 = acc.zy4;
     var m = max(max(m4.x, m4.y), max(m4.z, m4.w));
     var z_sum = zs4.x + zs4.y + zs4.z + zs4.w;
     if (p > 1u) {
