@@ -319,33 +319,11 @@ fn xent_row_per_thread(
 // (A flat fold, one barrier and every thread reading all partials, measured
 // 2.7x slower on lavapipe at C = 1000: the reads cost more than the barriers.)
 fn reduce_max_zsum(tid: u32, m: f32, z_sum: f32) -> vec2<f32> {
-    red_max[tid] = m;
-    red_zsum[tid] = z_sum;
-    // Barrier: every partial is stored before the tree reads it.
-    workgroupBarrier();
-    for (var stride = WG_SIZE / 2u; stride > 0u; stride >>= 1u) {
-        if (tid < stride) {
-            red_max[tid] = max(red_max[tid], red_max[tid + stride]);
-            red_zsum[tid] += red_zsum[tid + stride];
-        }
-        // Barrier: one level's results are complete before the next reads them.
-        workgroupBarrier();
-    }
-    return vec2(red_max[0], red_zsum[0]);
+    return tree_max_zsum(tid, tid, 0u, WG_SIZE, m, z_sum);
 }
 
 fn reduce_sum(tid: u32, s: f32) -> f32 {
-    red_sum[tid] = s;
-    // Barrier: every partial is stored before the tree reads it.
-    workgroupBarrier();
-    for (var stride = WG_SIZE / 2u; stride > 0u; stride >>= 1u) {
-        if (tid < stride) {
-            red_sum[tid] += red_sum[tid + stride];
-        }
-        // Barrier: one level's sums are complete before the next reads them.
-        workgroupBarrier();
-    }
-    return red_sum[0];
+    return tree_sum(tid, tid, 0u, WG_SIZE, s);
 }
 // END row-cached reductions
 
@@ -481,15 +459,17 @@ fn bias4(c: u32, src: u32) -> vec4<f32> {
 }
 
 
-// Tree over the P = seg_threads partials of each row: lane `lane` of the row
-// whose partials start at `first`. Every thread of the workgroup runs the
-// same trip count (P is uniform), so the barriers are in uniform control flow.
-fn segments_max_zsum(tid: u32, lane: u32, first: u32, m: f32, z_sum: f32) -> vec2<f32> {
+// Trees over groups of `width` threads (a power of two, the same for every
+// thread of the workgroup): lane `lane` of the group whose partials start
+// at `first`. The whole workgroup (row-cached, split-row) or the P =
+// seg_threads threads of each row (row-segments). Every thread runs the
+// same trip count, so the barriers are in uniform control flow.
+fn tree_max_zsum(tid: u32, lane: u32, first: u32, width: u32, m: f32, z_sum: f32) -> vec2<f32> {
     red_max[tid] = m;
     red_zsum[tid] = z_sum;
     // Barrier: every partial is stored before the tree reads it.
     workgroupBarrier();
-    for (var stride = params.seg_threads / 2u; stride > 0u; stride >>= 1u) {
+    for (var stride = width / 2u; stride > 0u; stride >>= 1u) {
         if (lane < stride) {
             red_max[tid] = max(red_max[tid], red_max[tid + stride]);
             red_zsum[tid] += red_zsum[tid + stride];
@@ -500,11 +480,11 @@ fn segments_max_zsum(tid: u32, lane: u32, first: u32, m: f32, z_sum: f32) -> vec
     return vec2(red_max[first], red_zsum[first]);
 }
 
-fn segments_sum(tid: u32, lane: u32, first: u32, s: f32) -> f32 {
+fn tree_sum(tid: u32, lane: u32, first: u32, width: u32, s: f32) -> f32 {
     red_sum[tid] = s;
     // Barrier: every partial is stored before the tree reads it.
     workgroupBarrier();
-    for (var stride = params.seg_threads / 2u; stride > 0u; stride >>= 1u) {
+    for (var stride = width / 2u; stride > 0u; stride >>= 1u) {
         if (lane < stride) {
             red_sum[tid] += red_sum[tid + stride];
         }
@@ -654,7 +634,7 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, view: u32) {
     var m = max(max(m4.x, m4.y), max(m4.z, m4.w));
     var z_sum = zs4.x + zs4.y + zs4.z + zs4.w;
     if (p > 1u) {
-        let mz = segments_max_zsum(tid, lane, first, m, z_sum);
+        let mz = tree_max_zsum(tid, lane, first, p, m, z_sum);
         m = mz.x;
         z_sum = mz.y;
     }
@@ -666,7 +646,7 @@ fn row_segments(wid: u32, tid: u32, src: u32, in_place: bool, view: u32) {
     }
     var s_row = s4.x + s4.y + s4.z + s4.w;
     if (p > 1u) {
-        s_row = segments_sum(tid, lane, first, s_row);
+        s_row = tree_sum(tid, lane, first, p, s_row);
     }
     if (!valid) {
         return;

@@ -12,14 +12,14 @@
 //   xent_split_combine - a thread per row: the K partials folded in order
 //                        (M = max M_k, S = sum S_k exp(M_k - M)), then
 //                        LSE = M + log S, z_y (one read) and the row loss;
-//                        LSE is kept in row_lse for the gradient pass.
+//                        (M, 1 / S) is kept in row_norm for the gradient pass.
 //   xent_split_grad    - a workgroup per (chunk, row): a second read,
-//                        dl/df_c = scale_i * alpha_y * (exp(z_c - LSE) - q_c).
+//                        dl/df_c = scale_i * alpha_y * (exp(z_c - M) / S - q_c).
 // The combine order is fixed, so results are deterministic.
 //
 // Memory traffic per logit element: 8 bytes read (the chunk twice: a row
 // split across workgroups cannot stay on chip between them) and 4 written;
-// per chunk 16 bytes of partials, per row 4 bytes of LSE. The forward alone
+// per chunk 16 bytes of partials, per row 8 bytes of (M, 1 / S). The forward alone
 // (no gradient) is the first two passes: 4 bytes read.
 //
 // Workgroup layout: with b from storage (the GPU layout, chunks of up to
@@ -39,7 +39,11 @@
 // windows save one storage read per element per pass.
 
 @group(0) @binding(12) var<storage, read_write> partials: array<vec4<f32>>;
-@group(0) @binding(13) var<storage, read_write> row_lse: array<f32>;
+// Per row (M, 1 / S): the gradient pass forms p_c = exp(z_c - M) / S as the
+// one-pass layouts do, not exp(z_c - LSE): LSE = M + log S rounds to f32's
+// spacing at |LSE| (4e-6 at 35), which then lands on p_c whole, so a
+// confident row's p_y - 1 came out twice its size.
+@group(0) @binding(13) var<storage, read_write> row_norm: array<vec2<f32>>;
 
 // Classes per uniform window of b.
 const WINDOW_CLASSES: u32 = 16384u;
@@ -160,7 +164,7 @@ fn split_combine(row: u32, aligned: bool) {
         z_sum += p.z;
     }
     let lse = m + log(s);
-    row_lse[row] = lse;
+    row_norm[row] = vec2(m, 1.0 / s);
     let t = target_of(labels[row]);
     var l = 0.0;
     if (t.bad) {
@@ -190,7 +194,7 @@ fn split_grad(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool, in_place:
     let t = target_of(labels[row]);
     let c0 = k * params.seg_len;
     let c1 = min(c0 + params.seg_len, c_len);
-    let lse = row_lse[row];
+    let norm_row = row_norm[row];
     let scale = grad_scale(row, t);
     let fill = select(0.0, nan(), t.bad);
     let dead = t.bad || t.ignored;
@@ -199,7 +203,7 @@ fn split_grad(wid: vec3<u32>, tid: u32, windowed: bool, aligned: bool, in_place:
         let cs = vec4(c, c + 1u, c + 2u, c + 3u);
         let x = split_logits4(base, c, c1 - 1u, aligned);
         let z = x + split_bias4(c, windowed) - select(vec4(0.0), vec4(t.margin), cs == vec4(t.y));
-        let g = segment_grad(exp(z - vec4(lse)), c, t, scale, 1.0, fill, dead);
+        let g = segment_grad(exp(z - vec4(norm_row.x)), c, t, scale, norm_row.y, fill, dead);
         // The destination is fixed per entry point (see row_segments).
         if (aligned) {
             if (in_place) {

@@ -229,7 +229,7 @@ impl Family {
             | Family::SoftmaxXentSmall
             | Family::SoftmaxXentSubgroup
             | Family::SoftmaxXentUnrolled => &[10, 11],
-            // and partials, row_lse
+            // and partials, row_norm
             Family::SoftmaxXentSplit => &[10, 11, 12, 13],
             _ => &[],
         }

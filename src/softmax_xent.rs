@@ -721,7 +721,8 @@ impl SoftmaxXent {
                 (rows_max * split_chunks * 16) as u64,
                 U::STORAGE,
             )?;
-            let lse = buffers::storage(ctx, "split lse", rows_max as u64 * 4, U::STORAGE)?;
+            // (M, 1 / S) per row.
+            let norm = buffers::storage(ctx, "split norm", rows_max as u64 * 8, U::STORAGE)?;
             // Dispatches of the partial and gradient passes: all chunks at
             // once, or one window of b (16384 / L chunks) at a time.
             let per_dispatch = if windowed {
@@ -785,7 +786,7 @@ impl SoftmaxXent {
                                 logits4,
                                 grad4,
                                 partials.as_entire_binding(),
-                                lse.as_entire_binding(),
+                                norm.as_entire_binding(),
                             ],
                         );
                         let count = per_dispatch.min(split_chunks - w * per_dispatch);
@@ -823,7 +824,7 @@ impl SoftmaxXent {
                     }
                 }
             }
-            (steps, vec![partials, lse], Some(split_params))
+            (steps, vec![partials, norm], Some(split_params))
         } else {
             let chunk_groups: Vec<(wgpu::BindGroup, u32)> = chunks
                 .iter()

@@ -425,6 +425,30 @@ fn large_vocabularies() {
 }
 
 #[test]
+fn a_confident_row_keeps_its_small_gradient() {
+    // Row 0 puts almost all its mass on its label (logit 35 against 21.9),
+    // so its gradient is about 4e-6 at most, and row 1 is ignored: the
+    // tolerance is then about 1e-6. A layout that formed p_c as
+    // exp(z_c - LSE) lost about 2e-6 to LSE's rounding at 35 (the split-row
+    // layout did, found by a random case); exp(z_c - M) / S does not.
+    let prior = ClassPrior::from_counts(&[1.0, 1.0, 1.0]).unwrap();
+    let spec = LossSpec::logit_adjusted(&prior, 0.0)
+        .unwrap()
+        .reduction(Reduction::Sum);
+    let logits = [1.3236051, 21.86657, 34.969307, 16.33, 44.25, 47.93];
+    let labels = [2, -100];
+    let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
+    for ctx in contexts() {
+        for variant in variants_for(3).filter(|&v| runs(ctx, v)) {
+            let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
+            let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
+            let what = format!("{} {variant:?} confident row", name(ctx));
+            compare(&what, &got, &want, Tolerance::Ordinary);
+        }
+    }
+}
+
+#[test]
 fn extreme_logits_and_a_tiny_prior() {
     let mut rng = Rng::fresh();
     let seed = rng.seed();
