@@ -67,7 +67,7 @@ impl SegmentCache {
 /// How the row-segments entries reach the logits and the gradient (`VIEW_*`
 /// in softmax_xent.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum View {
+pub(crate) enum SegmentView {
     /// The f32 views: any `C`, four scalar loads and stores per vec4.
     Scalar,
     /// The vec4 views, rows of whole vec4s (`C % 4 == 0`).
@@ -272,7 +272,7 @@ pub(crate) enum Entry {
     /// `xent_row_segments` with this cache, in place or not, through these
     /// views of the logits and gradient, b from the low uniform table only
     /// (`C <= 16384`) or from both.
-    XentRowSegments(SegmentCache, bool, View, bool),
+    XentRowSegments(SegmentCache, bool, SegmentView, bool),
     /// `xent_row_segments_wide`, in place or not (b from storage).
     XentRowSegmentsWide(bool),
     /// `xent_row_unrolled` for this `C`, in place or not.
@@ -340,7 +340,7 @@ impl Entry {
             // The same entry point, in the module with subgroup reductions.
             Entry::XentRowCachedSubgroup => "xent_row_cached",
             Entry::XentRowSegments(_, in_place, view, both_tables) => {
-                use View as V;
+                use SegmentView as V;
                 match (view, both_tables, in_place) {
                     (V::Scalar, false, false) => "xent_row_segments",
                     (V::Scalar, false, true) => "xent_row_segments_in_place",

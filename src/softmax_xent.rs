@@ -12,7 +12,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::buffers::{self, plan_chunks, range};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::kernels::{unrolled_rows_per_thread, Entry, Family, SegmentCache, View};
+use crate::kernels::{unrolled_rows_per_thread, Entry, Family, SegmentCache, SegmentView};
 use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
 
 const FLAG_WRITE_GRAD: u32 = 1;
@@ -130,7 +130,7 @@ pub fn split_plan(classes: usize, windowed: bool) -> (usize, usize) {
 /// row (a power of two) and `L` classes per thread (a multiple of 4). When
 /// `C % 4 != 0` (and `b` comes from the tables), `P * L` covers `C + 3`:
 /// the vec4 form for such rows gives each thread whole vec4s of the buffer,
-/// and a row starting inside a vec4 touches up to `(C + 3) / 4` of them.
+/// and a row starting inside a vec4 touches up to `ceil((C + 3) / 4)` of them.
 pub fn segment_plan(classes: usize) -> (usize, usize) {
     let classes = if !classes.is_multiple_of(4) && classes <= BIAS_TABLE_CLASSES {
         classes + 3
@@ -700,16 +700,18 @@ impl SoftmaxXent {
         // rows that start inside a vec4, where every chunk is whole vec4s;
         // b from the tables.
         let segment_view = match variant {
-            Variant::RowSegments if c <= BIAS_TABLE_CLASSES && c.is_multiple_of(4) => View::Vec4,
+            Variant::RowSegments if c <= BIAS_TABLE_CLASSES && c.is_multiple_of(4) => {
+                SegmentView::Vec4
+            }
             Variant::RowSegments
                 if c <= BIAS_TABLE_CLASSES
                     && chunks.iter().all(|ch| (ch.rows * c).is_multiple_of(4)) =>
             {
-                View::Shifted
+                SegmentView::Shifted
             }
-            _ => View::Scalar,
+            _ => SegmentView::Scalar,
         };
-        let aligned = rows4 || segment_view != View::Scalar;
+        let aligned = rows4 || segment_view != SegmentView::Scalar;
         let (steps, scratch, extra_params) = if split {
             let windowed = variant == Variant::SplitRowWindowed;
             let aligned = c.is_multiple_of(4);
