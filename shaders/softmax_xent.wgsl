@@ -432,8 +432,9 @@ fn target_from_table(label: i32, table: bool) -> Target {
 // b_c .. b_{c+3} for a vec4 starting at class c (c % 4 == 0).
 // Where b comes from in row_segments, fixed per entry point: the storage
 // class_params (C > 32768), the low uniform table alone (C <= 16384), or
-// either table (C <= 32768; a branch per vec4, which lavapipe pays on both
-// sides, so the common C <= 16384 has entries without it).
+// either table (C <= 32768). The B_EITHER entries read through B_LOW in one
+// loop and B_HIGH in a second (a branch per vec4 would run both sides on
+// lavapipe); B_EITHER itself, with its branch, serves single reads.
 const B_STORAGE: u32 = 0u;
 const B_LOW: u32 = 1u;
 const B_HIGH: u32 = 2u;  // the high table alone (c >= 16384), within B_EITHER entries
