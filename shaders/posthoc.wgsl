@@ -1,9 +1,11 @@
 // posthoc.wgsl: batched post-hoc logit adjustment (MATH.md section 6).
 //
 // Math, for row i and each of T values tau_t:
-//   g_tc    = f_ic - a_tc,   a_tc = f32(tau_t * log pi_c), computed once on
-//             the host, so the GPU and the CPU reference subtract the same
-//             f32 numbers (one rounding, nothing for a compiler to fuse)
+//   g_tc    = f_ic - a_tc,   a_tc = f32(tau_t) * f32(log pi_c), multiplied
+//             in f32 by the host (posthoc::adjustments), so the GPU and the
+//             CPU reference subtract the same f32 numbers; argmax_windows16
+//             forms the same product in the shader, kept from fusing into
+//             the subtraction (see `scaled16`)
 //   pred_ti = argmax_c g_tc, ties to the smallest index (numpy's rule).
 // Comparisons run on order-preserving u32 keys of the f32 bits, so +-inf
 // logits order correctly without relying on float compares of infinities;
@@ -26,20 +28,26 @@
 //                           slices per tau); the S partial maxima per tau then
 //                           meet in a workgroup-memory tree.
 //   argmax_windows(16)    - one thread per row over a window of classes whose
-//                           a_tc fill a 64 KiB uniform buffer (W = 4096 / T4
-//                           classes rounded down to a multiple of 4,
-//                           T4 = ceil(T / 4)), one dispatch per
-//                           window, the running argmax kept in best_state
-//                           between windows. All threads read the same a_tc
-//                           at once from a uniform buffer (lavapipe gathers
-//                           it, a few instructions per lane, where a storage
-//                           read is a loop over lanes of about 22).
-//                           The 16 variant keeps T <= 16 taus in named
-//                           registers: an indexed private array measured 3x
-//                           slower on lavapipe; it takes two rows per thread,
-//                           so each a_tc read serves both. Scalar loads: vec4
-//                           loads took fewer instructions but 10-17% more
-//                           time (docs/PERFORMANCE.md). No barriers.
+//                           table fills a 64 KiB uniform buffer, one
+//                           dispatch per window, the running argmax kept in
+//                           best_state between windows. All threads read the
+//                           same table entry at once from a uniform buffer
+//                           (lavapipe gathers it, a few instructions per
+//                           lane, where a storage read is a loop over lanes
+//                           of about 22). argmax_windows (T > 16): the table
+//                           holds a_tc, W = 4096 / T4 classes rounded down to
+//                           a multiple of 4, T4 = ceil(T / 4).
+//                           argmax_windows16 (T <= 16): the table holds
+//                           f32(log pi_c), W = 16384 classes, and the shader
+//                           forms a_tc = f32(tau_t) * l itself (see
+//                           `scaled16`): one gather per four classes instead
+//                           of four per class. It keeps the 16 taus in named
+//                           registers (an indexed private array measured 3x
+//                           slower on lavapipe) and from 2048 rows takes two
+//                           rows per thread, so each product serves both.
+//                           Scalar logit loads: vec4 loads took fewer
+//                           instructions but 10-17% more time
+//                           (docs/PERFORMANCE.md). No barriers.
 //   argmax_unrolled16     - argmax_windows16 for C <= 32, T <= 16, with C and
 //                           T4 pipeline constants: straight-line code per
 //                           class, so each a_tc is read at a constant index
@@ -63,6 +71,8 @@ struct Params {
     k: u32,           // K for `topk_row_per_group` (1..=MAX_K)
     window_start: u32, // argmax_windows: first class of this dispatch's window
     window_len: u32,   // argmax_windows: classes per window
+    opaque_zero: u32,  // always 0: see `scaled16`
+    tau16: array<vec4<f32>, 4>, // argmax_windows16: f32(tau_t), 0-padded
 }
 
 const WG: u32 = 64u;
@@ -82,8 +92,10 @@ const MAX_TAU4: u32 = 16u;     // MAX_TAUS / 4
 // between windows, [row][value bits x T4 | index x T4], T4 = 4 * ceil(T / 4)
 // (u32 throughout, so no value passes through float arithmetic).
 @group(0) @binding(5) var<storage, read_write> best_state: array<u32>;
-// argmax_windows: a_tc for this window's classes, [c - window_start][t] in
-// vec4s of four taus (padded with 0), bound at the window's offset.
+// The window table, bound at the window's offset. argmax_windows and
+// argmax_unrolled16: a_tc for this window's classes, [c - window_start][t]
+// in vec4s of four taus (padded with 0). argmax_windows16: f32(log pi_c) at
+// float [c - window_start], four classes per vec4.
 @group(0) @binding(6) var<uniform> adjust_table: array<vec4<f32>, 4096>;
 
 var<workgroup> tile: array<f32, TILE>;
@@ -480,6 +492,24 @@ fn adjust16(a: u32, t4: u32) -> Adjust16 {
     return r;
 }
 
+// The a_tc of one class for up to 16 taus, formed here from l = f32(log
+// pi_c): f32(tau_t) * l, the product the host forms (posthoc::adjustments;
+// an f32 multiply is correctly rounded). One gather of l per class instead
+// of four vec4 gathers of a_tc, the larger part of this kernel's work on
+// lavapipe. Each product goes through an xor with params.opaque_zero (0 at
+// run time, unknown to the compiler) so that no compiler fuses it into the
+// subtraction in fold4: an FMA would round once where the host rounds
+// twice. Blocks past T4 multiply padding taus of 0 and are never written.
+fn scaled16(l: f32) -> Adjust16 {
+    let z = vec4(params.opaque_zero);
+    return Adjust16(
+        bitcast<vec4<f32>>(bitcast<vec4<u32>>(params.tau16[0] * l) ^ z),
+        bitcast<vec4<f32>>(bitcast<vec4<u32>>(params.tau16[1] * l) ^ z),
+        bitcast<vec4<f32>>(bitcast<vec4<u32>>(params.tau16[2] * l) ^ z),
+        bitcast<vec4<f32>>(bitcast<vec4<u32>>(params.tau16[3] * l) ^ z),
+    );
+}
+
 // Logit f of class c against the a_tc of that class.
 fn fold16(b: Best16, f: f32, a: Adjust16, c: u32) -> Best16 {
     return Best16(fold4(b.b0, f, a.a0, c), fold4(b.b1, f, a.a1, c), fold4(b.b2, f, a.a2, c), fold4(b.b3, f, a.a3, c));
@@ -525,6 +555,16 @@ fn finish16(row: u32, t4: u32, b: Best16) {
     }
 }
 
+// Class c, with l = f32(log pi_c), folded into one row's running argmax or,
+// with `pairs`, into two rows' (the rows at base0 and base1).
+fn class16(b0: ptr<function, Best16>, b1: ptr<function, Best16>, pairs: bool, base0: u32, base1: u32, c: u32, l: f32) {
+    let a = scaled16(l);
+    *b0 = fold16(*b0, logits[base0 + c], a, c);
+    if (pairs) {
+        *b1 = fold16(*b1, logits[base1 + c], a, c);
+    }
+}
+
 // With `pairs`, two rows per thread (rows 2g and 2g + 1): each a_tc block
 // is read once for both rows. lavapipe gathers a uniform read whose index comes from a
 // loop variable (Mesa 22.3 broadcasts only constant or push-constant
@@ -551,11 +591,24 @@ fn windows16(g: u32, pairs: bool) {
     }
     let base0 = r0 * params.classes;
     let base1 = r1 * params.classes;
-    for (var c = w0; c < w1; c++) {
-        let a = adjust16((c - w0) * t4, t4);
-        b0 = fold16(b0, logits[base0 + c], a, c);
-        if (pairs) {
-            b1 = fold16(b1, logits[base1 + c], a, c);
+    // Four classes per trip, their l from one vec4 of the table (windows
+    // start on multiples of 4); the last partial vec4 after the loop.
+    var c = w0;
+    for (; c + 4u <= w1; c += 4u) {
+        let l = adjust_table[(c - w0) >> 2u];
+        class16(&b0, &b1, pairs, base0, base1, c, l.x);
+        class16(&b0, &b1, pairs, base0, base1, c + 1u, l.y);
+        class16(&b0, &b1, pairs, base0, base1, c + 2u, l.z);
+        class16(&b0, &b1, pairs, base0, base1, c + 3u, l.w);
+    }
+    if (c < w1) {
+        let l = adjust_table[(c - w0) >> 2u];
+        class16(&b0, &b1, pairs, base0, base1, c, l.x);
+        if (c + 1u < w1) {
+            class16(&b0, &b1, pairs, base0, base1, c + 1u, l.y);
+        }
+        if (c + 2u < w1) {
+            class16(&b0, &b1, pairs, base0, base1, c + 2u, l.z);
         }
     }
     finish16(r0, t4, b0);

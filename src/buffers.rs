@@ -64,7 +64,10 @@ fn check_buffer_size(ctx: &Context, label: &str, bytes: u64) -> Result<()> {
 /// uniform offset alignment; bind slot `k` with [`param_slot`].
 pub(crate) fn param_slots<P: bytemuck::Pod>(ctx: &Context, slots: &[P]) -> Result<ParamSlots> {
     let size = std::mem::size_of::<P>();
-    let stride = (ctx.limits().min_uniform_buffer_offset_alignment as usize).max(size);
+    // Each slot starts on the device's uniform offset alignment (a power of
+    // two): the size rounded up to it, not merely the larger of the two.
+    let align = ctx.limits().min_uniform_buffer_offset_alignment.max(1) as usize;
+    let stride = size.next_multiple_of(align);
     let mut bytes = vec![0u8; stride * slots.len().max(1)];
     for (k, p) in slots.iter().enumerate() {
         bytes[stride * k..][..size].copy_from_slice(bytemuck::bytes_of(p));

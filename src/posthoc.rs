@@ -20,10 +20,11 @@ const TILE: usize = 1024;
 /// Up to this C*T, one thread per row is the faster layout.
 const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
 /// The windowed 16-tau argmax takes two rows per thread from this many rows
-/// (16 workgroups of pairs): each a_tc read then serves two rows, which cut
-/// lavapipe's instructions by 27% at 4096 x 1000; with fewer rows, halving
-/// the threads cost more than it saved (256 x 262144: 976-1018 ms paired,
-/// 606-649 ms not).
+/// (16 workgroups of pairs): each `log pi_c` read and its 16 products then
+/// serve two rows (16384 x 1000: 91 ms paired against 101-108 ms single;
+/// 4096 x 8142: 188-192 against 214-237); with fewer rows, halving the
+/// threads cost more than it saved (256 x 262144: 808-813 ms paired,
+/// 418 ms single; lavapipe, 2026-11-28).
 const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
 /// Up to this C (and T <= 16) the windowed layout runs `argmax_unrolled16`,
 /// with C a pipeline constant and one straight-line block per class (32 in
@@ -43,13 +44,14 @@ pub enum PostHocVariant {
     RowPerThread,
     /// One workgroup per row, the row tiled through workgroup memory.
     RowPerGroup,
-    /// One thread per row over windows of classes whose `a_tc` fit a 64 KiB
-    /// uniform buffer, one dispatch per window, the running argmax kept in
-    /// a state buffer between windows. The fastest layout on CPU adapters.
+    /// One thread per row over windows of classes whose `a_tc` (for
+    /// `T <= 16`: whose `log pi_c`) fit a 64 KiB uniform buffer, one
+    /// dispatch per window, the running argmax kept in a state buffer
+    /// between windows. The fastest layout on CPU adapters.
     Windows,
 }
 
-/// Floats in one window of the uniform `a_tc` table (64 KiB).
+/// Floats in one window of the uniform table (64 KiB).
 const TABLE_FLOATS: usize = 16384;
 const TABLE_BYTES: u64 = TABLE_FLOATS as u64 * 4;
 
@@ -64,6 +66,13 @@ struct Params {
     k: u32,
     window_start: u32,
     window_len: u32,
+    /// Always 0. `argmax_windows16` passes each `tau_t * log pi_c` through
+    /// an xor with it, so no compiler can fuse the product into the
+    /// subtraction that follows (see the shader).
+    opaque_zero: u32,
+    _pad: [u32; 3],
+    /// The taus as f32, padded with 0 to 16, for `argmax_windows16`.
+    tau16: [[f32; 4]; 4],
 }
 
 /// Predictions for every tau: `by_tau[t][i]` is row `i`'s class under `taus[t]`.
@@ -103,6 +112,8 @@ pub struct PostHoc {
     classes: usize,
     taus: Vec<f64>,
     adjustments: Vec<f32>,
+    /// `f32(log pi_c)`, the table of `argmax_windows16`.
+    log_prior: Vec<f32>,
     adjust: wgpu::Buffer,
     /// Stands in for the writable binding an entry point does not use.
     unused: wgpu::Buffer,
@@ -111,7 +122,7 @@ pub struct PostHoc {
     unused_state: wgpu::Buffer,
     /// Stands in for the uniform `a_tc` table where it is not used.
     unused_table: wgpu::Buffer,
-    /// The windowed uniform `a_tc` table, built on first use.
+    /// The windowed uniform table, built on first use.
     table: std::sync::OnceLock<wgpu::Buffer>,
     variant: PostHocVariant,
 }
@@ -123,7 +134,11 @@ impl Context {
     }
 }
 
-/// `a_tc = f32(tau_t * log pi_c)`, the numbers both paths subtract.
+/// `a_tc = f32(tau_t) * f32(log pi_c)`, multiplied in f32: the numbers both
+/// paths subtract. The product is formed in f32 (not rounded from f64) so
+/// that the windowed layout can form it in the shader, from one `log pi_c`
+/// per class, and get the same bits (an f32 multiply is correctly rounded in
+/// WGSL, SPIR-V and GLSL alike).
 pub fn adjustments(prior: &ClassPrior, taus: &[f64]) -> Result<Vec<f32>> {
     if taus.is_empty() || taus.len() > MAX_TAUS {
         return Err(Error::InvalidArgument(format!(
@@ -141,7 +156,7 @@ pub fn adjustments(prior: &ClassPrior, taus: &[f64]) -> Result<Vec<f32>> {
     let log_prior = prior.log_prior();
     Ok(taus
         .iter()
-        .flat_map(|&tau| log_prior.iter().map(move |&l| (tau * l) as f32))
+        .flat_map(|&tau| log_prior.iter().map(move |&l| tau as f32 * l as f32))
         .collect())
 }
 
@@ -192,6 +207,7 @@ impl PostHoc {
             classes: prior.classes(),
             taus: taus.to_vec(),
             adjustments,
+            log_prior: prior.log_prior().iter().map(|&l| l as f32).collect(),
             adjust,
             unused,
             unused_state,
@@ -217,7 +233,7 @@ impl PostHoc {
         self.classes
     }
 
-    /// `a_tc = f32(tau_t * log pi_c)` at `[t * C + c]`.
+    /// `a_tc = f32(tau_t) * f32(log pi_c)` at `[t * C + c]`.
     pub fn adjustments(&self) -> &[f32] {
         &self.adjustments
     }
@@ -227,14 +243,26 @@ impl PostHoc {
         self.taus.len().div_ceil(4)
     }
 
-    /// Classes per window of the windowed layout (a multiple of 4, so the
-    /// windows of a row start on vec4 boundaries when `C % 4 == 0`).
+    /// Whether the windowed layout runs `argmax_windows16`, whose table
+    /// holds `f32(log pi_c)` and which forms `a_tc` in the shader.
+    fn windows_scale_in_shader(&self) -> bool {
+        self.taus.len() <= 16 && self.classes > UNROLLED_MAX_CLASSES
+    }
+
+    /// Classes per window of the windowed layout: every class of a 64 KiB
+    /// table for `argmax_windows16` (one f32 each), else a multiple of 4
+    /// (so the windows of a row start on vec4 boundaries when `C % 4 == 0`).
     fn window_len(&self) -> usize {
-        TABLE_FLOATS / (4 * self.tau4()) / 4 * 4
+        if self.windows_scale_in_shader() {
+            TABLE_FLOATS
+        } else {
+            TABLE_FLOATS / (4 * self.tau4()) / 4 * 4
+        }
     }
 
     /// The windowed table: window `w` at byte `w * 64 KiB`, holding
-    /// `a_tc` at `[(c - w * W) * T4 + t]` (taus padded to `T4` with 0).
+    /// `f32(log pi_c)` at `[c - w * W]` for `argmax_windows16`, else `a_tc`
+    /// at `[(c - w * W) * T4 + t]` (taus padded to `T4` with 0).
     fn window_table(&self) -> Result<&wgpu::Buffer> {
         if let Some(table) = self.table.get() {
             return Ok(table);
@@ -243,10 +271,16 @@ impl PostHoc {
         let w_len = self.window_len();
         let windows = c.div_ceil(w_len);
         let mut data = vec![0f32; windows * TABLE_FLOATS];
-        for class in 0..c {
-            let at = (class / w_len) * TABLE_FLOATS + (class % w_len) * t4;
-            for tau in 0..t {
-                data[at + tau] = self.adjustments[tau * c + class];
+        if self.windows_scale_in_shader() {
+            for (class, &l) in self.log_prior.iter().enumerate() {
+                data[(class / w_len) * TABLE_FLOATS + class % w_len] = l;
+            }
+        } else {
+            for class in 0..c {
+                let at = (class / w_len) * TABLE_FLOATS + (class % w_len) * t4;
+                for tau in 0..t {
+                    data[at + tau] = self.adjustments[tau * c + class];
+                }
             }
         }
         let table = buffers::upload(
@@ -266,6 +300,9 @@ impl PostHoc {
         let (c, t) = (self.classes, self.taus.len());
         match variant {
             PostHocVariant::RowPerThread => c.saturating_mul(t) + 2 * t,
+            PostHocVariant::Windows if self.windows_scale_in_shader() => {
+                self.window_len().min(c) + 8
+            }
             PostHocVariant::Windows => self.window_len().min(c) * self.tau4() + 3 * self.tau4(),
             _ => {
                 let per_slice = TILE / (WG / self.t_pad());
@@ -364,6 +401,10 @@ impl PostHoc {
         } else {
             self.unused_state.clone()
         };
+        let mut tau16 = [[0f32; 4]; 4];
+        for (t, &tau) in self.taus.iter().enumerate().take(16) {
+            tau16[t / 4][t % 4] = tau as f32;
+        }
         let slots: Vec<Params> = chunks
             .iter()
             .flat_map(|ch| {
@@ -376,6 +417,8 @@ impl PostHoc {
                     k: 0,
                     window_start: start as u32,
                     window_len: len as u32,
+                    tau16,
+                    ..Params::zeroed()
                 })
             })
             .collect();
@@ -569,6 +612,7 @@ impl PostHoc {
                     k: job.k as u32,
                     window_start: 0,
                     window_len: 0,
+                    ..Params::zeroed()
                 })
                 .collect();
             let params = buffers::param_slots(ctx, &slots)?;

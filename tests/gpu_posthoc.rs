@@ -195,24 +195,102 @@ fn a_hundred_thousand_classes() {
 
 #[test]
 fn windows_one_and_two_rows_per_thread() {
-    // argmax_windows16: one window, several windows of 1364 classes
-    // (T = 9..12 rounds 4096 / 3 down to a multiple of 4), C % 4 == 0 and
-    // not; a row per thread below 2048 rows, two from 2048 (an odd N leaves
-    // the last thread one).
+    // argmax_windows16 (T <= 16, C > 32): windows of 16384 classes, four
+    // per loop trip and the last 1 to 3 after it (C % 4 = 1, 2, 3); a row
+    // per thread below 2048 rows, two from 2048 (an odd N leaves the last
+    // thread one).
     let windows = [PostHocVariant::Windows];
     check(5000, 12, 16, &windows);
     check(60, 4100, 12, &windows);
     check(60, 4101, 9, &windows);
-    check(70, 1001, 16, &windows);
-    check(2049, 4101, 9, &windows);
+    check(70, 1002, 16, &windows);
+    check(60, 4103, 1, &windows);
+    check(60, 16385, 16, &windows);
+    check(2049, 16387, 5, &windows);
     check(2050, 4100, 16, &windows);
     check(2047, 1000, 16, &windows);
+    // argmax_windows (T > 16): windows of a_tc, 1364 classes at T = 9..12
+    // and 4096 / 5 rounded down to a multiple of 4 at T = 17..20.
+    check(40, 2000, 17, &windows);
     // argmax_unrolled16 (C <= 32 and T <= 16, C and T4 pipeline constants),
     // and C = 33 just past it.
     check(333, 10, 16, &windows);
     check(100, 3, 5, &windows);
     check(64, 32, 13, &windows);
     check(50, 33, 16, &windows);
+}
+
+/// Rows where forming `g = f - tau * log pi` with one rounding (a compiler
+/// fusing the product into the subtraction) instead of the host's two
+/// (`a_tc = f32(tau) * f32(log pi_c)`, then `f - a_tc`) changes the argmax.
+/// In each row two classes x (whose product is exact in f32) and y (whose
+/// product is not) reach the same `g = d`: a tie, which goes to the smaller
+/// index. Fused, y's `g` moves by the product's rounding error, and the
+/// order of x and y is chosen so that it then wins or loses to x the other
+/// way. `argmax_windows16` forms the products in the shader.
+#[test]
+fn products_are_rounded_before_the_subtraction() {
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    for (n, c) in [(300, 1000), (2100, 40), (50, 20)] {
+        // tau = 0.75 has two significant bits: its product with an f32 is
+        // exact about one time in four.
+        let taus = [0.75, 0.3, 1.1];
+        let t32 = taus[0] as f32;
+        let (prior, l) = loop {
+            let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+            let l: Vec<f32> = prior.log_prior().iter().map(|&x| x as f32).collect();
+            let exact = l
+                .iter()
+                .filter(|&&x| (t32 * x) as f64 == t32 as f64 * x as f64);
+            if (1..c).contains(&exact.count()) {
+                break (prior, l);
+            }
+        };
+        // The product's rounding error, exact in f64 (24 + 2 bits).
+        let err = |k: usize| t32 as f64 * l[k] as f64 - (t32 * l[k]) as f64;
+        let d = 2f32.powi(-10);
+        let mut logits = vec![-1e4f32; n * c];
+        for row in logits.chunks_mut(c) {
+            let (x, y) = loop {
+                let (x, y) = (rng.below(c), rng.below(c));
+                // err(y) < 0: fused, y's g exceeds d, so x must come first
+                // for the tie to pick x; err(y) > 0: the other way round.
+                if err(x) == 0.0 && err(y) != 0.0 && (x < y) == (err(y) < 0.0) {
+                    break (x, y);
+                }
+            };
+            for k in [x, y] {
+                row[k] = t32 * l[k] + d;
+                assert_eq!(row[k] - t32 * l[k], d, "seed={seed}: d not exact");
+            }
+        }
+        let want = reference::predict(&prior, &taus, &logits).unwrap();
+        // The test can fail: with one rounding, every row's tau_0 answer
+        // differs from the reference's.
+        for (i, row) in logits.chunks(c).enumerate() {
+            let fused = (0..c).map(|k| (k, (-t32).mul_add(l[k], row[k]))).fold(
+                (0, f32::NEG_INFINITY),
+                |b, (k, g)| if g > b.1 { (k, g) } else { b },
+            );
+            assert_ne!(
+                fused.0 as u32, want.by_tau[0][i],
+                "seed={seed}: row {i} is not sensitive"
+            );
+        }
+        for ctx in contexts() {
+            for variant in VARIANTS {
+                let ph = ctx.posthoc(&prior, &taus).unwrap().with_variant(variant);
+                let got = run_device(&ph, ctx, &logits, n);
+                if let Some((t, i, g, w)) = first_difference(&got, &want) {
+                    panic!(
+                        "{} {variant:?} N={n} C={c} seed={seed}: tau #{t} row {i}: GPU {g}, reference {w}",
+                        name(ctx)
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use crate::posthoc::{adjustments, check_logits, Predictions};
 use crate::prior::ClassPrior;
 
 /// `argmax_c f_ic - a_tc` for each tau, ties to the smallest index, with the
-/// same f32 subtraction of the same `a_tc = f32(tau log pi_c)` as the GPU.
+/// same f32 subtraction of the same `a_tc = f32(tau) * f32(log pi_c)` as the GPU.
 pub fn predict(prior: &ClassPrior, taus: &[f64], logits: &[f32]) -> Result<Predictions> {
     let c = prior.classes();
     let n = check_logits(logits, c)?;
