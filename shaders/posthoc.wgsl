@@ -48,10 +48,14 @@
 //                           Scalar logit loads: vec4 loads took fewer
 //                           instructions but 10-17% more time
 //                           (docs/PERFORMANCE.md). No barriers.
-//   argmax_unrolled16     - argmax_windows16 for C <= 32, T <= 16, with C and
-//                           T4 pipeline constants: straight-line code per
-//                           class, so each a_tc is read at a constant index
-//                           (a broadcast on lavapipe, not a gather).
+//   argmax_unrolled16     - argmax_windows16 for C <= 32, T <= 16, with C a
+//                           pipeline constant: straight-line code per class,
+//                           one window, no state. It too forms a_tc from
+//                           f32(log pi_c): lavapipe (Mesa 22.3) gathers a
+//                           uniform read lane by lane even at a constant
+//                           index (the JIT code extracts 8 equal indices and
+//                           loads 8 times), so 16 a_tc reads per class cost
+//                           16 gathers where log pi_c costs one.
 //   corrected             - grid-stride over elements, one tau.
 //   topk_row_per_group    - one workgroup per row, one tau: each thread keeps
 //                           a sorted top-K of its strided columns in registers,
@@ -469,27 +473,12 @@ struct Best16 {
     b3: Best4,
 }
 
-// The a_tc of one class for up to 16 taus: the T4 <= 4 vec4 blocks at table
-// row a (blocks past T4 stay zero and are never written out).
+// The a_tc of one class for up to 16 taus, four per vec4 (see `scaled16`).
 struct Adjust16 {
     a0: vec4<f32>,
     a1: vec4<f32>,
     a2: vec4<f32>,
     a3: vec4<f32>,
-}
-
-fn adjust16(a: u32, t4: u32) -> Adjust16 {
-    var r = Adjust16(adjust_table[a], vec4(0.0), vec4(0.0), vec4(0.0));
-    if (t4 > 1u) {
-        r.a1 = adjust_table[a + 1u];
-    }
-    if (t4 > 2u) {
-        r.a2 = adjust_table[a + 2u];
-    }
-    if (t4 > 3u) {
-        r.a3 = adjust_table[a + 3u];
-    }
-    return r;
 }
 
 // The a_tc of one class for up to 16 taus, formed here from l = f32(log
@@ -565,14 +554,13 @@ fn class16(b0: ptr<function, Best16>, b1: ptr<function, Best16>, pairs: bool, ba
     }
 }
 
-// With `pairs`, two rows per thread (rows 2g and 2g + 1): each a_tc block
-// is read once for both rows. lavapipe gathers a uniform read whose index comes from a
-// loop variable (Mesa 22.3 broadcasts only constant or push-constant
-// indices), at about 16 instructions per vec4 per lane; sharing each gather
-// between two rows halves that, the larger part of this kernel's work.
-// `pairs` is fixed per entry point, so the unused path compiles away. The host
-// pairs rows only from 2048 rows: with fewer, halving the threads left
-// too few workgroups (256 x 262144: 976-1018 ms paired, 606-649 single).
+// With `pairs`, two rows per thread (rows 2g and 2g + 1): each table vec4
+// and each class's 16 products serve both. lavapipe gathers every uniform
+// read lane by lane (Mesa 22.3), so the shared read and products are a
+// real saving. `pairs` is fixed per entry point, so the unused path
+// compiles away. The host pairs rows only from 2048 rows: with fewer,
+// halving the threads cost more than it saved (256 x 262144: 808-813 ms
+// paired, 418 ms single).
 fn windows16(g: u32, pairs: bool) {
     let r0 = select(g, 2u * g, pairs);
     if (r0 >= params.rows) {
@@ -627,19 +615,16 @@ fn argmax_windows16_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
     windows16(gid.x, true);
 }
 
-// argmax_windows16 for small C: C (POST_C <= 32) and T4 are pipeline
-// constants and the classes are straight-line code, so every a_tc index is
-// a constant and lavapipe reads a_tc with one broadcast per block instead
-// of a gather per lane (its broadcasts need constant indices). One thread per row, a single
-// window (C * T4 <= 128 vec4s of the table), no state. Traffic as
+// argmax_windows16 for small C: C (POST_C <= 32) is a pipeline constant and
+// the classes are straight-line code: no loop, one thread per row, a single
+// window (the table's first vec4s hold f32(log pi_c)), no state. Traffic as
 // argmax_windows16: 4 bytes read per logit, 4T written per row.
 override POST_C: u32 = 1u;
-override POST_T4: u32 = 4u;
 
 // Class k of the row at `base`, for k < POST_C (a constant after inlining).
 fn unrolled_class(b: ptr<function, Best16>, base: u32, k: u32) {
     if (k < POST_C) {
-        *b = fold16(*b, logits[base + k], adjust16(k * POST_T4, POST_T4), k);
+        *b = fold16(*b, logits[base + k], scaled16(adjust_table[k / 4u][k % 4u]), k);
     }
 }
 

@@ -310,10 +310,9 @@ pub(crate) enum Entry {
     ArgmaxWindows16 {
         pairs: bool,
     },
-    /// `argmax_unrolled16`: C and ceil(T / 4) fixed per pipeline.
+    /// `argmax_unrolled16`: C fixed per pipeline.
     ArgmaxUnrolled16 {
         classes: u32,
-        tau4: u32,
     },
     Corrected,
     TopK,
@@ -602,9 +601,8 @@ impl Kernels {
                 constants.push(("ROW_C", classes as f64));
                 constants.push(("ROW_R", unrolled_rows_per_thread(classes as usize) as f64));
             }
-            if let Entry::ArgmaxUnrolled16 { classes, tau4 } = entry {
+            if let Entry::ArgmaxUnrolled16 { classes } = entry {
                 constants.push(("POST_C", classes as f64));
-                constants.push(("POST_T4", tau4 as f64));
             }
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry.name()),

@@ -28,8 +28,7 @@ const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
 const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
 /// Up to this C (and T <= 16) the windowed layout runs `argmax_unrolled16`,
 /// with C a pipeline constant and one straight-line block per class (32 in
-/// the shader), so lavapipe reads each `a_tc` with a broadcast instead of a
-/// gather.
+/// the shader): no loop, no window state.
 const UNROLLED_MAX_CLASSES: usize = 32;
 /// llvmpipe/lavapipe end an invocation after about 65,535 loop trips.
 const MAX_LOOP_TRIPS: usize = 60_000;
@@ -243,10 +242,11 @@ impl PostHoc {
         self.taus.len().div_ceil(4)
     }
 
-    /// Whether the windowed layout runs `argmax_windows16`, whose table
-    /// holds `f32(log pi_c)` and which forms `a_tc` in the shader.
+    /// Whether the windowed layout runs `argmax_windows16` or
+    /// `argmax_unrolled16` (T <= 16), whose table holds `f32(log pi_c)` and
+    /// which form `a_tc` in the shader.
     fn windows_scale_in_shader(&self) -> bool {
-        self.taus.len() <= 16 && self.classes > UNROLLED_MAX_CLASSES
+        self.taus.len() <= 16
     }
 
     /// Classes per window of the windowed layout: every class of a 64 KiB
@@ -350,13 +350,9 @@ impl PostHoc {
         }
         let (entry, rows_per_group) = match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
-            PostHocVariant::Windows if t <= 16 && c <= UNROLLED_MAX_CLASSES => (
-                Entry::ArgmaxUnrolled16 {
-                    classes: c as u32,
-                    tau4: self.tau4() as u32,
-                },
-                WG,
-            ),
+            PostHocVariant::Windows if t <= 16 && c <= UNROLLED_MAX_CLASSES => {
+                (Entry::ArgmaxUnrolled16 { classes: c as u32 }, WG)
+            }
             // Two rows per thread where that still leaves 16 workgroups.
             PostHocVariant::Windows if t <= 16 => {
                 let pairs = n >= WINDOWS_PAIRS_MIN_ROWS;
