@@ -101,6 +101,11 @@ const MAX_TAU4: u32 = 16u;     // MAX_TAUS / 4
 // in vec4s of four taus (padded with 0). argmax_windows16: f32(log pi_c) at
 // float [c - window_start], four classes per vec4.
 @group(0) @binding(6) var<uniform> adjust_table: array<vec4<f32>, 4096>;
+// The predictions as vec4s (argmax_unrolled16 with T % 4 == 0: a row's T
+// predictions start on a vec4), bound to the same range as `pred`; a
+// stand-in otherwise. lavapipe stores each scalar in a loop over the SIMD
+// lanes, so one vec4 store costs much less than four scalar ones.
+@group(0) @binding(7) var<storage, read_write> pred4: array<vec4<u32>>;
 
 var<workgroup> tile: array<f32, TILE>;
 var<workgroup> red_key: array<u32, WG>;
@@ -620,6 +625,8 @@ fn argmax_windows16_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
 // window (the table's first vec4s hold f32(log pi_c)), no state. Traffic as
 // argmax_windows16: 4 bytes read per logit, 4T written per row.
 override POST_C: u32 = 1u;
+// Store the predictions through pred4 (T % 4 == 0).
+override POST_VEC4_OUT: bool = false;
 
 // Class k of the row at `base`, for k < POST_C (a constant after inlining).
 fn unrolled_class(b: ptr<function, Best16>, base: u32, k: u32) {
@@ -672,8 +679,23 @@ fn argmax_unrolled16(@builtin(global_invocation_id) gid: vec3<u32>) {
     unrolled_class(&b, base, 29u);
     unrolled_class(&b, base, 30u);
     unrolled_class(&b, base, 31u);
-    write_pred4(row, 0u, b.b0);
-    write_pred4(row, 1u, b.b1);
-    write_pred4(row, 2u, b.b2);
-    write_pred4(row, 3u, b.b3);
+    if (POST_VEC4_OUT) {
+        let t4 = params.taus / 4u;
+        let out = row * t4;
+        pred4[out] = b.b0.index;
+        if (t4 > 1u) {
+            pred4[out + 1u] = b.b1.index;
+        }
+        if (t4 > 2u) {
+            pred4[out + 2u] = b.b2.index;
+        }
+        if (t4 > 3u) {
+            pred4[out + 3u] = b.b3.index;
+        }
+    } else {
+        write_pred4(row, 0u, b.b0);
+        write_pred4(row, 1u, b.b1);
+        write_pred4(row, 2u, b.b2);
+        write_pred4(row, 3u, b.b3);
+    }
 }

@@ -231,6 +231,8 @@ impl Family {
             | Family::SoftmaxXentUnrolled => &[10, 11],
             // and partials, row_norm
             Family::SoftmaxXentSplit => &[10, 11, 12, 13],
+            // pred4: a vec4 view of the predictions
+            Family::PostHoc => &[7],
             _ => &[],
         }
     }
@@ -310,9 +312,11 @@ pub(crate) enum Entry {
     ArgmaxWindows16 {
         pairs: bool,
     },
-    /// `argmax_unrolled16`: C fixed per pipeline.
+    /// `argmax_unrolled16`: C fixed per pipeline, and whether the
+    /// predictions are stored as vec4s (`T % 4 == 0`).
     ArgmaxUnrolled16 {
         classes: u32,
+        vec4_out: bool,
     },
     Corrected,
     TopK,
@@ -601,8 +605,9 @@ impl Kernels {
                 constants.push(("ROW_C", classes as f64));
                 constants.push(("ROW_R", unrolled_rows_per_thread(classes as usize) as f64));
             }
-            if let Entry::ArgmaxUnrolled16 { classes } = entry {
+            if let Entry::ArgmaxUnrolled16 { classes, vec4_out } = entry {
                 constants.push(("POST_C", classes as f64));
+                constants.push(("POST_VEC4_OUT", if vec4_out { 1.0 } else { 0.0 }));
             }
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry.name()),

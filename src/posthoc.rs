@@ -121,6 +121,8 @@ pub struct PostHoc {
     unused_state: wgpu::Buffer,
     /// Stands in for the uniform `a_tc` table where it is not used.
     unused_table: wgpu::Buffer,
+    /// Stands in for the vec4 view of the predictions where it is not used.
+    unused_pred4: wgpu::Buffer,
     /// The windowed uniform table, built on first use.
     table: std::sync::OnceLock<wgpu::Buffer>,
     variant: PostHocVariant,
@@ -183,7 +185,7 @@ impl PostHoc {
     /// Validate the taus and upload the `T x C` adjustments.
     pub fn new(ctx: &Context, prior: &ClassPrior, taus: &[f64]) -> Result<Self> {
         let adjustments = adjustments(prior, taus)?;
-        let (adjust, unused, unused_state, unused_table) = ctx.scoped(|| {
+        let (adjust, unused, unused_state, unused_table, unused_pred4) = ctx.scoped(|| {
             Ok((
                 buffers::upload(
                     ctx,
@@ -199,6 +201,7 @@ impl PostHoc {
                     TABLE_BYTES,
                     wgpu::BufferUsages::UNIFORM,
                 )?,
+                buffers::storage(ctx, "unused pred4", 16, wgpu::BufferUsages::STORAGE)?,
             ))
         })?;
         Ok(Self {
@@ -211,6 +214,7 @@ impl PostHoc {
             unused,
             unused_state,
             unused_table,
+            unused_pred4,
             table: std::sync::OnceLock::new(),
             variant: PostHocVariant::Auto,
         })
@@ -350,9 +354,13 @@ impl PostHoc {
         }
         let (entry, rows_per_group) = match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
-            PostHocVariant::Windows if t <= 16 && c <= UNROLLED_MAX_CLASSES => {
-                (Entry::ArgmaxUnrolled16 { classes: c as u32 }, WG)
-            }
+            PostHocVariant::Windows if t <= 16 && c <= UNROLLED_MAX_CLASSES => (
+                Entry::ArgmaxUnrolled16 {
+                    classes: c as u32,
+                    vec4_out: t.is_multiple_of(4),
+                },
+                WG,
+            ),
             // Two rows per thread where that still leaves 16 workgroups.
             PostHocVariant::Windows if t <= 16 => {
                 let pairs = n >= WINDOWS_PAIRS_MIN_ROWS;
@@ -442,6 +450,12 @@ impl PostHoc {
                         self.unused.as_entire_binding(),
                         state_range,
                         table.clone(),
+                        // A row's T predictions start on a vec4 when T % 4 == 0.
+                        if matches!(entry, Entry::ArgmaxUnrolled16 { vec4_out: true, .. }) {
+                            range(b.predictions, first * t as u64 * 4, rows * t as u64 * 4)
+                        } else {
+                            self.unused_pred4.as_entire_binding()
+                        },
                     ],
                 );
                 groups.push((group, ch.rows.div_ceil(rows_per_group) as u32));
@@ -636,6 +650,7 @@ impl PostHoc {
                             corrected,
                             self.unused_state.as_entire_binding(),
                             self.unused_table.as_entire_binding(),
+                            self.unused_pred4.as_entire_binding(),
                         ],
                     );
                     (group, (job.workgroups)(ch.rows))
