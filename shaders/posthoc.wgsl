@@ -4,8 +4,8 @@
 //   g_tc    = f_ic - a_tc,   a_tc = f32(tau_t) * f32(log pi_c), multiplied
 //             in f32 by the host (posthoc::adjustments), so the GPU and the
 //             CPU reference subtract the same f32 numbers; argmax_windows16
-//             forms the same product in the shader, kept from fusing into
-//             the subtraction (see `scaled16`)
+//             and argmax_unrolled16 form the same product in the shader,
+//             kept from fusing into the subtraction (see `scaled16`)
 //   pred_ti = argmax_c g_tc, ties to the smallest index (numpy's rule).
 // Comparisons run on order-preserving u32 keys of the f32 bits, so +-inf
 // logits order correctly without relying on float compares of infinities;
@@ -76,7 +76,7 @@ struct Params {
     window_start: u32, // argmax_windows: first class of this dispatch's window
     window_len: u32,   // argmax_windows: classes per window
     opaque_zero: u32,  // always 0: see `scaled16`
-    tau16: array<vec4<f32>, 4>, // argmax_windows16: f32(tau_t), 0-padded
+    tau16: array<vec4<f32>, 4>, // T <= 16 windowed kernels: f32(tau_t), 0-padded
 }
 
 const WG: u32 = 64u;
@@ -96,10 +96,10 @@ const MAX_TAU4: u32 = 16u;     // MAX_TAUS / 4
 // between windows, [row][value bits x T4 | index x T4], T4 = 4 * ceil(T / 4)
 // (u32 throughout, so no value passes through float arithmetic).
 @group(0) @binding(5) var<storage, read_write> best_state: array<u32>;
-// The window table, bound at the window's offset. argmax_windows and
-// argmax_unrolled16: a_tc for this window's classes, [c - window_start][t]
-// in vec4s of four taus (padded with 0). argmax_windows16: f32(log pi_c) at
-// float [c - window_start], four classes per vec4.
+// The window table, bound at the window's offset. argmax_windows (T > 16):
+// a_tc for this window's classes, [c - window_start][t] in vec4s of four
+// taus (padded with 0). argmax_windows16 and argmax_unrolled16 (T <= 16):
+// f32(log pi_c) at float [c - window_start], four classes per vec4.
 @group(0) @binding(6) var<uniform> adjust_table: array<vec4<f32>, 4096>;
 // The predictions as vec4s (argmax_unrolled16 with T % 4 == 0: a row's T
 // predictions start on a vec4), bound to the same range as `pred`; a

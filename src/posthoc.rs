@@ -65,12 +65,12 @@ struct Params {
     k: u32,
     window_start: u32,
     window_len: u32,
-    /// Always 0. `argmax_windows16` passes each `tau_t * log pi_c` through
-    /// an xor with it, so no compiler can fuse the product into the
-    /// subtraction that follows (see the shader).
+    /// Always 0. `argmax_windows16` and `argmax_unrolled16` pass each
+    /// `tau_t * log pi_c` through an xor with it, so no compiler can fuse
+    /// the product into the subtraction that follows (see the shader).
     opaque_zero: u32,
     _pad: [u32; 3],
-    /// The taus as f32, padded with 0 to 16, for `argmax_windows16`.
+    /// The taus as f32, padded with 0 to 16, for the same two kernels.
     tau16: [[f32; 4]; 4],
 }
 
@@ -111,7 +111,8 @@ pub struct PostHoc {
     classes: usize,
     taus: Vec<f64>,
     adjustments: Vec<f32>,
-    /// `f32(log pi_c)`, the table of `argmax_windows16`.
+    /// `f32(log pi_c)`, the table of `argmax_windows16` and
+    /// `argmax_unrolled16`.
     log_prior: Vec<f32>,
     adjust: wgpu::Buffer,
     /// Stands in for the writable binding an entry point does not use.
@@ -254,7 +255,7 @@ impl PostHoc {
     }
 
     /// Classes per window of the windowed layout: every class of a 64 KiB
-    /// table for `argmax_windows16` (one f32 each), else a multiple of 4
+    /// table for T <= 16 (one f32 each), else a multiple of 4
     /// (so the windows of a row start on vec4 boundaries when `C % 4 == 0`).
     fn window_len(&self) -> usize {
         if self.windows_scale_in_shader() {
@@ -265,7 +266,7 @@ impl PostHoc {
     }
 
     /// The windowed table: window `w` at byte `w * 64 KiB`, holding
-    /// `f32(log pi_c)` at `[c - w * W]` for `argmax_windows16`, else `a_tc`
+    /// `f32(log pi_c)` at `[c - w * W]` for T <= 16, else `a_tc`
     /// at `[(c - w * W) * T4 + t]` (taus padded to `T4` with 0).
     fn window_table(&self) -> Result<&wgpu::Buffer> {
         if let Some(table) = self.table.get() {
