@@ -250,7 +250,7 @@ impl PostHoc {
     /// Whether the windowed layout runs `argmax_windows16` or
     /// `argmax_unrolled16` (T <= 16), whose table holds `f32(log pi_c)` and
     /// which form `a_tc` in the shader.
-    fn windows_scale_in_shader(&self) -> bool {
+    fn table_holds_log_prior(&self) -> bool {
         self.taus.len() <= 16
     }
 
@@ -258,7 +258,7 @@ impl PostHoc {
     /// table for T <= 16 (one f32 each), else a multiple of 4
     /// (so the windows of a row start on vec4 boundaries when `C % 4 == 0`).
     fn window_len(&self) -> usize {
-        if self.windows_scale_in_shader() {
+        if self.table_holds_log_prior() {
             TABLE_FLOATS
         } else {
             TABLE_FLOATS / (4 * self.tau4()) / 4 * 4
@@ -276,7 +276,7 @@ impl PostHoc {
         let w_len = self.window_len();
         let windows = c.div_ceil(w_len);
         let mut data = vec![0f32; windows * TABLE_FLOATS];
-        if self.windows_scale_in_shader() {
+        if self.table_holds_log_prior() {
             for (class, &l) in self.log_prior.iter().enumerate() {
                 data[(class / w_len) * TABLE_FLOATS + class % w_len] = l;
             }
@@ -305,9 +305,7 @@ impl PostHoc {
         let (c, t) = (self.classes, self.taus.len());
         match variant {
             PostHocVariant::RowPerThread => c.saturating_mul(t) + 2 * t,
-            PostHocVariant::Windows if self.windows_scale_in_shader() => {
-                self.window_len().min(c) + 8
-            }
+            PostHocVariant::Windows if self.table_holds_log_prior() => self.window_len().min(c) + 8,
             PostHocVariant::Windows => self.window_len().min(c) * self.tau4() + 3 * self.tau4(),
             _ => {
                 let per_slice = TILE / (WG / self.t_pad());

@@ -209,8 +209,8 @@ fn windows_one_and_two_rows_per_thread() {
     check(2049, 16387, 5, &windows);
     check(2050, 4100, 16, &windows);
     check(2047, 1000, 16, &windows);
-    // argmax_windows (T > 16): windows of a_tc, 1364 classes at T = 9..12
-    // and 4096 / 5 rounded down to a multiple of 4 at T = 17..20.
+    // argmax_windows (T > 16): windows of a_tc, 4096 / 5 rounded down to a
+    // multiple of 4 (816 classes) at T = 17..20, so C = 2000 takes three.
     check(40, 2000, 17, &windows);
     // argmax_unrolled16 (C <= 32 and T <= 16, C and T4 pipeline constants),
     // and C = 33 just past it.
@@ -227,7 +227,8 @@ fn windows_one_and_two_rows_per_thread() {
 /// product is not) reach the same `g = d`: a tie, which goes to the smaller
 /// index. Fused, y's `g` moves by the product's rounding error, and the
 /// order of x and y is chosen so that it then wins or loses to x the other
-/// way. `argmax_windows16` forms the products in the shader.
+/// way. `argmax_windows16` (C = 1000, 40) and `argmax_unrolled16` (C = 20)
+/// form the products in the shader.
 #[test]
 fn products_are_rounded_before_the_subtraction() {
     let mut rng = Rng::fresh();
