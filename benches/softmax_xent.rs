@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use logit_adjust::bench::{CopyBaseline, Timer};
 use logit_adjust::{
-    ClassPrior, Context, GradOutput, LossBuffers, LossSpec, PostHocBuffers, UpstreamBuffer,
+    ClassPrior, Context, GradOutput, LossBuffers, LossSpec, PostHocBuffers, Region,
 };
 use wgpu::util::DeviceExt;
 
@@ -62,16 +62,12 @@ fn bench(c: &mut Criterion) {
         let pred_buf = scratch(n * 16 * 4);
         let bind = |grad| {
             op.bind(&LossBuffers {
-                logits: &logits_buf,
-                labels: &labels_buf,
-                rows: n,
                 grad,
-                upstream: UpstreamBuffer::One,
-                row_loss: None,
+                ..LossBuffers::new(Region::whole(&logits_buf), Region::whole(&labels_buf), n)
             })
             .unwrap()
         };
-        let fused = bind(GradOutput::Separate(&grad_buf));
+        let fused = bind(GradOutput::Separate(Region::whole(&grad_buf)));
         let forward = bind(GradOutput::None);
         let taus: Vec<f64> = (0..16).map(|k| k as f64 * 0.125).collect();
         let posthoc = ctx.posthoc(&prior, &taus).unwrap();
@@ -94,8 +90,8 @@ fn bench(c: &mut Criterion) {
                 })
             });
         };
-        run("fused", 2 * bytes, &|p| op.record_in_pass(p, &fused));
-        run("forward", bytes, &|p| op.record_in_pass(p, &forward));
+        run("fused", 2 * bytes, &|p| fused.record_in_pass(p));
+        run("forward", bytes, &|p| forward.record_in_pass(p));
         run("posthoc16", bytes, &|p| {
             posthoc.record_in_pass(p, &bound_posthoc)
         });

@@ -1,86 +1,159 @@
-//! Embedding the loss in a GPU training engine: the engine owns the device,
-//! the logits and the labels; the library records its passes into the
-//! engine's command encoder and writes the gradient into the engine's buffer.
-//! Nothing is copied to the host inside the step.
+//! Embedding the loss in a GPU training engine, as an engine does it: the
+//! engine opens its device with WebGPU's default limits, keeps its tensors
+//! as regions of one pooled buffer (non-zero offsets, padded rows), and
+//! records the loss's forward and, later, its backward from the saved
+//! log-sum-exps into its own encoder, beside a pass of its own. Nothing is
+//! copied to the host inside the step; the check at the end reads back.
 //!
-//! Run: `cargo run --example embed`
+//! Run: `cargo run --release --example embed` (pick the backend with
+//! `WGPU_BACKEND=vulkan` or `=gl`).
 
 use logit_adjust::{
-    ClassPrior, Context, GradOutput, LossBuffers, LossSpec, Reduction, UpstreamBuffer,
+    BackwardBuffers, ClassPrior, Context, GradOutput, LabelType, LossBuffers, LossSpec, Reduction,
+    Region, UpstreamBuffer,
 };
-use wgpu::util::DeviceExt;
+
+/// Byte offset of a region in the pool: the next 256-byte boundary.
+fn place(at: &mut u64, bytes: u64) -> u64 {
+    let start = at.next_multiple_of(256);
+    *at = start + bytes;
+    start
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The engine's own device (here opened by hand, as an engine would).
+    // The engine's own device, with WebGPU's default limits.
     let instance = logit_adjust::instance_from_env();
     let adapter = pollster::block_on(instance.request_adapter(&Default::default()))?;
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: adapter.limits(),
+        label: Some("engine"),
+        required_limits: wgpu::Limits::default(),
         ..Default::default()
     }))?;
     let ctx = Context::from_wgpu(device.clone(), queue.clone(), adapter.get_info())?;
 
-    // A long-tailed 4-class problem and a batch the "model" produced.
-    let (n, c) = (6usize, 4usize);
-    let prior = ClassPrior::from_counts(&[900.0, 80.0, 15.0, 5.0])?;
-    let spec = LossSpec::logit_adjusted(&prior, 1.0)?.reduction(Reduction::Mean);
+    // A long-tailed 1000-class problem; rows padded to 1024 floats.
+    let (n, c, stride) = (300usize, 1000usize, 1024usize);
+    let counts: Vec<f64> = (0..c)
+        .map(|k| (1000.0 * 100f64.powf(-(k as f64) / (c - 1) as f64)).floor())
+        .collect();
+    let prior = ClassPrior::from_counts(&counts)?;
+    let spec = LossSpec::logit_adjusted(&prior, 1.0)?
+        .reduction(Reduction::Mean)
+        .label_smoothing(0.1);
     let op = ctx.softmax_xent(&spec)?;
 
     let logits: Vec<f32> = (0..n * c)
-        .map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.5)
+        .map(|i| ((i * 37 + i / 7) % 101) as f32 * 0.07 - 3.5)
         .collect();
-    let labels: Vec<i32> = vec![0, 0, 1, 3, 2, 0];
-    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-    let logits_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("engine logits"),
-        contents: bytemuck::cast_slice(&logits),
-        usage: storage,
-    });
-    let labels_buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("engine labels"),
-        contents: bytemuck::cast_slice(&labels),
-        usage: storage,
-    });
-    let grad_buf = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("engine dlogits"),
-        size: (n * c * 4) as u64,
-        usage: storage,
+    let labels: Vec<i32> = (0..n)
+        .map(|i| {
+            if i % 17 == 5 {
+                -100
+            } else {
+                ((i * i * 7) % c) as i32
+            }
+        })
+        .collect();
+
+    // The engine's pool: [pad | logits (padded rows) | labels | grad | lse | loss].
+    let mut end = 64;
+    let logits_bytes = (((n - 1) * stride + c) * 4) as u64;
+    let logits_at = place(&mut end, logits_bytes);
+    let labels_at = place(&mut end, (n * 4) as u64);
+    let grad_at = place(&mut end, logits_bytes);
+    let lse_at = place(&mut end, (n * 4) as u64);
+    let loss_at = place(&mut end, 4);
+    let pool = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("engine pool"),
+        size: end.next_multiple_of(256),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
+    let mut padded = vec![f32::NAN; (n - 1) * stride + c];
+    for (row, values) in logits.chunks(c).enumerate() {
+        padded[row * stride..][..c].copy_from_slice(values);
+    }
+    queue.write_buffer(&pool, logits_at, bytemuck::cast_slice(&padded));
+    queue.write_buffer(&pool, labels_at, bytemuck::cast_slice(&labels));
+    let logits_region = Region::new(&pool, logits_at, logits_bytes);
+    let labels_region = Region::new(&pool, labels_at, (n * 4) as u64);
+    let grad_region = Region::new(&pool, grad_at, logits_bytes);
+    let lse_region = Region::new(&pool, lse_at, (n * 4) as u64);
+    let loss_region = Region::new(&pool, loss_at, 4);
 
-    // Once: bind the engine's buffers.
-    let bound = op.bind(&LossBuffers {
-        logits: &logits_buf,
-        labels: &labels_buf,
+    // Bound once (binding anew every step is cheap too).
+    let forward = op.bind(&LossBuffers {
+        row_stride: stride,
+        label_type: LabelType::I32,
+        lse: Some(lse_region),
+        loss: Some(loss_region),
+        ..LossBuffers::new(logits_region, labels_region, n)
+    })?;
+    let backward = op.bind_backward(&BackwardBuffers {
+        logits: logits_region,
+        row_stride: stride,
+        labels: labels_region,
+        label_type: LabelType::I32,
         rows: n,
-        grad: GradOutput::Separate(&grad_buf),
+        lse: lse_region,
+        grad: GradOutput::Separate(grad_region),
         upstream: UpstreamBuffer::One,
-        row_loss: None,
     })?;
 
-    // Every step: record into the engine's encoder (next to its own passes), submit.
-    for step in 0..3 {
-        let mut encoder = device.create_command_encoder(&Default::default());
-        op.record(&mut encoder, &bound);
-        // ... the engine would record its backward pass here, reading grad_buf ...
-        queue.submit([encoder.finish()]);
-        if step == 2 {
-            // Only when the user wants to see it: read the loss (a host wait).
-            let loss = ctx.read_f32(bound.status(), logit_adjust::BoundLoss::LOSS_OFFSET, 1)?[0];
-            let grad = ctx.read_f32(&grad_buf, 0, n * c)?;
-            let check = logit_adjust::reference::forward_backward(
-                &spec,
-                &logits,
-                &labels.iter().map(|&y| y as i64).collect::<Vec<_>>(),
-            )?;
-            println!(
-                "loss on {}: {loss:.6} (CPU reference {:.6})",
-                ctx.info().name,
-                check.loss.unwrap()
-            );
-            println!("dloss/dlogits row 0: {:?}", &grad[..c]);
+    // One step: the forward, a pass of the engine's own, then the backward.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    op.record(&mut encoder, &forward);
+    encoder.clear_buffer(&pool, 0, Some(64)); // the engine's own work
+    op.record(&mut encoder, &backward);
+    queue.submit([encoder.finish()]);
+
+    // The check: both against the f64 reference.
+    let want = logit_adjust::reference::forward_backward(
+        &spec,
+        &logits,
+        &labels.iter().map(|&y| i64::from(y)).collect::<Vec<_>>(),
+    )?;
+    let loss = ctx.read_f32(&pool, loss_at, 1)?[0];
+    let lse = ctx.read_f32(&pool, lse_at, n)?;
+    let grad = ctx.read_f32(&pool, grad_at, (n - 1) * stride + c)?;
+    let want_loss = want.loss.unwrap_or(f64::NAN);
+    let mut failures = Vec::new();
+    if (f64::from(loss) - want_loss).abs() > 1e-5 * want_loss.abs().max(1.0) {
+        failures.push(format!("loss {loss} against {want_loss}"));
+    }
+    let lse_err = lse
+        .iter()
+        .zip(&want.lse)
+        .map(|(&g, &w)| (f64::from(g) - w).abs() / w.abs().max(1.0))
+        .fold(0.0, f64::max);
+    if !(lse_err <= 1e-5) {
+        failures.push(format!("LSE off by {lse_err:e} (relative)"));
+    }
+    let want_grad = want.grad.unwrap_or_default();
+    let scale = want_grad.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    let mut grad_err = 0.0f64;
+    for row in 0..n {
+        for k in 0..c {
+            let got = f64::from(grad[row * stride + k]);
+            grad_err = grad_err.max((got - want_grad[row * c + k]).abs());
         }
     }
-    op.check_labels(&bound)?;
-    Ok(())
+    if !(grad_err <= 1e-6 + 1e-5 * scale) {
+        failures.push(format!(
+            "gradient off by {grad_err:e} (largest element {scale:e})"
+        ));
+    }
+    println!(
+        "{} ({:?}), WebGPU default limits: loss {loss:.6} (reference {want_loss:.6}); \
+         LSE within {lse_err:.1e}; gradient from the saved LSE within {grad_err:.1e}",
+        ctx.info().name,
+        ctx.info().backend
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
+    }
 }

@@ -4,7 +4,7 @@
 //               for i < B. Traffic: reads B*D*4 bytes of features (a random
 //               row order, each row contiguous) and B*8 bytes of indices and
 //               labels; writes the same B*(D+1)*4 bytes.
-//   accumulate: acc[0] += status[2] (the loss pass's reduced loss), one
+//   accumulate: acc[0] += loss[0] (the loss pass's reduced loss), one
 //               thread, so the epoch's running loss needs no host round trip
 //               until the user asks for it. Traffic: 8 bytes.
 //
@@ -28,7 +28,7 @@ const WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read_write> batch_features: array<f32>;
 @group(0) @binding(5) var<storage, read_write> batch_labels: array<i32>;
 // [denom, bad labels, reduced loss] of the loss pass
-@group(0) @binding(6) var<storage, read> status: array<f32>;
+@group(0) @binding(6) var<storage, read> loss: array<f32>;
 @group(0) @binding(7) var<storage, read_write> acc: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -55,5 +55,5 @@ fn gather(
 
 @compute @workgroup_size(1)
 fn accumulate() {
-    acc[0] += status[2];
+    acc[0] += loss[0];
 }

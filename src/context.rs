@@ -13,11 +13,12 @@ const WANTED_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::SHADER_F16);
 
-/// Bytes of one uniform binding the loss pass needs (its 64 KiB `b` table).
+/// Bytes of one uniform binding the post-hoc argmax needs (its 64 KiB table).
 const UNIFORM_BINDING_NEEDED: u64 = 64 << 10;
 
-/// Storage buffers the loss pass binds at once.
-const STORAGE_BUFFERS_NEEDED: u32 = 7;
+/// Storage buffers a kernel binds at most (the loss's row pass: eight, the
+/// most WebGPU's default limits allow).
+const STORAGE_BUFFERS_NEEDED: u32 = 8;
 
 /// What the device offers that matters to the kernels.
 #[derive(Debug, Clone)]

@@ -63,6 +63,15 @@ pub enum Error {
     TooLarge(String),
     /// Any other argument outside its domain (e.g. label smoothing >= 1).
     InvalidArgument(String),
+    /// Two caller regions bound to one run share bytes of one buffer (an
+    /// in-place gradient is asked for with `GradOutput::InPlace`, never by
+    /// aliasing).
+    Overlap {
+        /// One binding.
+        first: String,
+        /// The other.
+        second: String,
+    },
     /// The device reported labels out of range after a device-resident run.
     BadLabelsOnDevice {
         /// How many labels were out of range.
@@ -103,6 +112,10 @@ impl fmt::Display for Error {
             ),
             Error::TooLarge(why) => write!(f, "too large: {why}"),
             Error::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
+            Error::Overlap { first, second } => write!(
+                f,
+                "the {first} and {second} regions overlap in one buffer; give each its own bytes"
+            ),
             Error::BadLabelsOnDevice { count } => write!(
                 f,
                 "label out of range: {count} label(s) on the device are neither in [0, C) nor the ignore index"

@@ -35,9 +35,11 @@ mod error;
 pub mod kernels;
 mod loss;
 mod metrics;
+mod pipelines;
 mod posthoc;
 mod prior;
 pub mod reference;
+mod region;
 mod softmax_xent;
 pub mod synthetic;
 mod train;
@@ -52,10 +54,10 @@ pub use posthoc::{
     MAX_TAUS, MAX_TOP_K,
 };
 pub use prior::{count_labels, ClassPrior};
+pub use region::Region;
 pub use softmax_xent::{
-    segment_plan, BoundLoss, Dtype, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer, Variant,
-    BIAS_TABLE_CLASSES, ROW_CACHED_MAX_CLASSES, ROW_PER_THREAD_MAX_CLASSES,
-    ROW_UNROLLED_MAX_CLASSES, SEGMENT_MAX_CLASSES, SPLIT_CHUNK_CLASSES,
+    BackwardBuffers, BoundLoss, GradOutput, LabelType, LossBuffers, SoftmaxXent, UpstreamBuffer,
+    Variant,
 };
 pub use train::{LinearTrainer, Standardizer, TrainConfig, MAX_BATCH};
 pub use tuning::Tuning;

@@ -380,6 +380,9 @@ pub struct LossOutput<T> {
     pub loss: Option<T>,
     /// `l_i` for every row (0 for ignored rows), before any reduction.
     pub per_row: Vec<T>,
+    /// `LSE_i = logsumexp_c z_ic` for every row (for ignored rows, of
+    /// `f + b`): what the backward from saved log-sum-exps takes.
+    pub lse: Vec<T>,
     /// The gradient of the reduced loss with respect to the logits, `N x C`
     /// row-major; `None` for a forward-only call.
     pub grad: Option<Vec<T>>,

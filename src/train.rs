@@ -9,12 +9,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::buffers::{self, range};
+use crate::buffers;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{Entry, Family};
 use crate::loss::{LossSpec, Reduction};
-use crate::softmax_xent::{BoundLoss, GradOutput, LossBuffers, SoftmaxXent, UpstreamBuffer};
+use crate::region::Region;
+use crate::softmax_xent::{BoundLoss, GradOutput, LossBuffers, SoftmaxXent};
 use crate::synthetic::Rng;
 
 const WG: usize = 64;
@@ -233,6 +234,8 @@ impl LinearTrainer {
                 U::STORAGE | U::COPY_SRC | U::COPY_DST,
             )?;
             let unused = buffers::storage(ctx, "unused", 4, U::STORAGE)?;
+            // The loss pass's reduced loss, which `accumulate` adds up.
+            let batch_loss = buffers::storage(ctx, "batch loss", 4, U::STORAGE)?;
             for (what, bytes) in [
                 ("training features", x.len() * 4),
                 ("batch features", batch * d * 4),
@@ -258,12 +261,9 @@ impl LinearTrainer {
                 vec![batch, rest]
             } {
                 let bound_loss = loss.bind(&LossBuffers {
-                    logits: &logits,
-                    labels: &batch_labels,
-                    rows,
-                    grad: GradOutput::Separate(&grad),
-                    upstream: UpstreamBuffer::One,
-                    row_loss: None,
+                    grad: GradOutput::Separate(Region::whole(&grad)),
+                    loss: Some(Region::new(&batch_loss, 0, 4)),
+                    ..LossBuffers::new(Region::whole(&logits), Region::whole(&batch_labels), rows)
                 })?;
                 let linear_params = buffers::param_slots(
                     ctx,
@@ -330,7 +330,7 @@ impl LinearTrainer {
                             labels_buf.as_entire_binding(),
                             batch_features.as_entire_binding(),
                             batch_labels.as_entire_binding(),
-                            range(shapes[shape_of(k)].bound_loss.status(), 0, 12),
+                            batch_loss.as_entire_binding(),
                             acc.as_entire_binding(),
                         ],
                     );
@@ -361,6 +361,7 @@ impl LinearTrainer {
                     logits,
                     grad,
                     unused,
+                    batch_loss,
                 ],
             })
         })

@@ -7,8 +7,8 @@
 //! The cache file holds one choice per line, for the largest `C` it covers:
 //!
 //! ```text
-//! # logit-adjust tuning v1: llvmpipe (LLVM 15.0.6, 256 bits) | Vulkan | Mesa 22.3.6
-//! loss 31 RowSegments 64
+//! # logit-adjust tuning v2: llvmpipe (LLVM 15.0.6, 256 bits) | Vulkan | Mesa 22.3.6
+//! loss 31 Rows
 //! posthoc 31 Windows
 //! ```
 
@@ -20,9 +20,10 @@ use crate::error::{Error, Result};
 use crate::loss::LossSpec;
 use crate::posthoc::PostHocVariant;
 use crate::prior::ClassPrior;
-use crate::softmax_xent::{GradOutput, LossBuffers, UpstreamBuffer, Variant};
+use crate::region::Region;
+use crate::softmax_xent::{GradOutput, LossBuffers, Variant};
 
-const HEADER: &str = "# logit-adjust tuning v1: ";
+const HEADER: &str = "# logit-adjust tuning v2: ";
 
 /// The class counts [`Tuning::measure`] times; each choice covers the `C`s up
 /// to the geometric midpoint to the next.
@@ -35,8 +36,6 @@ pub struct LossChoice {
     pub max_classes: usize,
     /// The layout.
     pub variant: Variant,
-    /// Threads per workgroup (the layout may raise it for large `C`).
-    pub workgroup_size: u32,
 }
 
 /// The post-hoc argmax's layout for `C` up to `max_classes`.
@@ -60,28 +59,13 @@ pub struct Tuning {
 fn variant_name(v: Variant) -> &'static str {
     match v {
         Variant::Auto => "Auto",
-        Variant::RowPerThread => "RowPerThread",
-        Variant::RowPerGroup => "RowPerGroup",
-        Variant::RowCached => "RowCached",
-        Variant::RowCachedSubgroup => "RowCachedSubgroup",
-        Variant::RowSegments => "RowSegments",
-        Variant::RowUnrolled => "RowUnrolled",
-        Variant::SplitRow => "SplitRow",
-        Variant::SplitRowWindowed => "SplitRowWindowed",
+        Variant::Rows => "Rows",
+        Variant::Split => "Split",
     }
 }
 
-/// Every loss layout: the ones `tune` times and a cache may name.
-const LOSS_VARIANTS: [Variant; 8] = [
-    Variant::RowPerThread,
-    Variant::RowPerGroup,
-    Variant::RowCached,
-    Variant::RowCachedSubgroup,
-    Variant::RowSegments,
-    Variant::RowUnrolled,
-    Variant::SplitRow,
-    Variant::SplitRowWindowed,
-];
+/// The loss layouts [`Tuning::measure`] times.
+const LOSS_VARIANTS: [Variant; 2] = [Variant::Rows, Variant::Split];
 
 fn variant_from(s: &str) -> Option<Variant> {
     LOSS_VARIANTS.into_iter().find(|&v| variant_name(v) == s)
@@ -153,12 +137,7 @@ impl Tuning {
     pub fn to_text(&self, info: &wgpu::AdapterInfo) -> String {
         let mut s = format!("{HEADER}{}\n", adapter_key(info));
         for c in &self.loss {
-            s += &format!(
-                "loss {} {} {}\n",
-                c.max_classes,
-                variant_name(c.variant),
-                c.workgroup_size
-            );
+            s += &format!("loss {} {}\n", c.max_classes, variant_name(c.variant));
         }
         for c in &self.posthoc {
             s += &format!("posthoc {} {}\n", c.max_classes, posthoc_name(c.variant));
@@ -177,17 +156,10 @@ impl Tuning {
         for line in lines.filter(|l| !l.trim().is_empty()) {
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
-                ["loss", c, v, wg] => {
-                    let workgroup_size: u32 = wg.parse().ok()?;
-                    if !workgroup_size.is_power_of_two() || workgroup_size > 1024 {
-                        return None;
-                    }
-                    t.loss.push(LossChoice {
-                        max_classes: c.parse().ok()?,
-                        variant: variant_from(v)?,
-                        workgroup_size,
-                    });
-                }
+                ["loss", c, v] => t.loss.push(LossChoice {
+                    max_classes: c.parse().ok()?,
+                    variant: variant_from(v)?,
+                }),
                 ["posthoc", c, v] => t.posthoc.push(PostHocChoice {
                     max_classes: c.parse().ok()?,
                     variant: posthoc_from(v)?,
@@ -222,8 +194,7 @@ impl Tuning {
         Ok(path)
     }
 
-    /// Time every layout (at workgroup sizes 64 and 256; 8 and 64 for the
-    /// windowed split-row layout) of the fused
+    /// Time both layouts of the fused
     /// forward+backward and of the 16-tau post-hoc argmax at each of
     /// [`TUNED_CLASSES`], on about `elements` logits each (N = elements / C),
     /// and keep the fastest per `C`. `progress` hears each result.
@@ -272,44 +243,26 @@ impl Tuning {
             })?;
             drop(logits);
 
-            let mut best: Option<(f64, Variant, u32)> = None;
+            let mut best: Option<(f64, Variant)> = None;
             for variant in LOSS_VARIANTS {
-                // The windowed split-row layout runs a thread per row: its
-                // useful workgroups are small.
-                let sizes = if variant == Variant::SplitRowWindowed {
-                    [8u32, 64]
-                } else {
-                    [64, 256]
+                let op = ctx.softmax_xent(&spec)?.with_variant(variant);
+                // A layout that refuses this C is simply not a candidate.
+                let Ok(bound) = op.bind(&LossBuffers {
+                    grad: GradOutput::Separate(Region::whole(&grad)),
+                    ..LossBuffers::new(Region::whole(&logits_buf), Region::whole(&labels_buf), n)
+                }) else {
+                    continue;
                 };
-                for wg in sizes {
-                    let op = ctx
-                        .softmax_xent(&spec)?
-                        .with_variant(variant)
-                        .with_workgroup_size(wg)?;
-                    // A layout that refuses this C (too many loop trips, too
-                    // large to cache) is simply not a candidate.
-                    let Ok(bound) = op.bind(&LossBuffers {
-                        logits: &logits_buf,
-                        labels: &labels_buf,
-                        rows: n,
-                        grad: GradOutput::Separate(&grad),
-                        upstream: UpstreamBuffer::One,
-                        row_loss: None,
-                    }) else {
-                        continue;
-                    };
-                    let ms = timer.time_pass(reps, &|p| op.record_in_pass(p, &bound))?;
-                    progress(&format!("loss C={c} {variant:?} wg={wg}: {ms:.3} ms"));
-                    if best.is_none_or(|(b, _, _)| ms < b) {
-                        best = Some((ms, variant, wg));
-                    }
+                let ms = timer.time_pass(reps, &|p| bound.record_in_pass(p))?;
+                progress(&format!("loss C={c} {variant:?}: {ms:.3} ms"));
+                if best.is_none_or(|(b, _)| ms < b) {
+                    best = Some((ms, variant));
                 }
             }
-            if let Some((_, variant, workgroup_size)) = best {
+            if let Some((_, variant)) = best {
                 tuning.loss.push(LossChoice {
                     max_classes,
                     variant,
-                    workgroup_size,
                 });
             }
 

@@ -13,13 +13,11 @@ fn sample() -> Tuning {
         loss: vec![
             LossChoice {
                 max_classes: 2000,
-                variant: Variant::RowPerGroup,
-                workgroup_size: 128,
+                variant: Variant::Split,
             },
             LossChoice {
                 max_classes: usize::MAX,
-                variant: Variant::RowCached,
-                workgroup_size: 64,
+                variant: Variant::Rows,
             },
         ],
         posthoc: vec![PostHocChoice {
@@ -42,13 +40,13 @@ fn the_cache_text_round_trips_and_names_its_adapter() {
             None,
             "another driver's cache is not used"
         );
-        let broken = text.replace("RowPerGroup 128", "RowPerGroup 100");
+        let broken = text.replace("loss 2000 Split", "loss 2000 Split 64");
         assert_eq!(
             Tuning::from_text(&broken, info),
             None,
             "a bad line is refused"
         );
-        let unknown = text.replace("RowCached", "Warp");
+        let unknown = text.replace("Rows", "Warp");
         assert_eq!(Tuning::from_text(&unknown, info), None);
     }
 }
@@ -67,7 +65,12 @@ fn auto_follows_the_tuning_and_still_matches_the_reference() {
 
         ctx.set_tuning(Some(sample()));
         let op = ctx.softmax_xent(&spec).unwrap();
-        assert_eq!(op.resolved_variant(), Variant::RowPerGroup, "{}", name(ctx));
+        assert_eq!(
+            op.resolved_variant(n).unwrap(),
+            Variant::Split,
+            "{}",
+            name(ctx)
+        );
         let got = op.forward_backward(&logits, &labels).unwrap();
         let ph = ctx.posthoc(&prior, &[0.0, 1.0]).unwrap();
         assert_eq!(ph.resolved_variant(), PostHocVariant::RowPerGroup);

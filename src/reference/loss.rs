@@ -51,6 +51,7 @@ fn run(
     };
 
     let mut per_row = vec![0.0; n];
+    let mut lse_rows = vec![0.0; n];
     let mut grad = if with_grad {
         vec![0.0; n * c]
     } else {
@@ -59,7 +60,11 @@ fn run(
     let mut z = vec![0.0f64; c];
     for (i, &label) in labels.iter().enumerate() {
         if !valid(label) {
-            continue; // l_i = 0, zero gradient row
+            // l_i = 0, a zero gradient row; LSE of f + b.
+            let z = (0..c).map(|k| logits[i * c + k] as f64 + b[k]);
+            let max = z.clone().fold(f64::NEG_INFINITY, f64::max);
+            lse_rows[i] = max + z.map(|zk| (zk - max).exp()).sum::<f64>().ln();
+            continue;
         }
         let y = label as usize;
         let alpha = spec.weight()[y] as f64;
@@ -70,6 +75,7 @@ fn run(
         let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let sum_exp: f64 = z.iter().map(|&zk| (zk - max).exp()).sum();
         let lse = max + sum_exp.ln();
+        lse_rows[i] = lse;
         let mean_z = z.iter().sum::<f64>() / c as f64;
         per_row[i] = alpha * ((1.0 - eps) * (lse - z[y]) + eps * (lse - mean_z));
 
@@ -94,6 +100,7 @@ fn run(
     Ok(LossOutput {
         loss,
         per_row,
+        lse: lse_rows,
         grad: with_grad.then_some(grad),
     })
 }

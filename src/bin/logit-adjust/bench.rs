@@ -5,7 +5,7 @@
 use logit_adjust::bench::{median, CopyBaseline, Timer, Unfused};
 use logit_adjust::synthetic::Rng;
 use logit_adjust::{
-    ClassPrior, Context, GradOutput, LossBuffers, LossSpec, PostHocBuffers, UpstreamBuffer,
+    ClassPrior, Context, GradOutput, LossBuffers, LossSpec, PostHocBuffers, Region,
 };
 use serde_json::json;
 use wgpu::util::DeviceExt;
@@ -108,17 +108,13 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         let op = ctx
             .softmax_xent(&LossSpec::logit_adjusted(&prior, 1.0).map_err(e)?)
             .map_err(e)?;
-        let bind = |g| {
+        let bind = |grad| {
             op.bind(&LossBuffers {
-                logits: &logits_buf,
-                labels: &labels_buf,
-                rows: n,
-                grad: g,
-                upstream: UpstreamBuffer::One,
-                row_loss: None,
+                grad,
+                ..LossBuffers::new(Region::whole(&logits_buf), Region::whole(&labels_buf), n)
             })
         };
-        let fused = bind(GradOutput::Separate(&grad)).map_err(e)?;
+        let fused = bind(GradOutput::Separate(Region::whole(&grad))).map_err(e)?;
         let forward = bind(GradOutput::None).map_err(e)?;
         let taus: Vec<f64> = (0..16).map(|k| k as f64 * 0.125).collect();
         let ph16 = ctx.posthoc(&prior, &taus).map_err(e)?;
@@ -148,8 +144,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
         // each figure is the median of its rounds' medians.
         type Pass<'a> = Box<dyn Fn(&mut wgpu::ComputePass<'_>) + 'a>;
         let passes: Vec<Pass> = vec![
-            Box::new(|p| op.record_in_pass(p, &fused)),
-            Box::new(|p| op.record_in_pass(p, &forward)),
+            Box::new(|p| fused.record_in_pass(p)),
+            Box::new(|p| forward.record_in_pass(p)),
             Box::new(|p| ph16.record_in_pass(p, &bound16)),
             Box::new(|p| full.record_copy(p)),
             Box::new(|p| full.record_read(p)),

@@ -94,6 +94,7 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
         let out = LossOutput {
             loss: out.loss.map(f64::from),
             per_row: widen(out.per_row),
+            lse: widen(out.lse),
             grad: out.grad.map(widen),
         };
         (

@@ -1,0 +1,716 @@
+//! Binding a run: check the caller's regions, plan, and turn the plan into
+//! dispatches (pipeline, bind group, grid) that `record` replays.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::plan::{self, Layout, Plan, REDUCE_WG};
+use super::{
+    BackwardBuffers, GradOutput, LabelType, LossBuffers, Scratch, SoftmaxXent, UpstreamBuffer,
+};
+use crate::buffers;
+use crate::error::{Error, Result};
+use crate::loss::Reduction;
+use crate::region::{check_uses, Region, Use};
+
+// Params.flags of softmax_xent.wgsl.
+const FLAG_UPSTREAM_SCALAR: u32 = 1;
+const FLAG_UPSTREAM_PER_ROW: u32 = 2;
+const FLAG_ROW_LOSS: u32 = 4;
+const FLAG_LSE: u32 = 8;
+// Params.flags of loss_reduce.wgsl.
+const FLAG_LOSS_OUT: u32 = 1;
+const FLAG_BAD_OUT: u32 = 2;
+
+/// `Params` of softmax_xent.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct XentParams {
+    rows: u32,
+    classes: u32,
+    stride: u32,
+    flags: u32,
+    ignore_lo: i32,
+    ignore_hi: i32,
+    smoothing: f32,
+    span: u32,
+    chunks: u32,
+    _pad: u32,
+    split_base: u32,
+    norm_base: u32,
+}
+
+/// `Params` of loss_reduce.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct ReduceParams {
+    rows: u32,
+    classes: u32,
+    reduction: u32,
+    flags: u32,
+    ignore_lo: i32,
+    ignore_hi: i32,
+    span: u32,
+    slot: u32,
+}
+
+/// One dispatch.
+#[derive(Debug)]
+struct Step {
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    grid: [u32; 2],
+}
+
+/// A run bound to the caller's regions, made by [`SoftmaxXent::bind`] or
+/// [`SoftmaxXent::bind_backward`]: its dispatches, recorded any number of
+/// times by [`SoftmaxXent::record`] or [`BoundLoss::record_in_pass`].
+#[derive(Debug)]
+pub struct BoundLoss {
+    steps: Vec<Step>,
+    rows: usize,
+}
+
+impl BoundLoss {
+    /// Record the run's dispatches into a compute pass the caller has open
+    /// (an engine's own pass, or one with timestamp writes).
+    pub fn record_in_pass(&self, pass: &mut wgpu::ComputePass<'_>) {
+        for step in &self.steps {
+            pass.set_pipeline(&step.pipeline);
+            pass.set_bind_group(0, &step.group, &[]);
+            pass.dispatch_workgroups(step.grid[0], step.grid[1], 1);
+        }
+    }
+
+    /// Rows `N` this run was bound for.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// What a bind asks of the row pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    Fused,
+    Backward,
+}
+
+/// The regions of a run, whichever way it came in.
+struct Run<'a> {
+    mode: Mode,
+    logits: Region<'a>,
+    stride: usize,
+    labels: Region<'a>,
+    label_type: LabelType,
+    rows: usize,
+    grad: GradOutput<'a>,
+    upstream: UpstreamBuffer<'a>,
+    row_loss: Option<Region<'a>>,
+    lse: Option<Region<'a>>,
+    loss: Option<Region<'a>>,
+    bad_labels: Option<Region<'a>>,
+}
+
+impl SoftmaxXent {
+    /// Prepare a forward (or fused forward+backward, with a gradient) run on
+    /// the caller's regions: checks usages, alignment, sizes and overlaps,
+    /// plans, builds bind groups. Cheap enough to do every step; reuses the
+    /// op's scratch. Once it succeeds, recording raises no wgpu error.
+    pub fn bind(&self, b: &LossBuffers) -> Result<BoundLoss> {
+        self.ctx.scoped(|| self.bind_unscoped(b))
+    }
+
+    /// Prepare a backward run: the gradient from the forward's saved
+    /// log-sum-exps, into a separate region or in place.
+    pub fn bind_backward(&self, b: &BackwardBuffers) -> Result<BoundLoss> {
+        self.ctx.scoped(|| self.bind_backward_unscoped(b))
+    }
+
+    pub(super) fn bind_unscoped(&self, b: &LossBuffers) -> Result<BoundLoss> {
+        self.bind_run(Run {
+            mode: match b.grad {
+                GradOutput::None => Mode::Forward,
+                _ => Mode::Fused,
+            },
+            logits: b.logits,
+            stride: b.row_stride,
+            labels: b.labels,
+            label_type: b.label_type,
+            rows: b.rows,
+            grad: b.grad,
+            upstream: b.upstream,
+            row_loss: b.row_loss,
+            lse: b.lse,
+            loss: b.loss,
+            bad_labels: b.bad_labels,
+        })
+    }
+
+    pub(super) fn bind_backward_unscoped(&self, b: &BackwardBuffers) -> Result<BoundLoss> {
+        if matches!(b.grad, GradOutput::None) {
+            return Err(Error::InvalidArgument(
+                "a backward run needs a gradient: GradOutput::Separate or InPlace".into(),
+            ));
+        }
+        self.bind_run(Run {
+            mode: Mode::Backward,
+            logits: b.logits,
+            stride: b.row_stride,
+            labels: b.labels,
+            label_type: b.label_type,
+            rows: b.rows,
+            grad: b.grad,
+            upstream: b.upstream,
+            row_loss: None,
+            lse: Some(b.lse),
+            loss: None,
+            bad_labels: None,
+        })
+    }
+
+    /// Check every caller region the run touches.
+    fn check_run(&self, r: &Run) -> Result<()> {
+        let (n, c) = (r.rows as u64, self.spec.classes() as u64);
+        if (r.stride as u64) < c {
+            return Err(Error::InvalidArgument(format!(
+                "row stride {} is less than the {c} classes",
+                r.stride
+            )));
+        }
+        let logit_bytes = if n == 0 {
+            0
+        } else {
+            n.checked_sub(1)
+                .and_then(|m| m.checked_mul(r.stride as u64))
+                .and_then(|e| e.checked_add(c))
+                .and_then(|e| e.checked_mul(4))
+                .ok_or_else(|| Error::TooLarge(format!("{n} rows of stride {}", r.stride)))?
+        };
+        let mut uses = vec![
+            Use {
+                what: "logits",
+                region: r.logits,
+                bytes: logit_bytes,
+            },
+            Use {
+                what: "labels",
+                region: r.labels,
+                bytes: n * r.label_type.bytes(),
+            },
+        ];
+        if let GradOutput::Separate(g) = r.grad {
+            uses.push(Use {
+                what: "grad",
+                region: g,
+                bytes: logit_bytes,
+            });
+        }
+        match r.upstream {
+            UpstreamBuffer::One => {}
+            UpstreamBuffer::Scalar(g) => uses.push(Use {
+                what: "upstream",
+                region: g,
+                bytes: 4,
+            }),
+            UpstreamBuffer::PerRow(g) => {
+                if self.spec.reduction_kind() != Reduction::None {
+                    return Err(Error::InvalidArgument(
+                        "a per-row upstream gradient needs reduction none".into(),
+                    ));
+                }
+                uses.push(Use {
+                    what: "upstream",
+                    region: g,
+                    bytes: 4 * n,
+                });
+            }
+        }
+        let outputs = [
+            ("row_loss", r.row_loss, 4 * n),
+            ("lse", r.lse, 4 * n),
+            ("loss", r.loss, 4),
+            ("bad_labels", r.bad_labels, 4),
+        ];
+        for (what, region, bytes) in outputs {
+            if let Some(region) = region {
+                uses.push(Use {
+                    what,
+                    region,
+                    bytes,
+                });
+            }
+        }
+        check_uses(self.ctx.limits(), &uses)
+    }
+
+    fn bind_run(&self, mut r: Run) -> Result<BoundLoss> {
+        let c = self.spec.classes();
+        if r.stride == 0 {
+            r.stride = c;
+        }
+        self.check_run(&r)?;
+        let shape = plan::Shape {
+            rows: r.rows,
+            classes: c,
+            stride: r.stride,
+            label_bytes: r.label_type.bytes(),
+        };
+        let plan = self.plan_for(&shape)?;
+        let reduced = self.spec.reduction_kind() != Reduction::None && r.mode != Mode::Backward;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let work = scratch.work(&self.ctx, 4 * plan.work_words as u64)?;
+        // Per-row losses feed the reduction even when the caller wants none.
+        let own_rows = (reduced && r.row_loss.is_none())
+            .then(|| scratch.rows(&self.ctx, 4 * r.rows as u64))
+            .transpose()?;
+        let builder = Builder {
+            op: self,
+            plan: &plan,
+            run: &r,
+            work: &work,
+            own_rows: own_rows.as_ref(),
+        };
+        let (xent_slots, reduce_slots) = builder.params();
+        let params = scratch.params(&self.ctx, &xent_slots, &reduce_slots)?;
+        let slot = |k: usize| {
+            let stride = self.param_stride();
+            buffers::range(&params, stride * k as u64, 48)
+        };
+        let reduce_slot = |k: usize| {
+            let stride = self.param_stride();
+            buffers::range(&params, stride * (xent_slots.len() + k) as u64, 32)
+        };
+        let mut steps = builder.reduce_steps(0, &reduce_slot)?;
+        match plan.layout {
+            Layout::Rows { .. } if r.mode == Mode::Backward => {
+                steps.extend(builder.backward_steps(&slot, false)?)
+            }
+            Layout::Rows { .. } => steps.extend(builder.row_steps(&slot)?),
+            Layout::Split { .. } => steps.extend(builder.split_steps(&slot)?),
+        }
+        if reduced {
+            steps.extend(builder.reduce_steps(1, &reduce_slot)?);
+        }
+        Ok(BoundLoss {
+            steps,
+            rows: r.rows,
+        })
+    }
+
+    /// Bytes between parameter slots: a multiple of the uniform offset
+    /// alignment holding the larger `Params`.
+    fn param_stride(&self) -> u64 {
+        let align = u64::from(
+            self.ctx
+                .limits()
+                .min_uniform_buffer_offset_alignment
+                .max(16),
+        );
+        48u64.next_multiple_of(align)
+    }
+
+    fn label_constant(label_type: LabelType) -> (&'static str, f64) {
+        ("LABEL_KIND", f64::from(label_type.code()))
+    }
+}
+
+impl Scratch {
+    /// The work buffer, grown to at least `bytes`.
+    fn work(&mut self, ctx: &crate::Context, bytes: u64) -> Result<wgpu::Buffer> {
+        grow(ctx, &mut self.work, "softmax_xent work", bytes.max(16))
+    }
+
+    /// The op's own per-row losses, grown to at least `bytes`.
+    fn rows(&mut self, ctx: &crate::Context, bytes: u64) -> Result<wgpu::Buffer> {
+        grow(
+            ctx,
+            &mut self.rows,
+            "softmax_xent row losses",
+            bytes.max(16),
+        )
+    }
+
+    /// A uniform buffer holding these parameter slots, reused whenever the
+    /// same shape is bound again.
+    fn params(
+        &mut self,
+        ctx: &crate::Context,
+        xent: &[XentParams],
+        reduce: &[ReduceParams],
+    ) -> Result<wgpu::Buffer> {
+        let align = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as usize;
+        let stride = 48usize.next_multiple_of(align);
+        let mut bytes = vec![0u8; stride * (xent.len() + reduce.len()).max(1)];
+        for (k, p) in xent.iter().enumerate() {
+            bytes[stride * k..][..48].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        for (k, p) in reduce.iter().enumerate() {
+            bytes[stride * (xent.len() + k)..][..32].copy_from_slice(bytemuck::bytes_of(p));
+        }
+        if let Some(buffer) = self.params.get(&bytes) {
+            return Ok(buffer.clone());
+        }
+        // A bounded cache: engines bind few shapes, a sweep many.
+        if self.params.len() >= 64 {
+            self.params.clear();
+        }
+        let buffer = buffers::upload(
+            ctx,
+            "softmax_xent params",
+            &bytes,
+            wgpu::BufferUsages::UNIFORM,
+        )?;
+        self.params.insert(bytes, buffer.clone());
+        Ok(buffer)
+    }
+}
+
+fn grow(
+    ctx: &crate::Context,
+    slot: &mut Option<wgpu::Buffer>,
+    label: &str,
+    bytes: u64,
+) -> Result<wgpu::Buffer> {
+    match slot {
+        Some(b) if b.size() >= bytes => Ok(b.clone()),
+        _ => {
+            let b = buffers::storage(ctx, label, bytes, wgpu::BufferUsages::STORAGE)?;
+            *slot = Some(b.clone());
+            Ok(b)
+        }
+    }
+}
+
+/// Turns a plan and a run into steps.
+struct Builder<'a, 'r> {
+    op: &'a SoftmaxXent,
+    plan: &'a Plan,
+    run: &'a Run<'r>,
+    work: &'a wgpu::Buffer,
+    own_rows: Option<&'a wgpu::Buffer>,
+}
+
+type SlotFn<'s> = dyn Fn(usize) -> wgpu::BindingResource<'s> + 's;
+
+impl<'a, 'r> Builder<'a, 'r> {
+    fn ignore_words(&self) -> (i32, i32) {
+        let ignore = self.op.spec.ignored_label();
+        (ignore as i32, (ignore >> 32) as i32)
+    }
+
+    /// One xent slot per chunk, then (reduce) the normalizer and loss
+    /// partial slots per chunk and the two final slots.
+    fn params(&self) -> (Vec<XentParams>, Vec<ReduceParams>) {
+        let (r, plan) = (self.run, self.plan);
+        let (ignore_lo, ignore_hi) = self.ignore_words();
+        let mut flags = 0;
+        match r.upstream {
+            UpstreamBuffer::One => {}
+            UpstreamBuffer::Scalar(_) => flags |= FLAG_UPSTREAM_SCALAR,
+            UpstreamBuffer::PerRow(_) => flags |= FLAG_UPSTREAM_PER_ROW,
+        }
+        if r.row_loss.is_some() || self.own_rows.is_some() {
+            flags |= FLAG_ROW_LOSS;
+        }
+        if r.lse.is_some() && r.mode != Mode::Backward {
+            flags |= FLAG_LSE;
+        }
+        let (span, chunks) = match plan.layout {
+            Layout::Split { span, chunks, .. } => (span, chunks),
+            Layout::Rows { .. } => (0, 0),
+        };
+        let classes = self.op.spec.classes() as u32;
+        let xent = plan
+            .chunks
+            .iter()
+            .map(|ch| XentParams {
+                rows: ch.rows as u32,
+                classes,
+                stride: r.stride as u32,
+                flags,
+                ignore_lo,
+                ignore_hi,
+                smoothing: self.op.spec.smoothing(),
+                span,
+                chunks,
+                _pad: 0,
+                split_base: plan.split_base as u32,
+                norm_base: plan.norm_base as u32,
+            })
+            .collect();
+        let reduce_base = ReduceParams {
+            rows: 0,
+            classes,
+            reduction: self.op.spec.reduction_kind().code(),
+            flags: (if r.loss.is_some() { FLAG_LOSS_OUT } else { 0 })
+                | (if r.bad_labels.is_some() {
+                    FLAG_BAD_OUT
+                } else {
+                    0
+                }),
+            ignore_lo,
+            ignore_hi,
+            span: plan.reduce_span as u32,
+            slot: plan.slots as u32,
+        };
+        let reduce = plan
+            .chunks
+            .iter()
+            .map(|ch| ReduceParams {
+                rows: ch.rows as u32,
+                slot: ch.slot as u32,
+                ..reduce_base
+            })
+            .chain(std::iter::once(reduce_base))
+            .collect();
+        (xent, reduce)
+    }
+
+    fn pipeline(
+        &self,
+        shader: &crate::pipelines::Shader,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> wgpu::ComputePipeline {
+        shader.pipeline(self.op.ctx.device(), entry, constants)
+    }
+
+    fn group(
+        &self,
+        shader: &crate::pipelines::Shader,
+        resources: Vec<wgpu::BindingResource<'_>>,
+    ) -> wgpu::BindGroup {
+        buffers::bind_group(
+            &self.op.ctx,
+            shader.label(),
+            shader.bind_layout(),
+            resources,
+        )
+    }
+
+    /// Per-row region `region` of a chunk: `per_row` bytes a row.
+    fn rows_of<'b>(
+        region: Region<'b>,
+        ch: &plan::Chunk,
+        per_row: u64,
+    ) -> wgpu::BindingResource<'b> {
+        region.binding(ch.first as u64 * per_row, (ch.rows as u64 * per_row).max(4))
+    }
+
+    fn logits_of(&self, region: Region<'r>, ch: &plan::Chunk) -> wgpu::BindingResource<'r> {
+        let stride = self.run.stride as u64;
+        let classes = self.op.spec.classes() as u64;
+        let bytes = ((ch.rows as u64 - 1) * stride + classes) * 4;
+        region.binding(ch.first as u64 * stride * 4, bytes)
+    }
+
+    /// The normalizer (`what` 0) or the loss (1): partials per chunk, then
+    /// the final pass.
+    fn reduce_steps(&self, what: u32, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
+        let r = self.run;
+        let constants = [
+            ("WG", f64::from(REDUCE_WG)),
+            ("WHAT", f64::from(what)),
+            SoftmaxXent::label_constant(r.label_type),
+        ];
+        let shader = &self.op.reduce;
+        let partial = self.pipeline(shader, "reduce_partial", &constants);
+        let finish = self.pipeline(shader, "reduce_final", &constants);
+        let work = || self.work.as_entire_binding();
+        let row_loss = |ch: &plan::Chunk| match (r.row_loss, self.own_rows) {
+            (Some(region), _) => Self::rows_of(region, ch, 4),
+            (None, Some(own)) => Self::rows_of(Region::whole(own), ch, 4),
+            (None, None) => work(),
+        };
+        let mut steps = Vec::new();
+        for (k, ch) in self.plan.chunks.iter().enumerate() {
+            let group = self.group(
+                shader,
+                vec![
+                    slot(k),
+                    Self::rows_of(r.labels, ch, r.label_type.bytes()),
+                    self.op.class_vecs.as_entire_binding(),
+                    row_loss(ch),
+                    work(),
+                    work(),
+                    work(),
+                ],
+            );
+            steps.push(Step {
+                pipeline: partial.clone(),
+                group,
+                grid: self.plan.grid(ch.groups),
+            });
+        }
+        let out = |region: Option<Region<'r>>| match region {
+            Some(region) => region.binding(0, 4),
+            None => work(),
+        };
+        let group = self.group(
+            shader,
+            vec![
+                slot(self.plan.chunks.len()),
+                work(),
+                self.op.class_vecs.as_entire_binding(),
+                work(),
+                work(),
+                if what == 1 { out(r.loss) } else { work() },
+                if what == 0 { out(r.bad_labels) } else { work() },
+            ],
+        );
+        steps.push(Step {
+            pipeline: finish,
+            group,
+            grid: [1, 1],
+        });
+        Ok(steps)
+    }
+
+    /// The bind group of chunk `k` for softmax_xent.wgsl.
+    fn xent_group(&self, k: usize, slot: &SlotFn<'_>) -> wgpu::BindGroup {
+        let r = self.run;
+        let ch = &self.plan.chunks[k];
+        let work = || self.work.as_entire_binding();
+        let logits = self.logits_of(r.logits, ch);
+        let grad = match r.grad {
+            GradOutput::Separate(g) => self.logits_of(g, ch),
+            // In place, or never written: the logits' own region.
+            _ => self.logits_of(r.logits, ch),
+        };
+        let row_loss = match (r.row_loss, self.own_rows) {
+            (Some(region), _) => Self::rows_of(region, ch, 4),
+            (None, Some(own)) => Self::rows_of(Region::whole(own), ch, 4),
+            (None, None) => work(),
+        };
+        let lse = match r.lse {
+            Some(region) => Self::rows_of(region, ch, 4),
+            None => work(),
+        };
+        let upstream = match r.upstream {
+            UpstreamBuffer::One => work(),
+            UpstreamBuffer::Scalar(g) => g.binding(0, 4),
+            UpstreamBuffer::PerRow(g) => Self::rows_of(g, ch, 4),
+        };
+        self.group(
+            &self.op.xent,
+            vec![
+                slot(k),
+                logits,
+                Self::rows_of(r.labels, ch, r.label_type.bytes()),
+                self.op.class_vecs.as_entire_binding(),
+                grad,
+                row_loss,
+                lse,
+                work(),
+                upstream,
+            ],
+        )
+    }
+
+    fn row_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
+        let Layout::Rows {
+            wg,
+            tpr,
+            vpt,
+            segmented,
+        } = self.plan.layout
+        else {
+            return Ok(Vec::new());
+        };
+        let pipeline = self.pipeline(
+            &self.op.xent,
+            "xent_rows",
+            &[
+                ("WG", f64::from(wg)),
+                ("TPR", f64::from(tpr)),
+                ("VPT", f64::from(vpt)),
+                (
+                    "WRITE_GRAD",
+                    f64::from(u8::from(self.run.mode == Mode::Fused)),
+                ),
+                ("SEGMENTED", f64::from(u8::from(segmented))),
+                SoftmaxXent::label_constant(self.run.label_type),
+            ],
+        );
+        Ok((0..self.plan.chunks.len())
+            .map(|k| Step {
+                pipeline: pipeline.clone(),
+                group: self.xent_group(k, slot),
+                grid: self
+                    .plan
+                    .grid(self.plan.row_groups(self.plan.chunks[k].rows)),
+            })
+            .collect())
+    }
+
+    fn backward_steps(&self, slot: &SlotFn<'_>, from_norm: bool) -> Result<Vec<Step>> {
+        let (wg, vpt) = self.plan.backward;
+        let pipeline = self.pipeline(
+            &self.op.xent,
+            "xent_backward",
+            &[
+                ("WG", f64::from(wg)),
+                ("VPT", f64::from(vpt)),
+                ("FROM_NORM", f64::from(u8::from(from_norm))),
+                SoftmaxXent::label_constant(self.run.label_type),
+            ],
+        );
+        let c = self.op.spec.classes();
+        Ok((0..self.plan.chunks.len())
+            .map(|k| Step {
+                pipeline: pipeline.clone(),
+                group: self.xent_group(k, slot),
+                grid: self
+                    .plan
+                    .grid(self.plan.backward_groups(self.plan.chunks[k].rows, c)),
+            })
+            .collect())
+    }
+
+    /// Per chunk: partials, combine, and (fused) the gradient from (M, 1/S);
+    /// a backward run from the caller's LSE needs only the gradient pass.
+    fn split_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
+        let Layout::Split {
+            wg, vpt, chunks, ..
+        } = self.plan.layout
+        else {
+            return Ok(Vec::new());
+        };
+        if self.run.mode == Mode::Backward {
+            return self.backward_steps(slot, false);
+        }
+        let label = SoftmaxXent::label_constant(self.run.label_type);
+        let partial = self.pipeline(
+            &self.op.xent,
+            "xent_split_partial",
+            &[("WG", f64::from(wg)), ("VPT", f64::from(vpt)), label],
+        );
+        let combine = self.pipeline(
+            &self.op.xent,
+            "xent_split_combine",
+            &[("WG", f64::from(wg)), label],
+        );
+        let grad = (self.run.mode == Mode::Fused)
+            .then(|| self.backward_steps(slot, true))
+            .transpose()?;
+        let mut grad = grad.map(Vec::into_iter);
+        let mut steps = Vec::new();
+        for (k, ch) in self.plan.chunks.iter().enumerate() {
+            let group = self.xent_group(k, slot);
+            steps.push(Step {
+                pipeline: partial.clone(),
+                group: group.clone(),
+                grid: [chunks, ch.rows as u32],
+            });
+            steps.push(Step {
+                pipeline: combine.clone(),
+                group,
+                grid: self.plan.grid(ch.rows.div_ceil(wg as usize)),
+            });
+            if let Some(step) = grad.as_mut().and_then(Iterator::next) {
+                steps.push(step);
+            }
+        }
+        Ok(steps)
+    }
+}

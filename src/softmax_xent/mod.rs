@@ -1,0 +1,534 @@
+//! The GPU loss operation: the logit-adjusted softmax cross-entropy of
+//! `shaders/softmax_xent.wgsl`, with the normalizer and reduction passes of
+//! `shaders/loss_reduce.wgsl` around it.
+//!
+//! Two ways in. [`SoftmaxXent::bind`] / [`SoftmaxXent::bind_backward`] plus
+//! [`SoftmaxXent::record`] work on the caller's own buffer regions and
+//! encoder: no host wait, and once a bind has succeeded, recording raises
+//! no wgpu error. The host methods ([`SoftmaxXent::forward_backward`], ...)
+//! upload slices, run that same path and read the results back.
+
+mod bind;
+pub(crate) mod plan;
+
+use std::sync::Mutex;
+
+use crate::buffers;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
+use crate::pipelines::{Binding, Shader};
+use crate::region::Region;
+
+pub use bind::BoundLoss;
+pub use plan::Variant;
+
+/// Element type of a labels buffer on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LabelType {
+    /// `i32` labels (burn's int tensors on wgpu, the host path).
+    #[default]
+    I32,
+    /// `u32` labels (a negative `ignore_index` matches none of them).
+    U32,
+    /// `i64` labels (PyTorch's), little-endian.
+    I64,
+}
+
+impl LabelType {
+    pub(crate) fn bytes(self) -> u64 {
+        match self {
+            LabelType::I64 => 8,
+            _ => 4,
+        }
+    }
+
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            LabelType::I32 => 0,
+            LabelType::U32 => 1,
+            LabelType::I64 => 2,
+        }
+    }
+}
+
+/// Where the gradient of a device-resident run goes.
+#[derive(Debug, Clone, Copy)]
+pub enum GradOutput<'a> {
+    /// No gradient (a forward-only run).
+    None,
+    /// Into this region, with the logits' row stride.
+    Separate(Region<'a>),
+    /// Over the logits (an explicit opt-in: the logits are lost).
+    InPlace,
+}
+
+/// The upstream gradient `g` of a device-resident run.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamBuffer<'a> {
+    /// `g = 1`.
+    One,
+    /// One f32 `g` at the start of this region, e.g. written by an engine's
+    /// backward pass.
+    Scalar(Region<'a>),
+    /// `g_i` for each row (`N` f32); only with [`Reduction::None`].
+    PerRow(Region<'a>),
+}
+
+/// The caller's regions for a forward or fused forward+backward run.
+/// [`LossBuffers::new`] fills the optional ones with their defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct LossBuffers<'a> {
+    /// `N` rows of f32 logits, `row_stride` elements apart (the last row
+    /// needs only `C`).
+    pub logits: Region<'a>,
+    /// Elements between row starts; 0 means `C` (packed rows).
+    pub row_stride: usize,
+    /// `N` labels of `label_type`.
+    pub labels: Region<'a>,
+    /// The labels' element type.
+    pub label_type: LabelType,
+    /// `N`, the number of rows.
+    pub rows: usize,
+    /// Where the gradient goes, if anywhere.
+    pub grad: GradOutput<'a>,
+    /// The upstream gradient.
+    pub upstream: UpstreamBuffer<'a>,
+    /// `N` f32 per-row losses `l_i`, if wanted.
+    pub row_loss: Option<Region<'a>>,
+    /// `N` f32 per-row log-sum-exp of the adjusted logits (what
+    /// [`SoftmaxXent::bind_backward`] takes), if wanted.
+    pub lse: Option<Region<'a>>,
+    /// One f32: the reduced loss (not written for [`Reduction::None`]).
+    pub loss: Option<Region<'a>>,
+    /// One u32: how many labels were neither in `[0, C)` nor the ignore
+    /// index (their rows get NaN).
+    pub bad_labels: Option<Region<'a>>,
+}
+
+impl<'a> LossBuffers<'a> {
+    /// A forward-only run over `rows` packed rows with `g = 1` and no
+    /// outputs; set the fields you need.
+    pub fn new(logits: Region<'a>, labels: Region<'a>, rows: usize) -> Self {
+        Self {
+            logits,
+            row_stride: 0,
+            labels,
+            label_type: LabelType::I32,
+            rows,
+            grad: GradOutput::None,
+            upstream: UpstreamBuffer::One,
+            row_loss: None,
+            lse: None,
+            loss: None,
+            bad_labels: None,
+        }
+    }
+}
+
+/// The caller's regions for a backward run from saved log-sum-exps.
+#[derive(Debug, Clone, Copy)]
+pub struct BackwardBuffers<'a> {
+    /// The logits the forward saw, `row_stride` apart.
+    pub logits: Region<'a>,
+    /// Elements between row starts; 0 means `C`.
+    pub row_stride: usize,
+    /// `N` labels.
+    pub labels: Region<'a>,
+    /// The labels' element type.
+    pub label_type: LabelType,
+    /// `N`.
+    pub rows: usize,
+    /// `N` f32: the forward's [`LossBuffers::lse`].
+    pub lse: Region<'a>,
+    /// Where the gradient goes: [`GradOutput::Separate`] or
+    /// [`GradOutput::InPlace`].
+    pub grad: GradOutput<'a>,
+    /// The upstream gradient (of the reduced loss, or per row).
+    pub upstream: UpstreamBuffer<'a>,
+}
+
+/// The loss operation on one device for one [`LossSpec`]: the class vectors
+/// are uploaded and the two shader files compiled when it is made; each
+/// pipeline is built on first use and kept. `Send + Sync`; recording needs
+/// only `&self`.
+#[derive(Debug)]
+pub struct SoftmaxXent {
+    ctx: Context,
+    spec: LossSpec,
+    variant: Variant,
+    /// `[b, m, alpha]`, 3C f32.
+    class_vecs: wgpu::Buffer,
+    xent: Shader,
+    reduce: Shader,
+    /// Scratch every bind shares (denom, reduction slots, split partials;
+    /// and per-row losses when the caller wants none but a reduced loss),
+    /// grown when a larger batch is bound, never per step.
+    scratch: Mutex<Scratch>,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    work: Option<wgpu::Buffer>,
+    rows: Option<wgpu::Buffer>,
+    params: std::collections::HashMap<Vec<u8>, wgpu::Buffer>,
+}
+
+impl Context {
+    /// The loss operation for `spec` on this device.
+    pub fn softmax_xent(&self, spec: &LossSpec) -> Result<SoftmaxXent> {
+        SoftmaxXent::new(self, spec)
+    }
+}
+
+const XENT_BINDINGS: [Binding; 9] = [
+    Binding::Uniform,   // params
+    Binding::ReadWrite, // logits
+    Binding::ReadWrite, // labels
+    Binding::ReadOnly,  // class_vecs
+    Binding::ReadWrite, // grad
+    Binding::ReadWrite, // row_loss
+    Binding::ReadWrite, // lse
+    Binding::ReadWrite, // work
+    Binding::ReadWrite, // upstream
+];
+
+const REDUCE_BINDINGS: [Binding; 7] = [
+    Binding::Uniform,   // params
+    Binding::ReadWrite, // labels
+    Binding::ReadOnly,  // class_vecs
+    Binding::ReadWrite, // row_loss
+    Binding::ReadWrite, // work
+    Binding::ReadWrite, // loss_out
+    Binding::ReadWrite, // bad_out
+];
+
+impl SoftmaxXent {
+    /// Validate `spec`, upload `[b, m, alpha]`, compile the loss's shaders.
+    pub fn new(ctx: &Context, spec: &LossSpec) -> Result<Self> {
+        spec.validate()?;
+        let class_vecs: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
+        ctx.scoped(|| {
+            let device = ctx.device();
+            Ok(Self {
+                ctx: ctx.clone(),
+                spec: spec.clone(),
+                variant: Variant::Auto,
+                class_vecs: buffers::upload(
+                    ctx,
+                    "class_vecs",
+                    bytemuck::cast_slice(&class_vecs),
+                    wgpu::BufferUsages::STORAGE,
+                )?,
+                xent: Shader::new(
+                    device,
+                    "softmax_xent.wgsl",
+                    include_str!("../../shaders/softmax_xent.wgsl"),
+                    &XENT_BINDINGS,
+                ),
+                reduce: Shader::new(
+                    device,
+                    "loss_reduce.wgsl",
+                    include_str!("../../shaders/loss_reduce.wgsl"),
+                    &REDUCE_BINDINGS,
+                ),
+                scratch: Mutex::new(Scratch::default()),
+            })
+        })
+    }
+
+    /// Force a workgroup layout (tests and benchmarks; `Auto` is right otherwise).
+    pub fn with_variant(mut self, variant: Variant) -> Self {
+        self.variant = variant;
+        self
+    }
+
+    /// The spec this operation computes.
+    pub fn spec(&self) -> &LossSpec {
+        &self.spec
+    }
+
+    /// The layout a batch of `rows` packed rows would use on this device.
+    pub fn resolved_variant(&self, rows: usize) -> Result<Variant> {
+        let shape = plan::Shape {
+            rows,
+            classes: self.spec.classes(),
+            stride: self.spec.classes(),
+            label_bytes: 4,
+        };
+        Ok(match self.plan_for(&shape)?.layout {
+            plan::Layout::Rows { .. } => Variant::Rows,
+            plan::Layout::Split { .. } => Variant::Split,
+        })
+    }
+
+    /// The plan for `shape`: the forced layout, else the tuned one (see
+    /// [`crate::tuning`]) where it takes this shape, else the built-in rule.
+    pub(crate) fn plan_for(&self, shape: &plan::Shape) -> Result<plan::Plan> {
+        let caps = self.caps();
+        if self.variant == Variant::Auto {
+            let tuned = self.ctx.tuning().and_then(|t| t.loss_for(shape.classes));
+            if let Some(Ok(p)) = tuned.map(|t| plan::plan(shape, &caps, t.variant)) {
+                return Ok(p);
+            }
+        }
+        plan::plan(shape, &caps, self.variant)
+    }
+
+    fn caps(&self) -> plan::Caps {
+        plan::Caps::of(self.ctx.limits(), self.ctx.info().device_type)
+    }
+
+    /// Record a bound run into `encoder`, in a compute pass of its own. No
+    /// host wait, no allocation.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, bound: &BoundLoss) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("logit-adjust softmax_xent"),
+            timestamp_writes: None,
+        });
+        bound.record_in_pass(&mut pass);
+    }
+
+    /// Read back the bad-label count of a finished run bound with
+    /// [`LossBuffers::bad_labels`] (which then needs `COPY_SRC`) and fail if
+    /// any label was out of range. Waits on the device: call it when you
+    /// want the check, not in a hot loop.
+    pub fn check_labels(&self, bad_labels: Region) -> Result<()> {
+        let count = buffers::read::<u32>(&self.ctx, &[(bad_labels.buffer, bad_labels.offset, 1)])?;
+        match count[0].first().copied().unwrap_or(0) {
+            0 => Ok(()),
+            count => Err(Error::BadLabelsOnDevice {
+                count: u64::from(count),
+            }),
+        }
+    }
+
+    /// Host convenience: the loss, per-row losses and log-sum-exps.
+    pub fn forward(&self, logits: &[f32], labels: &[i64]) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, Upstream::default(), HostGrad::None)
+    }
+
+    /// Host convenience: loss, per-row losses and the gradient (`g = 1`).
+    pub fn forward_backward(&self, logits: &[f32], labels: &[i64]) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, Upstream::default(), HostGrad::Separate)
+    }
+
+    /// Host convenience with an explicit upstream gradient.
+    pub fn forward_backward_scaled(
+        &self,
+        logits: &[f32],
+        labels: &[i64],
+        upstream: Upstream,
+    ) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, upstream, HostGrad::Separate)
+    }
+
+    /// Host convenience, in place: the gradient overwrites `logits` (the
+    /// returned `grad` is `None`). On error `logits` is untouched.
+    pub fn forward_backward_in_place(
+        &self,
+        logits: &mut [f32],
+        labels: &[i64],
+    ) -> Result<LossOutput<f32>> {
+        self.run_host(logits, labels, Upstream::default(), HostGrad::InPlace)
+            .map(|mut out| {
+                if let Some(grad) = out.grad.take() {
+                    logits.copy_from_slice(&grad);
+                }
+                out
+            })
+    }
+
+    /// Host convenience: the gradient from saved log-sum-exps (a forward's
+    /// `lse`), as an autodiff engine calls it after the forward.
+    pub fn backward(
+        &self,
+        logits: &[f32],
+        labels: &[i64],
+        lse: &[f32],
+        upstream: Upstream,
+    ) -> Result<Vec<f32>> {
+        let n = self.spec.check_batch(logits, labels, upstream)?;
+        if lse.len() != n {
+            return Err(Error::ShapeMismatch {
+                what: "lse length (rows)".into(),
+                expected: n,
+                got: lse.len(),
+            });
+        }
+        let ctx = &self.ctx;
+        ctx.scoped(|| {
+            let host = HostBuffers::upload(self, logits, labels, upstream, HostGrad::Separate)?;
+            let lse_buf = upload_f32(ctx, "lse", lse)?;
+            let bound = self.bind_backward_unscoped(&BackwardBuffers {
+                logits: host.logits(),
+                row_stride: 0,
+                labels: host.labels(),
+                label_type: LabelType::I32,
+                rows: n,
+                lse: Region::whole(&lse_buf),
+                grad: host.grad_output(),
+                upstream: host.upstream(upstream),
+            })?;
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            self.record(&mut encoder, &bound);
+            ctx.queue().submit([encoder.finish()]);
+            let grad = host.grad.as_ref().unwrap_or(&host.logits);
+            let mut out = buffers::read_f32(ctx, &[(grad, 0, logits.len())])?;
+            Ok(out.pop().unwrap_or_default())
+        })
+    }
+
+    fn run_host(
+        &self,
+        logits: &[f32],
+        labels: &[i64],
+        upstream: Upstream,
+        grad_mode: HostGrad,
+    ) -> Result<LossOutput<f32>> {
+        let n = self.spec.check_batch(logits, labels, upstream)?;
+        let reduced = self.spec.reduction_kind() != Reduction::None;
+        let ctx = &self.ctx;
+        ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            let host = HostBuffers::upload(self, logits, labels, upstream, grad_mode)?;
+            // [l_0 .. l_{N-1}] at 0, then at 256-byte boundaries [LSE_i],
+            // the loss and the bad-label count.
+            let row_bytes = 4 * n as u64;
+            let lse_at = row_bytes.next_multiple_of(256);
+            let tail_at = (lse_at + row_bytes).next_multiple_of(256);
+            let bad_at = tail_at + 256;
+            let rows = buffers::storage(ctx, "row outputs", bad_at + 4, U::STORAGE | U::COPY_SRC)?;
+            let bound = self.bind_unscoped(&LossBuffers {
+                grad: host.grad_output(),
+                upstream: host.upstream(upstream),
+                row_loss: Some(Region::new(&rows, 0, row_bytes)),
+                lse: Some(Region::new(&rows, lse_at, row_bytes)),
+                loss: reduced.then(|| Region::new(&rows, tail_at, 4)),
+                bad_labels: Some(Region::new(&rows, bad_at, 4)),
+                ..LossBuffers::new(host.logits(), host.labels(), n)
+            })?;
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            self.record(&mut encoder, &bound);
+            ctx.queue().submit([encoder.finish()]);
+
+            let mut regions = vec![
+                (&rows, 0, n),
+                (&rows, lse_at, n),
+                (&rows, tail_at, 1),
+                (&rows, bad_at, 1),
+            ];
+            let grad_source = match grad_mode {
+                HostGrad::None => None,
+                HostGrad::Separate => host.grad.as_ref(),
+                HostGrad::InPlace => Some(&host.logits),
+            };
+            if let Some(g) = grad_source {
+                regions.push((g, 0, logits.len()));
+            }
+            let mut out = buffers::read_f32(ctx, &regions)?.into_iter();
+            let per_row = out.next().unwrap_or_default();
+            let lse = out.next().unwrap_or_default();
+            let loss = out.next().unwrap_or_default();
+            let bad = out.next().unwrap_or_default();
+            let grad = out.next();
+            if bad.first().map_or(0, |b| b.to_bits()) != 0 {
+                // check_batch rejected bad labels already; this is a device fault.
+                return Err(Error::Gpu(
+                    "the device saw labels the host had validated".into(),
+                ));
+            }
+            Ok(LossOutput {
+                loss: reduced.then(|| loss.first().copied().unwrap_or(f32::NAN)),
+                per_row,
+                lse,
+                grad,
+            })
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostGrad {
+    None,
+    Separate,
+    InPlace,
+}
+
+fn upload_f32(ctx: &Context, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+    use wgpu::BufferUsages as U;
+    buffers::upload(
+        ctx,
+        label,
+        bytemuck::cast_slice(data),
+        U::STORAGE | U::COPY_SRC,
+    )
+}
+
+/// The host path's device copies of its inputs.
+struct HostBuffers {
+    logits: wgpu::Buffer,
+    labels: wgpu::Buffer,
+    grad: Option<wgpu::Buffer>,
+    upstream: wgpu::Buffer,
+    grad_mode: HostGrad,
+    n: usize,
+}
+
+impl HostBuffers {
+    fn upload(
+        op: &SoftmaxXent,
+        logits: &[f32],
+        labels: &[i64],
+        upstream: Upstream,
+        grad_mode: HostGrad,
+    ) -> Result<Self> {
+        use wgpu::BufferUsages as U;
+        let ctx = &op.ctx;
+        // check_batch has put every label in [0, C) or at ignore_index,
+        // which fits i32.
+        let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+        Ok(Self {
+            logits: upload_f32(ctx, "logits", logits)?,
+            labels: buffers::upload(ctx, "labels", bytemuck::cast_slice(&labels_i32), U::STORAGE)?,
+            grad: match grad_mode {
+                HostGrad::Separate => Some(buffers::storage(
+                    ctx,
+                    "grad",
+                    logits.len() as u64 * 4,
+                    U::STORAGE | U::COPY_SRC,
+                )?),
+                _ => None,
+            },
+            upstream: match upstream {
+                Upstream::Scalar(g) => upload_f32(ctx, "upstream", &[g])?,
+                Upstream::PerRow(g) => upload_f32(ctx, "upstream", g)?,
+            },
+            grad_mode,
+            n: labels.len(),
+        })
+    }
+
+    fn logits(&self) -> Region<'_> {
+        Region::whole(&self.logits)
+    }
+
+    fn labels(&self) -> Region<'_> {
+        Region::new(&self.labels, 0, 4 * self.n as u64)
+    }
+
+    fn grad_output(&self) -> GradOutput<'_> {
+        match (self.grad_mode, &self.grad) {
+            (HostGrad::Separate, Some(g)) => GradOutput::Separate(Region::whole(g)),
+            (HostGrad::InPlace, _) => GradOutput::InPlace,
+            _ => GradOutput::None,
+        }
+    }
+
+    fn upstream(&self, upstream: Upstream) -> UpstreamBuffer<'_> {
+        match upstream {
+            Upstream::Scalar(_) => UpstreamBuffer::Scalar(Region::whole(&self.upstream)),
+            Upstream::PerRow(_) => UpstreamBuffer::PerRow(Region::whole(&self.upstream)),
+        }
+    }
+}
