@@ -10,6 +10,9 @@
 //     denom is 0 (mean over no valid rows: 0, not PyTorch's NaN). Reads N
 //     per-row losses.
 //
+// Memory traffic: each pass reads N values once (4 or 8 bytes of label, or 4
+// of loss, per row) and writes 16 bytes per workgroup plus a few words.
+//
 // Each runs in two dispatches. reduce_partial: workgroup g of a chunk of
 // rows sums the rows [g * span, (g + 1) * span) of the chunk into partial
 // slot `slot + g` of `work` (thread t walks rows t, t + WG, ...). Then

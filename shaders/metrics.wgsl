@@ -1,5 +1,5 @@
 // metrics.wgsl: exact per-class counts for the evaluation metrics of
-// MATH.md section 7, and the label histogram that class priors come from.
+// docs/MATH.md section 7, and the label histogram that class priors come from.
 //
 // Math, for each row i with label y_i in [0, C) and each tau t < T:
 //   total[y_i]       += 1

@@ -1,4 +1,4 @@
-// posthoc.wgsl: batched post-hoc logit adjustment (MATH.md section 6).
+// posthoc.wgsl: batched post-hoc logit adjustment (docs/MATH.md section 6).
 //
 // Math, for row i and each of T values tau_t:
 //   g_tc    = f_ic - a_tc,   a_tc = f32(tau_t) * f32(log pi_c), multiplied
@@ -20,7 +20,8 @@
 //
 // Workgroup layouts (64 threads):
 //   argmax_row_per_thread - one thread per row, all T taus updated from each
-//                           register-held logit. For small C*T.
+//                           register-held logit; T a pipeline constant, so
+//                           the per-tau state is registers. For small C*T.
 //   argmax_row_per_group  - one workgroup per row. The row streams through a
 //                           workgroup-memory tile of TILE logits (one coalesced
 //                           read); thread j scans tau j / S over the tile's
@@ -137,7 +138,9 @@ fn argmax_row_per_thread(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let c_len = params.classes;
-    let t_len = params.taus;
+    // T is a pipeline constant (POST_T), so the loops over the taus unroll
+    // and both arrays stay in registers.
+    let t_len = POST_T;
     var best_key: array<u32, MAX_TAUS>;
     var best_idx: array<u32, MAX_TAUS>;
     // Column 0 seeds every tau, so a row of -inf still predicts 0.
@@ -625,6 +628,8 @@ fn argmax_windows16_pairs(@builtin(global_invocation_id) gid: vec3<u32>) {
 // window (the table's first vec4s hold f32(log pi_c)), no state. Traffic as
 // argmax_windows16: 4 bytes read per logit, 4T written per row.
 override POST_C: u32 = 1u;
+// argmax_row_per_thread: T, the number of taus.
+override POST_T: u32 = 1u;
 // Store the predictions through pred4 (T % 4 == 0).
 override POST_VEC4_OUT: bool = false;
 

@@ -7,27 +7,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// `shaders/posthoc.wgsl`: batched post-hoc correction and argmax.
-pub const POSTHOC_WGSL: &str = include_str!("../shaders/posthoc.wgsl");
+pub(crate) const POSTHOC_WGSL: &str = include_str!("../shaders/posthoc.wgsl");
 /// `shaders/metrics.wgsl`: exact per-class counts and label histograms.
-pub const METRICS_WGSL: &str = include_str!("../shaders/metrics.wgsl");
+pub(crate) const METRICS_WGSL: &str = include_str!("../shaders/metrics.wgsl");
 /// `shaders/gather.wgsl`: mini-batch assembly and the running loss.
-pub const GATHER_WGSL: &str = include_str!("../shaders/gather.wgsl");
+pub(crate) const GATHER_WGSL: &str = include_str!("../shaders/gather.wgsl");
 /// `shaders/linear.wgsl`: the linear classifier's forward and SGD step.
-pub const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
+pub(crate) const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
 /// `shaders/baseline.wgsl`: the copy floor and the unfused sequence (bench only).
-pub const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
-
-/// The shader files this registry builds, as (label, WGSL source) (the
-/// loss's own files live with its operation).
-pub fn module_sources() -> Vec<(String, String)> {
-    Family::ALL
-        .into_iter()
-        .map(|f| {
-            let (label, source) = f.source();
-            (label.to_string(), source.into_owned())
-        })
-        .collect()
-}
+pub(crate) const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
 
 /// A shader file and the bind-group layout its entry points share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,14 +28,6 @@ pub(crate) enum Family {
 }
 
 impl Family {
-    const ALL: [Family; 5] = [
-        Family::PostHoc,
-        Family::Metrics,
-        Family::Gather,
-        Family::Linear,
-        Family::Baseline,
-    ];
-
     fn source(self) -> (&'static str, Cow<'static, str>) {
         let (label, text) = match self {
             Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
@@ -99,7 +79,10 @@ impl Family {
 /// A compute entry point of one of the shaders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Entry {
-    ArgmaxRowPerThread,
+    /// `argmax_row_per_thread` for this many taus (a pipeline constant).
+    ArgmaxRowPerThread {
+        taus: u32,
+    },
     ArgmaxRowPerGroup,
     ArgmaxWindows,
     /// `argmax_windows16`, two rows per thread or one (`pairs`).
@@ -131,7 +114,7 @@ pub(crate) enum Entry {
 impl Entry {
     fn name(self) -> &'static str {
         match self {
-            Entry::ArgmaxRowPerThread => "argmax_row_per_thread",
+            Entry::ArgmaxRowPerThread { .. } => "argmax_row_per_thread",
             Entry::ArgmaxRowPerGroup => "argmax_row_per_group",
             Entry::ArgmaxWindows => "argmax_windows",
             Entry::ArgmaxUnrolled16 { .. } => "argmax_unrolled16",
@@ -156,7 +139,7 @@ impl Entry {
 
     pub(crate) fn family(self) -> Family {
         match self {
-            Entry::ArgmaxRowPerThread
+            Entry::ArgmaxRowPerThread { .. }
             | Entry::ArgmaxRowPerGroup
             | Entry::ArgmaxWindows
             | Entry::ArgmaxWindows16 { .. }
@@ -287,6 +270,9 @@ impl Kernels {
         }
         let pipeline = self.with_family(entry.family(), |objects| {
             let mut constants: Vec<(&str, f64)> = Vec::new();
+            if let Entry::ArgmaxRowPerThread { taus } = entry {
+                constants.push(("POST_T", taus as f64));
+            }
             if let Entry::ArgmaxUnrolled16 { classes, vec4_out } = entry {
                 constants.push(("POST_C", classes as f64));
                 constants.push(("POST_VEC4_OUT", if vec4_out { 1.0 } else { 0.0 }));

@@ -32,7 +32,7 @@ pub mod bench;
 mod buffers;
 mod context;
 mod error;
-pub mod kernels;
+mod kernels;
 mod loss;
 mod metrics;
 mod pipelines;

@@ -1,4 +1,4 @@
-//! What loss to compute: the per-class general form of MATH.md section 2,
+//! What loss to compute: the per-class general form of docs/MATH.md section 2,
 //! its presets, label smoothing, `ignore_index` and the reduction. Shared by
 //! the GPU operation ([`crate::SoftmaxXent`]) and the CPU reference.
 
@@ -8,7 +8,7 @@ use crate::prior::ClassPrior;
 /// PyTorch's default `ignore_index`.
 pub const DEFAULT_IGNORE_INDEX: i64 = -100;
 
-/// How per-row losses `l_i` become the loss (MATH.md section 5).
+/// How per-row losses `l_i` become the loss (docs/MATH.md section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reduction {
     /// `l_i` per row; gradient row `i` scaled by the upstream `g_i`.
@@ -51,7 +51,7 @@ impl std::str::FromStr for Reduction {
     }
 }
 
-/// The upstream gradient `g` (MATH.md section 5) for a host-side call.
+/// The upstream gradient `g` (docs/MATH.md section 5) for a host-side call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Upstream<'a> {
     /// One scale for every row (the reduced loss's upstream gradient).

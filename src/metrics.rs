@@ -1,4 +1,4 @@
-//! Evaluation metrics (MATH.md section 7) from exact per-class counts, and
+//! Evaluation metrics (docs/MATH.md section 7) from exact per-class counts, and
 //! the GPU pass that counts (`shaders/metrics.wgsl`): per-class totals and
 //! correct predictions for every tau, or a plain label histogram.
 
@@ -21,7 +21,7 @@ pub struct ClassCounts {
     pub correct: Vec<Vec<u64>>,
 }
 
-/// The metrics of MATH.md section 7 for one set of predictions.
+/// The metrics of docs/MATH.md section 7 for one set of predictions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     /// Correct predictions over all rows.

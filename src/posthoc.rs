@@ -1,4 +1,4 @@
-//! Post-hoc logit adjustment on the GPU (MATH.md section 6): from one read
+//! Post-hoc logit adjustment on the GPU (docs/MATH.md section 6): from one read
 //! of the logits, the predictions `argmax_c f_ic - tau_t log pi_c` for up to
 //! [`MAX_TAUS`] values of tau at once, and the corrected logits for one tau.
 //! Shader: `shaders/posthoc.wgsl`.
@@ -19,6 +19,8 @@ const WG: usize = 64;
 const TILE: usize = 1024;
 /// Up to this C*T, one thread per row is the faster layout.
 const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
+/// ... and up to this many taus: each holds two registers per tau.
+const ROW_PER_THREAD_AUTO_MAX_TAUS: usize = 16;
 /// The windowed 16-tau argmax takes two rows per thread from this many rows
 /// (16 workgroups of pairs): each `log pi_c` read and its 16 products then
 /// serve two rows (16384 x 1000: 91 ms paired against 101-108 ms single;
@@ -327,7 +329,10 @@ impl PostHoc {
         let cpu = self.ctx.info().device_type == wgpu::DeviceType::Cpu;
         match self.variant {
             PostHocVariant::Auto if cpu => PostHocVariant::Windows,
-            PostHocVariant::Auto if self.classes * self.taus.len() <= ROW_PER_THREAD_AUTO_MAX => {
+            PostHocVariant::Auto
+                if self.taus.len() <= ROW_PER_THREAD_AUTO_MAX_TAUS
+                    && self.classes * self.taus.len() <= ROW_PER_THREAD_AUTO_MAX =>
+            {
                 PostHocVariant::RowPerThread
             }
             PostHocVariant::Auto => PostHocVariant::RowPerGroup,
@@ -352,7 +357,7 @@ impl PostHoc {
             )));
         }
         let (entry, rows_per_group) = match variant {
-            PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread, WG),
+            PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread { taus: t as u32 }, WG),
             PostHocVariant::Windows if t <= 16 && c <= UNROLLED_MAX_CLASSES => (
                 Entry::ArgmaxUnrolled16 {
                     classes: c as u32,

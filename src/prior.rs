@@ -1,4 +1,4 @@
-//! The class prior `pi` (MATH.md, notation): validated once, so that every
+//! The class prior `pi` (docs/MATH.md, notation): validated once, so that every
 //! loss built from it has a finite `log pi`.
 
 use crate::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! Long-tailed data as the literature builds it (MATH.md section 8), for
+//! Long-tailed data as the literature builds it (docs/MATH.md section 8), for
 //! the demo, the tests and the examples: class-size profiles and Gaussian
 //! mixtures whose Bayes-optimal rules are known.
 

@@ -22,29 +22,6 @@ fn shader_files() -> Vec<(String, String)> {
         })
         .collect();
     files.sort();
-    // softmax_xent_{subgroup,split,unrolled}.wgsl are parts the
-    // host puts into softmax_xent.wgsl; each is checked as the module built
-    // with it.
-    for (part_file, key) in [
-        ("softmax_xent_subgroup.wgsl", "subgroup"),
-        ("softmax_xent_split.wgsl", "split"),
-        ("softmax_xent_unrolled.wgsl", "unrolled"),
-    ] {
-        if let Some(part) = files.iter_mut().find(|(f, _)| f == part_file) {
-            part.1 = logit_adjust::kernels::module_sources()
-                .into_iter()
-                .find(|(label, _)| label.contains(key))
-                .unwrap_or_else(|| panic!("the module built with {part_file}"))
-                .1;
-        }
-    }
-    // The modules built from a file with a constant replaced (the
-    // segment-cache variants of softmax_xent.wgsl).
-    for (label, source) in logit_adjust::kernels::module_sources() {
-        if !files.iter().any(|(_, s)| *s == source) {
-            files.push((label, source));
-        }
-    }
     assert!(
         files.len() >= 2,
         "expected the shader files, found {files:?}"
@@ -86,11 +63,11 @@ fn every_shader_translates_for_every_backend() {
                 if module
                     .overrides
                     .iter()
-                    .any(|(_, o)| o.name.as_deref() == Some("WG_SIZE"))
+                    .any(|(_, o)| o.name.as_deref() == Some("WG"))
                 {
-                    constants.insert("WG_SIZE".to_string(), wg);
+                    constants.insert("WG".to_string(), wg);
                 }
-                let what = format!("{file}:{} (WG_SIZE {wg})", ep.name);
+                let what = format!("{file}:{} (WG {wg})", ep.name);
                 let (module, _) = naga::back::pipeline_constants::process_overrides(
                     &module,
                     &info,

@@ -1,4 +1,4 @@
-//! The loss family of MATH.md sections 1-5 in f64.
+//! The loss family of docs/MATH.md sections 1-5 in f64.
 
 use crate::error::Result;
 use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An independent implementation of MATH.md sections 1-7 in numpy, checked
+"""An independent implementation of docs/MATH.md sections 1-7 in numpy, checked
 against `logit-adjust loss` and `logit-adjust posthoc` (GPU and --cpu) on
 files the tool has never seen: fresh random shapes, priors, labels and
 options every run.
@@ -45,7 +45,7 @@ def la_loss(f, y, log_prior, tau, reduction, ignore_index, eps):
 def posthoc_metrics(f, y, counts, taus):
     """Balanced error etc. per tau, predictions for each tau (numpy argmax:
     ties to the smallest index). The adjustment is rounded to float32 once,
-    as MATH.md's batched correction does on both paths."""
+    as docs/MATH.md's batched correction does on both paths."""
     log_prior = np.log(counts / counts.sum())
     c = f.shape[1]
     out = []
