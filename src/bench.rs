@@ -347,6 +347,107 @@ pub struct Unfused {
     _params: buffers::ParamSlots,
 }
 
+/// The unfused sequence's intermediates.
+struct Scratch<'a> {
+    z: &'a wgpu::Buffer,
+    logp: &'a wgpu::Buffer,
+    gl: &'a wgpu::Buffer,
+    gz: &'a wgpu::Buffer,
+    bias: &'a wgpu::Buffer,
+    loss: &'a wgpu::Buffer,
+    unused: &'a wgpu::Buffer,
+    unused_rw: &'a wgpu::Buffer,
+}
+
+impl Scratch<'_> {
+    /// The five kernels' bind groups and workgroup counts for chunk `k`
+    /// (parameter slots `2k` per element, `2k + 1` per row).
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_groups(
+        &self,
+        ctx: &Context,
+        layout: &wgpu::BindGroupLayout,
+        params: &buffers::ParamSlots,
+        logits: &wgpu::Buffer,
+        labels: &wgpu::Buffer,
+        k: usize,
+        ch: &buffers::Chunk,
+        c: usize,
+    ) -> [(wgpu::BindGroup, u32); 5] {
+        let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+        let (at, len) = ((ch.start * c * 4) as u64, (ch.rows * c * 4) as u64);
+        let (rows_at, rows_len) = ((ch.start * 4) as u64, (ch.rows * 4) as u64);
+        let elem_groups = (ch.rows * c).div_ceil(WG).min(groups_max) as u32;
+        let row_groups = ch.rows as u32;
+        let (elem_slot, row_slot) = (2 * k, 2 * k + 1);
+        let make = |slot: usize,
+                    a: wgpu::BindingResource<'_>,
+                    b: wgpu::BindingResource<'_>,
+                    out: wgpu::BindingResource<'_>| {
+            buffers::bind_group(
+                ctx,
+                "unfused",
+                layout,
+                vec![
+                    params.slot(slot),
+                    self.unused.as_entire_binding(),
+                    self.unused_rw.as_entire_binding(),
+                    a,
+                    b,
+                    out,
+                    range(labels, rows_at, rows_len),
+                ],
+            )
+        };
+        fn elems(b: &wgpu::Buffer, at: u64, len: u64) -> wgpu::BindingResource<'_> {
+            range(b, at, len)
+        }
+        let none = || self.unused.as_entire_binding();
+        [
+            (
+                make(
+                    elem_slot,
+                    elems(logits, at, len),
+                    self.bias.as_entire_binding(),
+                    elems(self.z, at, len),
+                ),
+                elem_groups,
+            ),
+            (
+                make(
+                    row_slot,
+                    elems(self.z, at, len),
+                    none(),
+                    elems(self.logp, at, len),
+                ),
+                row_groups,
+            ),
+            (
+                make(
+                    row_slot,
+                    elems(self.logp, at, len),
+                    none(),
+                    range(self.loss, rows_at, rows_len),
+                ),
+                ch.rows.div_ceil(WG) as u32,
+            ),
+            (
+                make(elem_slot, none(), none(), elems(self.gl, at, len)),
+                elem_groups,
+            ),
+            (
+                make(
+                    row_slot,
+                    elems(self.gl, at, len),
+                    elems(self.logp, at, len),
+                    elems(self.gz, at, len),
+                ),
+                row_groups,
+            ),
+        ]
+    }
+}
+
 impl Unfused {
     /// Intermediate buffers (`z`, `logp`, the two gradients: 4 x N x C f32)
     /// and bind groups for `n x c` logits and `n` i32 labels.
@@ -403,77 +504,21 @@ impl Unfused {
             .into_iter()
             .map(|e| (e, Vec::new()))
             .collect();
+            let scratch = Scratch {
+                z: &z,
+                logp: &logp,
+                gl: &gl,
+                gz: &gz,
+                bias: &bias,
+                loss: &loss,
+                unused: &unused,
+                unused_rw: &unused_rw,
+            };
             for (k, ch) in chunks.iter().enumerate() {
-                let (at, len) = ((ch.start * c * 4) as u64, (ch.rows * c * 4) as u64);
-                let rows_at = (ch.start * 4) as u64;
-                let rows_len = (ch.rows * 4) as u64;
-                let elem_groups = (ch.rows * c).div_ceil(WG).min(groups_max) as u32;
-                let row_groups = ch.rows as u32;
-                let (elem_slot, row_slot) = (2 * k, 2 * k + 1);
-                let make = |slot: usize,
-                            a: wgpu::BindingResource<'_>,
-                            b: wgpu::BindingResource<'_>,
-                            out: wgpu::BindingResource<'_>| {
-                    buffers::bind_group(
-                        ctx,
-                        "unfused",
-                        &layout,
-                        vec![
-                            params.slot(slot),
-                            unused.as_entire_binding(),
-                            unused_rw.as_entire_binding(),
-                            a,
-                            b,
-                            out,
-                            range(labels, rows_at, rows_len),
-                        ],
-                    )
-                };
-                steps[0].1.push((
-                    make(
-                        elem_slot,
-                        range(logits, at, len),
-                        bias.as_entire_binding(),
-                        range(&z, at, len),
-                    ),
-                    elem_groups,
-                ));
-                steps[1].1.push((
-                    make(
-                        row_slot,
-                        range(&z, at, len),
-                        unused.as_entire_binding(),
-                        range(&logp, at, len),
-                    ),
-                    row_groups,
-                ));
-                steps[2].1.push((
-                    make(
-                        row_slot,
-                        range(&logp, at, len),
-                        unused.as_entire_binding(),
-                        range(&loss, rows_at, rows_len),
-                    ),
-                    (ch.rows.div_ceil(WG)) as u32,
-                ));
-                steps[3].1.push((
-                    make(
-                        elem_slot,
-                        unused.as_entire_binding(),
-                        unused.as_entire_binding(),
-                        range(&gl, at, len),
-                    ),
-                    elem_groups,
-                ));
-                steps[4].1.push((
-                    make(
-                        row_slot,
-                        range(&gl, at, len),
-                        range(&logp, at, len),
-                        range(&gz, at, len),
-                    ),
-                    row_groups,
-                ));
+                let groups = scratch.chunk_groups(ctx, &layout, &params, logits, labels, k, ch, c);
+                for (step, group) in steps.iter_mut().zip(groups) {
+                    step.1.push(group);
+                }
             }
             Ok(Self {
                 steps: steps

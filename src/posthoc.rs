@@ -345,18 +345,10 @@ impl PostHoc {
         self.ctx.scoped(|| self.bind_unscoped(b))
     }
 
-    fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
-        let ctx = &self.ctx;
-        let (n, c, t) = (b.rows, self.classes, self.taus.len());
-        buffers::check_storage("logits", b.logits, (n * c * 4) as u64)?;
-        buffers::check_storage("predictions", b.predictions, (n * t * 4) as u64)?;
-        let variant = self.resolved_variant();
-        if self.trips(variant) > MAX_LOOP_TRIPS {
-            return Err(Error::TooLarge(format!(
-                "{c} classes x {t} taus with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation"
-            )));
-        }
-        let (entry, rows_per_group) = match variant {
+    /// The argmax entry for `variant` over `n` rows, and rows per workgroup.
+    fn entry_for(&self, variant: PostHocVariant, n: usize) -> (Entry, usize) {
+        let (c, t) = (self.classes, self.taus.len());
+        match variant {
             PostHocVariant::RowPerThread => (Entry::ArgmaxRowPerThread { taus: t as u32 }, WG),
             PostHocVariant::Windows if t <= 16 && c <= UNROLLED_MAX_CLASSES => (
                 Entry::ArgmaxUnrolled16 {
@@ -373,28 +365,47 @@ impl PostHoc {
             }
             PostHocVariant::Windows => (Entry::ArgmaxWindows, WG),
             _ => (Entry::ArgmaxRowPerGroup, 1),
-        };
+        }
+    }
+
+    /// (window start, window length, table window): one window for the
+    /// layouts without a table.
+    fn windows(
+        &self,
+        variant: PostHocVariant,
+    ) -> Result<Vec<(usize, usize, wgpu::BindingResource<'_>)>> {
+        if variant != PostHocVariant::Windows {
+            return Ok(vec![(0, 0, self.unused_table.as_entire_binding())]);
+        }
+        let table = self.window_table()?;
+        let w_len = self.window_len();
+        Ok((0..self.classes.div_ceil(w_len))
+            .map(|w| {
+                (
+                    w * w_len,
+                    w_len,
+                    range(table, w as u64 * TABLE_BYTES, TABLE_BYTES),
+                )
+            })
+            .collect())
+    }
+
+    fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
+        let ctx = &self.ctx;
+        let (n, c, t) = (b.rows, self.classes, self.taus.len());
+        buffers::check_storage("logits", b.logits, (n * c * 4) as u64)?;
+        buffers::check_storage("predictions", b.predictions, (n * t * 4) as u64)?;
+        let variant = self.resolved_variant();
+        if self.trips(variant) > MAX_LOOP_TRIPS {
+            return Err(Error::TooLarge(format!(
+                "{c} classes x {t} taus with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation"
+            )));
+        }
+        let (entry, rows_per_group) = self.entry_for(variant, n);
         let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
         let row_bytes = (c.max(t) * 4) as u64;
         let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
-        // (window start, window length, table window): one window for the
-        // layouts without a table.
-        let windows: Vec<(usize, usize, wgpu::BindingResource)> =
-            if variant == PostHocVariant::Windows {
-                let table = self.window_table()?;
-                let w_len = self.window_len();
-                (0..c.div_ceil(w_len))
-                    .map(|w| {
-                        (
-                            w * w_len,
-                            w_len,
-                            range(table, w as u64 * TABLE_BYTES, TABLE_BYTES),
-                        )
-                    })
-                    .collect()
-            } else {
-                vec![(0, 0, self.unused_table.as_entire_binding())]
-            };
+        let windows = self.windows(variant)?;
         // The running argmax between windows, reused by every chunk (their
         // dispatches run in order).
         let state_row = 8 * self.tau4() as u64;

@@ -113,12 +113,231 @@ fn check_features(features: &[f32], dim: usize, what: &str) -> Result<usize> {
     Ok(features.len() / dim)
 }
 
+/// Check a training set and the settings against `spec`; returns `N`.
+fn check_training_set(
+    spec: &LossSpec,
+    features: &[f32],
+    labels: &[i64],
+    dim: usize,
+    config: &TrainConfig,
+) -> Result<usize> {
+    let n = check_features(features, dim, "training features")?;
+    if labels.len() != n {
+        return Err(Error::ShapeMismatch {
+            what: "training labels (rows of the features)".into(),
+            expected: n,
+            got: labels.len(),
+        });
+    }
+    if n == 0 {
+        return Err(Error::InvalidArgument("the training set is empty".into()));
+    }
+    let c = spec.classes();
+    spec.validate()?;
+    for (row, &y) in labels.iter().enumerate() {
+        if y != spec.ignored_label() && !usize::try_from(y).is_ok_and(|y| y < c) {
+            return Err(Error::LabelOutOfRange {
+                row,
+                label: y,
+                classes: c,
+            });
+        }
+    }
+    if config.batch_size == 0 || config.batch_size > MAX_BATCH {
+        return Err(Error::InvalidArgument(format!(
+            "batch size must be 1..={MAX_BATCH}, got {}",
+            config.batch_size
+        )));
+    }
+    for (what, v) in [
+        ("lr", config.lr),
+        ("momentum", config.momentum),
+        ("weight decay", config.weight_decay),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "{what} must be finite and >= 0, got {v}"
+            )));
+        }
+    }
+    Ok(n)
+}
+
 /// One batch size's loss binding and linear bind group.
 #[derive(Debug)]
 struct Shape {
     rows: usize,
     bound_loss: BoundLoss,
     linear_group: wgpu::BindGroup,
+}
+
+/// The per-batch buffers every batch shape binds, and the model's state.
+#[derive(Debug)]
+struct BatchBuffers {
+    features: wgpu::Buffer,
+    labels: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    grad: wgpu::Buffer,
+    /// The loss pass's reduced loss, which `accumulate` adds up.
+    loss: wgpu::Buffer,
+    weights: wgpu::Buffer,
+    velocity: wgpu::Buffer,
+    unused: wgpu::Buffer,
+    dim: usize,
+    classes: usize,
+}
+
+impl BatchBuffers {
+    /// Buffers for batches of up to `batch` rows of `dim` (bias included)
+    /// features and `classes` logits; weights and velocity at zero.
+    fn new(ctx: &Context, batch: usize, dim: usize, classes: usize) -> Result<Self> {
+        use wgpu::BufferUsages as U;
+        let zeros = vec![0.0f32; dim * classes];
+        let bytes = |per_row: usize| (batch * per_row * 4) as u64;
+        if bytes(dim) > ctx.limits().max_storage_buffer_binding_size {
+            return Err(Error::TooLarge(format!(
+                "batch features: {} bytes exceed the storage binding limit of {}",
+                bytes(dim),
+                ctx.limits().max_storage_buffer_binding_size
+            )));
+        }
+        Ok(Self {
+            features: buffers::storage(ctx, "batch features", bytes(dim), U::STORAGE)?,
+            labels: buffers::storage(ctx, "batch labels", bytes(1), U::STORAGE)?,
+            logits: buffers::storage(ctx, "batch logits", bytes(classes), U::STORAGE)?,
+            grad: buffers::storage(ctx, "batch dlogits", bytes(classes), U::STORAGE)?,
+            loss: buffers::storage(ctx, "batch loss", 4, U::STORAGE)?,
+            weights: buffers::upload(
+                ctx,
+                "weights",
+                bytemuck::cast_slice(&zeros),
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
+            )?,
+            velocity: buffers::upload(
+                ctx,
+                "velocity",
+                bytemuck::cast_slice(&zeros),
+                U::STORAGE | U::COPY_DST,
+            )?,
+            unused: buffers::storage(ctx, "unused", 4, U::STORAGE)?,
+            dim,
+            classes,
+        })
+    }
+
+    /// The loss binding and the linear bind group of a batch of `rows`.
+    fn bind_shape(
+        &self,
+        ctx: &Context,
+        loss: &SoftmaxXent,
+        rows: usize,
+        config: &TrainConfig,
+    ) -> Result<(Shape, buffers::ParamSlots)> {
+        let bound_loss = loss.bind(&LossBuffers {
+            grad: GradOutput::Separate(Region::whole(&self.grad)),
+            loss: Some(Region::new(&self.loss, 0, 4)),
+            ..LossBuffers::new(
+                Region::whole(&self.logits),
+                Region::whole(&self.labels),
+                rows,
+            )
+        })?;
+        let linear_params = buffers::param_slots(
+            ctx,
+            &[LinearParams {
+                rows: rows as u32,
+                dim: self.dim as u32,
+                classes: self.classes as u32,
+                flags: 0,
+                lr: config.lr,
+                momentum: config.momentum,
+                weight_decay: config.weight_decay,
+                _pad: 0,
+            }],
+        )?;
+        let linear_group = buffers::bind_group(
+            ctx,
+            "linear",
+            &ctx.kernels().layout(Family::Linear),
+            vec![
+                linear_params.slot(0),
+                self.features.as_entire_binding(),
+                self.weights.as_entire_binding(),
+                self.velocity.as_entire_binding(),
+                self.grad.as_entire_binding(),
+                self.unused.as_entire_binding(),
+                self.logits.as_entire_binding(),
+            ],
+        );
+        Ok((
+            Shape {
+                rows,
+                bound_loss,
+                linear_group,
+            },
+            linear_params,
+        ))
+    }
+}
+
+/// The training set on the device, the epoch's permutation and the running loss.
+#[derive(Debug)]
+struct TrainingData {
+    features: wgpu::Buffer,
+    labels: wgpu::Buffer,
+    perm: wgpu::Buffer,
+    acc: wgpu::Buffer,
+}
+
+impl TrainingData {
+    /// One gather bind group per mini-batch (rows `k * batch ..` of the
+    /// permutation), with the shape index each batch uses (0 for full
+    /// batches, 1 for a shorter last one).
+    fn gather_steps(
+        &self,
+        ctx: &Context,
+        b: &BatchBuffers,
+        batch_rows: &[usize],
+        batch: usize,
+    ) -> Result<(Vec<(wgpu::BindGroup, usize)>, buffers::ParamSlots)> {
+        let gather_params = buffers::param_slots(
+            ctx,
+            &batch_rows
+                .iter()
+                .enumerate()
+                .map(|(k, &rows)| GatherParams {
+                    rows: rows as u32,
+                    dim: b.dim as u32,
+                    start: (k * batch) as u32,
+                    _pad: 0,
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        let layout = ctx.kernels().layout(Family::Gather);
+        let steps = batch_rows
+            .iter()
+            .enumerate()
+            .map(|(k, &rows)| {
+                let group = buffers::bind_group(
+                    ctx,
+                    "gather",
+                    &layout,
+                    vec![
+                        gather_params.slot(k),
+                        self.features.as_entire_binding(),
+                        self.perm.as_entire_binding(),
+                        self.labels.as_entire_binding(),
+                        b.features.as_entire_binding(),
+                        b.labels.as_entire_binding(),
+                        b.loss.as_entire_binding(),
+                        self.acc.as_entire_binding(),
+                    ],
+                );
+                (group, usize::from(rows != batch))
+            })
+            .collect();
+        Ok((steps, gather_params))
+    }
 }
 
 /// A linear classifier and its training state on the GPU.
@@ -135,12 +354,9 @@ pub struct LinearTrainer {
     classes: usize,
     rows: usize,
     rng: Rng,
-    perm: wgpu::Buffer,
-    weights: wgpu::Buffer,
-    velocity: wgpu::Buffer,
-    acc: wgpu::Buffer,
+    data: TrainingData,
+    batch: BatchBuffers,
     _params: Vec<buffers::ParamSlots>,
-    _keep: Vec<wgpu::Buffer>,
 }
 
 impl LinearTrainer {
@@ -156,45 +372,8 @@ impl LinearTrainer {
         dim: usize,
         config: TrainConfig,
     ) -> Result<Self> {
-        let n = check_features(features, dim, "training features")?;
-        if labels.len() != n {
-            return Err(Error::ShapeMismatch {
-                what: "training labels (rows of the features)".into(),
-                expected: n,
-                got: labels.len(),
-            });
-        }
-        if n == 0 {
-            return Err(Error::InvalidArgument("the training set is empty".into()));
-        }
+        let n = check_training_set(spec, features, labels, dim, &config)?;
         let c = spec.classes();
-        spec.validate()?;
-        for (row, &y) in labels.iter().enumerate() {
-            if y != spec.ignored_label() && !usize::try_from(y).is_ok_and(|y| y < c) {
-                return Err(Error::LabelOutOfRange {
-                    row,
-                    label: y,
-                    classes: c,
-                });
-            }
-        }
-        if config.batch_size == 0 || config.batch_size > MAX_BATCH {
-            return Err(Error::InvalidArgument(format!(
-                "batch size must be 1..={MAX_BATCH}, got {}",
-                config.batch_size
-            )));
-        }
-        for (what, v) in [
-            ("lr", config.lr),
-            ("momentum", config.momentum),
-            ("weight decay", config.weight_decay),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::InvalidArgument(format!(
-                    "{what} must be finite and >= 0, got {v}"
-                )));
-            }
-        }
         let d = dim + 1;
         let batch = config.batch_size.min(n);
         let spec = spec.clone().reduction(Reduction::WeightedMean);
@@ -202,57 +381,35 @@ impl LinearTrainer {
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;
             let x = with_bias_column(features, dim);
-            let labels32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
-            let features_buf =
-                buffers::upload(ctx, "features", bytemuck::cast_slice(&x), U::STORAGE)?;
-            let labels_buf =
-                buffers::upload(ctx, "labels", bytemuck::cast_slice(&labels32), U::STORAGE)?;
-            let perm = buffers::storage(ctx, "perm", (n * 4) as u64, U::STORAGE | U::COPY_DST)?;
-            let zeros = vec![0.0f32; d * c];
-            let weights = buffers::upload(
-                ctx,
-                "weights",
-                bytemuck::cast_slice(&zeros),
-                U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            )?;
-            let velocity = buffers::upload(
-                ctx,
-                "velocity",
-                bytemuck::cast_slice(&zeros),
-                U::STORAGE | U::COPY_DST,
-            )?;
-            let batch_features =
-                buffers::storage(ctx, "batch features", (batch * d * 4) as u64, U::STORAGE)?;
-            let batch_labels =
-                buffers::storage(ctx, "batch labels", (batch * 4) as u64, U::STORAGE)?;
-            let logits = buffers::storage(ctx, "batch logits", (batch * c * 4) as u64, U::STORAGE)?;
-            let grad = buffers::storage(ctx, "batch dlogits", (batch * c * 4) as u64, U::STORAGE)?;
-            let acc = buffers::storage(
-                ctx,
-                "running loss",
-                4,
-                U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            )?;
-            let unused = buffers::storage(ctx, "unused", 4, U::STORAGE)?;
-            // The loss pass's reduced loss, which `accumulate` adds up.
-            let batch_loss = buffers::storage(ctx, "batch loss", 4, U::STORAGE)?;
-            for (what, bytes) in [
-                ("training features", x.len() * 4),
-                ("batch features", batch * d * 4),
-            ] {
-                if bytes as u64 > ctx.limits().max_storage_buffer_binding_size {
-                    return Err(Error::TooLarge(format!(
-                        "{what}: {bytes} bytes exceed the storage binding limit of {}",
-                        ctx.limits().max_storage_buffer_binding_size
-                    )));
-                }
+            if x.len() as u64 * 4 > ctx.limits().max_storage_buffer_binding_size {
+                return Err(Error::TooLarge(format!(
+                    "training features: {} bytes exceed the storage binding limit of {}",
+                    x.len() * 4,
+                    ctx.limits().max_storage_buffer_binding_size
+                )));
             }
+            let labels32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+            let data = TrainingData {
+                features: buffers::upload(ctx, "features", bytemuck::cast_slice(&x), U::STORAGE)?,
+                labels: buffers::upload(
+                    ctx,
+                    "labels",
+                    bytemuck::cast_slice(&labels32),
+                    U::STORAGE,
+                )?,
+                perm: buffers::storage(ctx, "perm", (n * 4) as u64, U::STORAGE | U::COPY_DST)?,
+                acc: buffers::storage(
+                    ctx,
+                    "running loss",
+                    4,
+                    U::STORAGE | U::COPY_SRC | U::COPY_DST,
+                )?,
+            };
+            let batch_buffers = BatchBuffers::new(ctx, batch, d, c)?;
             // Full batches of `batch` rows, then one shorter batch for the
             // rest: every row is used every epoch.
             let batches = n.div_ceil(batch);
             let rest = n - (batches - 1) * batch;
-            let linear_layout = ctx.kernels().layout(Family::Linear);
-            let gather_layout = ctx.kernels().layout(Family::Gather);
             let mut shapes = Vec::new();
             let mut params = Vec::new();
             for rows in if rest == batch {
@@ -260,83 +417,15 @@ impl LinearTrainer {
             } else {
                 vec![batch, rest]
             } {
-                let bound_loss = loss.bind(&LossBuffers {
-                    grad: GradOutput::Separate(Region::whole(&grad)),
-                    loss: Some(Region::new(&batch_loss, 0, 4)),
-                    ..LossBuffers::new(Region::whole(&logits), Region::whole(&batch_labels), rows)
-                })?;
-                let linear_params = buffers::param_slots(
-                    ctx,
-                    &[LinearParams {
-                        rows: rows as u32,
-                        dim: d as u32,
-                        classes: c as u32,
-                        flags: 0,
-                        lr: config.lr,
-                        momentum: config.momentum,
-                        weight_decay: config.weight_decay,
-                        _pad: 0,
-                    }],
-                )?;
-                let linear_group = buffers::bind_group(
-                    ctx,
-                    "linear",
-                    &linear_layout,
-                    vec![
-                        linear_params.slot(0),
-                        batch_features.as_entire_binding(),
-                        weights.as_entire_binding(),
-                        velocity.as_entire_binding(),
-                        grad.as_entire_binding(),
-                        unused.as_entire_binding(),
-                        logits.as_entire_binding(),
-                    ],
-                );
+                let (shape, linear_params) = batch_buffers.bind_shape(ctx, &loss, rows, &config)?;
                 params.push(linear_params);
-                shapes.push(Shape {
-                    rows,
-                    bound_loss,
-                    linear_group,
-                });
+                shapes.push(shape);
             }
-            let shape_of = |k: usize| {
-                if k + 1 == batches {
-                    shapes.len() - 1
-                } else {
-                    0
-                }
-            };
-            let gather_params = buffers::param_slots(
-                ctx,
-                &(0..batches)
-                    .map(|k| GatherParams {
-                        rows: shapes[shape_of(k)].rows as u32,
-                        dim: d as u32,
-                        start: (k * batch) as u32,
-                        _pad: 0,
-                    })
-                    .collect::<Vec<_>>(),
-            )?;
-            let steps = (0..batches)
-                .map(|k| {
-                    let group = buffers::bind_group(
-                        ctx,
-                        "gather",
-                        &gather_layout,
-                        vec![
-                            gather_params.slot(k),
-                            features_buf.as_entire_binding(),
-                            perm.as_entire_binding(),
-                            labels_buf.as_entire_binding(),
-                            batch_features.as_entire_binding(),
-                            batch_labels.as_entire_binding(),
-                            batch_loss.as_entire_binding(),
-                            acc.as_entire_binding(),
-                        ],
-                    );
-                    (group, shape_of(k))
-                })
+            let batch_rows: Vec<usize> = (0..batches)
+                .map(|k| if k + 1 == batches { rest } else { batch })
                 .collect();
+            let (steps, gather_params) =
+                data.gather_steps(ctx, &batch_buffers, &batch_rows, batch)?;
             params.push(gather_params);
             Ok(Self {
                 ctx: ctx.clone(),
@@ -348,21 +437,9 @@ impl LinearTrainer {
                 dim,
                 classes: c,
                 rows: n,
-                perm,
-                weights,
-                velocity,
-                acc,
+                data,
+                batch: batch_buffers,
                 _params: params,
-                _keep: vec![
-                    features_buf,
-                    labels_buf,
-                    batch_features,
-                    batch_labels,
-                    logits,
-                    grad,
-                    unused,
-                    batch_loss,
-                ],
             })
         })
     }
@@ -386,9 +463,9 @@ impl LinearTrainer {
         let batches = self.steps.len();
         ctx.scoped(|| {
             ctx.queue()
-                .write_buffer(&self.perm, 0, bytemuck::cast_slice(&order));
+                .write_buffer(&self.data.perm, 0, bytemuck::cast_slice(&order));
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            encoder.clear_buffer(&self.acc, 0, None);
+            encoder.clear_buffer(&self.data.acc, 0, None);
             let gather = ctx.kernels().pipeline(Entry::Gather, 0);
             let accumulate = ctx.kernels().pipeline(Entry::Accumulate, 0);
             let forward = ctx.kernels().pipeline(Entry::LinearForward, 0);
@@ -416,7 +493,7 @@ impl LinearTrainer {
                 pass.dispatch_workgroups(1, 1, 1);
             }
             ctx.queue().submit([encoder.finish()]);
-            let total = buffers::read_f32(ctx, &[(&self.acc, 0, 1)])?;
+            let total = buffers::read_f32(ctx, &[(&self.data.acc, 0, 1)])?;
             Ok(total[0][0] / batches.max(1) as f32)
         })
     }
@@ -438,7 +515,7 @@ impl LinearTrainer {
     /// The weights `(D + 1) x C`, row-major; the last row is the bias.
     pub fn weights(&self) -> Result<Vec<f32>> {
         let len = (self.dim + 1) * self.classes;
-        self.ctx.read_f32(&self.weights, 0, len)
+        self.ctx.read_f32(&self.batch.weights, 0, len)
     }
 
     /// Replace the weights (and reset the momentum), `(D + 1) x C`.
@@ -453,10 +530,12 @@ impl LinearTrainer {
         }
         self.ctx
             .queue()
-            .write_buffer(&self.weights, 0, bytemuck::cast_slice(weights));
-        self.ctx
-            .queue()
-            .write_buffer(&self.velocity, 0, bytemuck::cast_slice(&vec![0.0f32; len]));
+            .write_buffer(&self.batch.weights, 0, bytemuck::cast_slice(weights));
+        self.ctx.queue().write_buffer(
+            &self.batch.velocity,
+            0,
+            bytemuck::cast_slice(&vec![0.0f32; len]),
+        );
         Ok(())
     }
 
@@ -535,8 +614,8 @@ impl LinearTrainer {
                 vec![
                     params.slot(0),
                     a_buf.as_entire_binding(),
-                    self.weights.as_entire_binding(),
-                    self.velocity.as_entire_binding(),
+                    self.batch.weights.as_entire_binding(),
+                    self.batch.velocity.as_entire_binding(),
                     g_buf.as_entire_binding(),
                     wgrad.as_entire_binding(),
                     forward_out.as_entire_binding(),
