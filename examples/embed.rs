@@ -109,15 +109,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     op.record(&mut encoder, &backward);
     queue.submit([encoder.finish()]);
 
-    // The check: both against the f64 reference.
-    let want = logit_adjust::reference::forward_backward(
+    check(
+        &ctx,
         &spec,
-        &logits,
+        &pool,
+        (n, c, stride),
+        (&logits, &labels),
+        (loss_at, lse_at, grad_at),
+    )
+}
+
+/// Both results against the f64 reference; the pool's regions at the given
+/// byte offsets.
+fn check(
+    ctx: &Context,
+    spec: &LossSpec,
+    pool: &wgpu::Buffer,
+    (n, c, stride): (usize, usize, usize),
+    (logits, labels): (&[f32], &[i32]),
+    (loss_at, lse_at, grad_at): (u64, u64, u64),
+) -> Result<(), Box<dyn std::error::Error>> {
+    let want = logit_adjust::reference::forward_backward(
+        spec,
+        logits,
         &labels.iter().map(|&y| i64::from(y)).collect::<Vec<_>>(),
     )?;
-    let loss = ctx.read_f32(&pool, loss_at, 1)?[0];
-    let lse = ctx.read_f32(&pool, lse_at, n)?;
-    let grad = ctx.read_f32(&pool, grad_at, (n - 1) * stride + c)?;
+    let loss = ctx.read_f32(pool, loss_at, 1)?[0];
+    let lse = ctx.read_f32(pool, lse_at, n)?;
+    let grad = ctx.read_f32(pool, grad_at, (n - 1) * stride + c)?;
     let want_loss = want.loss.unwrap_or(f64::NAN);
     let mut failures = Vec::new();
     if (f64::from(loss) - want_loss).abs() > 1e-5 * want_loss.abs().max(1.0) {
@@ -128,7 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .zip(&want.lse)
         .map(|(&g, &w)| (f64::from(g) - w).abs() / w.abs().max(1.0))
         .fold(0.0, f64::max);
-    if !(lse_err <= 1e-5) {
+    if lse_err.is_nan() || lse_err > 1e-5 {
         failures.push(format!("LSE off by {lse_err:e} (relative)"));
     }
     let want_grad = want.grad.unwrap_or_default();
@@ -140,7 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             grad_err = grad_err.max((got - want_grad[row * c + k]).abs());
         }
     }
-    if !(grad_err <= 1e-6 + 1e-5 * scale) {
+    if grad_err.is_nan() || grad_err > 1e-6 + 1e-5 * scale {
         failures.push(format!(
             "gradient off by {grad_err:e} (largest element {scale:e})"
         ));

@@ -85,6 +85,65 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `run(args)` fails with exactly one line, `error: ...` containing `expect`.
+fn assert_one_line_error(args: &[&str], expect: &str, what: &str) {
+    let (code, stdout, stderr) = run(args);
+    assert_ne!(code, 0, "{what}: succeeded: {stdout}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{what}: want one line, got {stderr:?}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(expect),
+        "{what}: {stderr}"
+    );
+    assert!(!lines[0].contains("panicked"), "{what}");
+}
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+fn i32s(v: &[i32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+fn i64s(v: &[i64]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+/// Write `.npy` files into the test folder: (name, dtype, shape, bytes).
+fn write_files(f: &Files, files: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+    for (name, descr, shape, bytes) in files {
+        write_npy(&f.path(name), descr, shape, bytes);
+    }
+}
+
+/// `train` with a bad test set or loss: one line, no output file.
+fn train_refuses_bad_input(f: &Files, base: &dyn Fn(&str, &str) -> Vec<String>) {
+    for (xt, yt, extra, expect) in [
+        ("xt_wide.npy", "yt.npy", "", "shape mismatch"),
+        ("xt.npy", "yt_neg.npy", "", "label out of range"),
+        ("xt.npy", "yt.npy", "nonsense", "unknown loss"),
+    ] {
+        let mut args = base(xt, yt);
+        if !extra.is_empty() {
+            args.extend(["--loss".into(), extra.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = run(&args);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+            .collect();
+        assert_ne!(code, 0);
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(expect), "{stderr}");
+        assert!(!f.path("out.npy").exists());
+    }
+}
+
 fn json_number(json: &str, key: &str) -> f64 {
     let v: serde_json::Value =
         serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
@@ -197,9 +256,8 @@ fn loss_matches_the_reference_on_gpu_and_cpu() {
     }
 }
 
-#[test]
-fn bad_input_is_one_line_non_zero_and_writes_nothing() {
-    let f = Files::new("bad");
+/// The files `bad_input_is_one_line_non_zero_and_writes_nothing` feeds `loss`.
+fn write_bad_loss_inputs(f: &Files) {
     let (n, c) = (4, 3);
     let logits = vec![0.25f32; n * c];
     write_npy(
@@ -287,89 +345,32 @@ fn bad_input_is_one_line_non_zero_and_writes_nothing() {
         bytemuck::cast_slice(&[1i64, 1, 1]),
     );
     std::fs::write(f.path("garbage.npy"), b"not an npy file").unwrap();
+}
 
-    let cases: &[(&str, &str, &str, &str, &str)] = &[
-        (
-            "l.npy",
-            "y_out.npy",
-            "--class-counts",
-            "n.npy",
-            "label out of range",
-        ),
-        (
-            "l.npy",
-            "y_short.npy",
-            "--class-counts",
-            "n.npy",
-            "shape mismatch",
-        ),
-        (
-            "l.npy",
-            "y.npy",
-            "--class-counts",
-            "n_short.npy",
-            "shape mismatch",
-        ),
-        (
-            "l.npy",
-            "y.npy",
-            "--class-counts",
-            "n_zero.npy",
-            "zero count",
-        ),
-        ("l.npy", "y.npy", "--prior", "p_nan.npy", "not finite"),
-        ("l.npy", "y.npy", "--prior", "p_neg.npy", "negative"),
-        (
-            "l.npy",
-            "y.npy",
-            "--prior",
-            "p_zero.npy",
-            "zero probability",
-        ),
-        (
-            "l.npy",
-            "y.npy",
-            "--prior",
-            "p_int.npy",
-            "expected a float vector",
-        ),
-        (
-            "l64.npy",
-            "y.npy",
-            "--class-counts",
-            "n.npy",
-            "expected float32",
-        ),
-        (
-            "l1d.npy",
-            "y.npy",
-            "--class-counts",
-            "n.npy",
-            "expected float32",
-        ),
-        (
-            "l.npy",
-            "y_float.npy",
-            "--class-counts",
-            "n.npy",
-            "expected int32 or int64",
-        ),
-        (
-            "garbage.npy",
-            "y.npy",
-            "--class-counts",
-            "n.npy",
-            "not a valid .npy",
-        ),
-        (
-            "missing.npy",
-            "y.npy",
-            "--class-counts",
-            "n.npy",
-            "missing.npy",
-        ),
+#[test]
+fn bad_input_is_one_line_non_zero_and_writes_nothing() {
+    let f = Files::new("bad");
+    write_bad_loss_inputs(&f);
+    // logits, labels, the prior's flag and file | what the error says
+    let cases = [
+        "l.npy y_out.npy --class-counts n.npy | label out of range",
+        "l.npy y_short.npy --class-counts n.npy | shape mismatch",
+        "l.npy y.npy --class-counts n_short.npy | shape mismatch",
+        "l.npy y.npy --class-counts n_zero.npy | zero count",
+        "l.npy y.npy --prior p_nan.npy | not finite",
+        "l.npy y.npy --prior p_neg.npy | negative",
+        "l.npy y.npy --prior p_zero.npy | zero probability",
+        "l.npy y.npy --prior p_int.npy | expected a float vector",
+        "l64.npy y.npy --class-counts n.npy | expected float32",
+        "l1d.npy y.npy --class-counts n.npy | expected float32",
+        "l.npy y_float.npy --class-counts n.npy | expected int32 or int64",
+        "garbage.npy y.npy --class-counts n.npy | not a valid .npy",
+        "missing.npy y.npy --class-counts n.npy | missing.npy",
     ];
-    for &(logits, labels, flag, prior, expect) in cases {
+    for case in cases {
+        let (files, expect) = case.split_once(" | ").unwrap();
+        let [logits, labels, flag, prior]: [&str; 4] =
+            files.split(' ').collect::<Vec<_>>().try_into().unwrap();
         for cpu in [false, true] {
             let (gl, gg) = (f.path("out_l.npy"), f.path("out_g.npy"));
             let p = |x: &str| f.path(x).to_str().unwrap().to_string();
@@ -390,19 +391,8 @@ fn bad_input_is_one_line_non_zero_and_writes_nothing() {
                 args.push("--cpu".into());
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (code, stdout, stderr) = run(&args);
             let what = format!("{logits} {labels} {prior} cpu={cpu}");
-            assert_ne!(code, 0, "{what}: succeeded: {stdout}");
-            let lines: Vec<&str> = stderr
-                .lines()
-                .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
-                .collect();
-            assert_eq!(lines.len(), 1, "{what}: want one line, got {stderr:?}");
-            assert!(
-                lines[0].starts_with("error: ") && lines[0].contains(expect),
-                "{what}: {stderr}"
-            );
-            assert!(!lines[0].contains("panicked"), "{what}");
+            assert_one_line_error(&args, expect, &what);
             assert!(
                 !gl.exists() && !gg.exists(),
                 "{what}: an output file was written"
@@ -427,6 +417,29 @@ fn info_lists_the_adapters() {
                 .unwrap()
                 > 0
         );
+    }
+}
+
+/// `posthoc --json`'s results equal the reference's reports exactly.
+fn assert_reports(v: &serde_json::Value, reports: &[logit_adjust::Report], c: usize, what: &str) {
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), reports.len(), "{what}");
+    for (r, w) in results.iter().zip(reports) {
+        assert_eq!(
+            r["balanced_error"].as_f64().unwrap(),
+            w.balanced_error,
+            "{what}"
+        );
+        assert_eq!(r["accuracy"].as_f64().unwrap(), w.accuracy, "{what}");
+        assert_eq!(
+            r["worst_class_recall"].as_f64().unwrap(),
+            w.worst_class_recall,
+            "{what}"
+        );
+        assert_eq!(r["many"].as_f64(), w.many, "{what}");
+        assert_eq!(r["medium"].as_f64(), w.medium, "{what}");
+        assert_eq!(r["few"].as_f64(), w.few, "{what}");
+        assert_eq!(r["per_class_recall"].as_array().unwrap().len(), c);
     }
 }
 
@@ -508,25 +521,7 @@ fn posthoc_sweep_matches_the_reference_exactly() {
             let what = format!("{source} cpu={cpu} seed={seed}");
             assert_eq!(code, 0, "{what}: {stderr}");
             let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-            let results = v["results"].as_array().unwrap();
-            assert_eq!(results.len(), 9, "{what}");
-            for (r, w) in results.iter().zip(&reports) {
-                assert_eq!(
-                    r["balanced_error"].as_f64().unwrap(),
-                    w.balanced_error,
-                    "{what}"
-                );
-                assert_eq!(r["accuracy"].as_f64().unwrap(), w.accuracy, "{what}");
-                assert_eq!(
-                    r["worst_class_recall"].as_f64().unwrap(),
-                    w.worst_class_recall,
-                    "{what}"
-                );
-                assert_eq!(r["many"].as_f64(), w.many, "{what}");
-                assert_eq!(r["medium"].as_f64(), w.medium, "{what}");
-                assert_eq!(r["few"].as_f64(), w.few, "{what}");
-                assert_eq!(r["per_class_recall"].as_array().unwrap().len(), c);
-            }
+            assert_reports(&v, &reports, c, &what);
             assert_eq!(v["best_tau"].as_f64().unwrap(), taus[best], "{what}");
             let pred = read_i64_npy(&f.path("pred.npy"));
             let want_best: Vec<i64> = want_pred.by_tau[best].iter().map(|&x| x as i64).collect();
@@ -534,7 +529,12 @@ fn posthoc_sweep_matches_the_reference_exactly() {
             std::fs::remove_file(f.path("pred.npy")).unwrap();
         }
     }
-    // A prior alone: no shot groups (null), and the plain table works.
+    posthoc_with_a_prior_alone(&f, &prior, c);
+}
+
+/// A prior alone: no shot groups (null), and the plain table works.
+fn posthoc_with_a_prior_alone(f: &Files, prior: &ClassPrior, c: usize) {
+    let p = |x: &str| f.path(x).to_str().unwrap().to_string();
     let probs: Vec<f64> = prior.probabilities().to_vec();
     write_npy(&f.path("p.npy"), "<f8", &[c], bytemuck::cast_slice(&probs));
     let (code, stdout, stderr) = run(&[
@@ -570,109 +570,49 @@ fn posthoc_bad_input_is_one_line_and_writes_nothing() {
     let f = Files::new("posthoc-bad");
     let (n, c) = (3, 2);
     let p = |x: &str| f.path(x).to_str().unwrap().to_string();
-    write_npy(
-        &f.path("l.npy"),
-        "<f4",
-        &[n, c],
-        bytemuck::cast_slice(&[0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0]),
+    write_files(
+        &f,
+        &[
+            (
+                "l.npy",
+                "<f4",
+                vec![n, c],
+                f32s(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]),
+            ),
+            (
+                "l_nan.npy",
+                "<f4",
+                vec![n, c],
+                f32s(&[0.0, f32::NAN, 2.0, 3.0, 4.0, 5.0]),
+            ),
+            ("y.npy", "<i4", vec![n], i32s(&[0, 1, 1])),
+            ("y_bad.npy", "<i4", vec![n], i32s(&[0, 2, 1])),
+            ("y_ignored.npy", "<i4", vec![n], i32s(&[0, -100, 1])),
+            ("n.npy", "<i8", vec![c], i64s(&[10, 2])),
+            ("n_zero.npy", "<i8", vec![c], i64s(&[10, 0])),
+        ],
     );
-    write_npy(
-        &f.path("l_nan.npy"),
-        "<f4",
-        &[n, c],
-        bytemuck::cast_slice(&[0.0f32, f32::NAN, 2.0, 3.0, 4.0, 5.0]),
-    );
-    write_npy(
-        &f.path("y.npy"),
-        "<i4",
-        &[n],
-        bytemuck::cast_slice(&[0i32, 1, 1]),
-    );
-    write_npy(
-        &f.path("y_bad.npy"),
-        "<i4",
-        &[n],
-        bytemuck::cast_slice(&[0i32, 2, 1]),
-    );
-    write_npy(
-        &f.path("y_ignored.npy"),
-        "<i4",
-        &[n],
-        bytemuck::cast_slice(&[0i32, -100, 1]),
-    );
-    write_npy(
-        &f.path("n.npy"),
-        "<i8",
-        &[c],
-        bytemuck::cast_slice(&[10i64, 2]),
-    );
-    write_npy(
-        &f.path("n_zero.npy"),
-        "<i8",
-        &[c],
-        bytemuck::cast_slice(&[10i64, 0]),
-    );
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            vec![
-                "--labels".into(),
-                p("y_bad.npy"),
-                "--class-counts".into(),
-                p("n.npy"),
-            ],
-            "label out of range",
-        ),
-        (
-            vec![
-                "--labels".into(),
-                p("y_ignored.npy"),
-                "--class-counts".into(),
-                p("n.npy"),
-            ],
-            "label out of range",
-        ),
-        (
-            vec![
-                "--labels".into(),
-                p("y.npy"),
-                "--class-counts".into(),
-                p("n_zero.npy"),
-            ],
-            "zero count",
-        ),
-        (
-            vec![
-                "--labels".into(),
-                p("y.npy"),
-                "--class-counts".into(),
-                p("n.npy"),
-                "--tau-range".into(),
-                "0:100:1".into(),
-            ],
-            "at most 64",
-        ),
-        (
-            vec![
-                "--labels".into(),
-                p("y.npy"),
-                "--class-counts".into(),
-                p("n.npy"),
-                "--tau-range".into(),
-                "2:1:0.5".into(),
-            ],
-            "start:stop:step",
-        ),
-        (
-            vec![
-                "--labels".into(),
-                p("y.npy"),
-                "--train-labels".into(),
-                p("y_bad.npy"),
-            ],
-            "training label out of range",
-        ),
+    // the arguments besides the logits (files are in the test folder) | the error
+    let cases = [
+        "--labels y_bad.npy --class-counts n.npy | label out of range",
+        "--labels y_ignored.npy --class-counts n.npy | label out of range",
+        "--labels y.npy --class-counts n_zero.npy | zero count",
+        "--labels y.npy --class-counts n.npy --tau-range 0:100:1 | at most 64",
+        "--labels y.npy --class-counts n.npy --tau-range 2:1:0.5 | start:stop:step",
+        "--labels y.npy --train-labels y_bad.npy | training label out of range",
     ];
-    for (extra, expect) in cases {
+    for case in cases {
+        let (extra, expect) = case.split_once(" | ").unwrap();
+        let extra: Vec<String> = extra
+            .split(' ')
+            .map(|w| {
+                if w.ends_with(".npy") {
+                    p(w)
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
         for logits in ["l.npy", "l_nan.npy"] {
             let mut args = vec![
                 "posthoc".to_string(),
@@ -810,24 +750,5 @@ fn train_reports_metrics_and_refuses_bad_input() {
         assert_eq!(logits.len(), 800);
         std::fs::remove_file(f.path("out.npy")).unwrap();
     }
-    for (xt, yt, extra, expect) in [
-        ("xt_wide.npy", "yt.npy", "", "shape mismatch"),
-        ("xt.npy", "yt_neg.npy", "", "label out of range"),
-        ("xt.npy", "yt.npy", "nonsense", "unknown loss"),
-    ] {
-        let mut args = base(xt, yt);
-        if !extra.is_empty() {
-            args.extend(["--loss".into(), extra.into()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, _, stderr) = run(&args);
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
-            .collect();
-        assert_ne!(code, 0);
-        assert_eq!(lines.len(), 1, "{stderr}");
-        assert!(lines[0].contains(expect), "{stderr}");
-        assert!(!f.path("out.npy").exists());
-    }
+    train_refuses_bad_input(&f, &base);
 }

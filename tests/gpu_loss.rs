@@ -899,10 +899,17 @@ fn bad_input_is_an_error_and_touches_nothing() {
             matches!(e, logit_adjust::Error::ShapeMismatch { .. }),
             "{e}"
         );
+    }
+}
 
-        // Device-resident: a region too small, a buffer without STORAGE, a
-        // misaligned offset, a stride below C, regions sharing bytes, and
-        // a backward with nowhere to write.
+#[test]
+fn bad_regions_are_refused_at_bind() {
+    // A region too small, a buffer without STORAGE, a misaligned offset, a
+    // stride below C, regions sharing bytes (in place only by asking), and
+    // a backward with nowhere to write.
+    let spec = LossSpec::cross_entropy(4);
+    for ctx in contexts() {
+        let op = ctx.softmax_xent(&spec).unwrap();
         let small = init(ctx, "logits", &[0u8; 16]);
         let labels = init(ctx, "labels", bytemuck::cast_slice(&[0i32, 1]));
         let pool = init(ctx, "pool", &[0u8; 4096]);

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use logit_adjust::{check_labels, check_logits, reference, Context, MAX_TAUS};
+use logit_adjust::{check_labels, check_logits, reference, Context, Report, MAX_TAUS};
 use serde_json::json;
 
 use crate::{inputs, npy};
@@ -159,10 +159,33 @@ pub fn run(a: &PostHocArgs) -> Result<(), String> {
         npy::write(path, &[n as u64], &pred)?;
     }
 
-    if a.json {
+    let device = (adapter.as_str(), backend.as_str());
+    print_results(
+        a.json,
+        &taus,
+        &reports,
+        best,
+        (n, c),
+        device,
+        train_counts.is_some(),
+    );
+    Ok(())
+}
+
+/// The sweep's reports, as JSON or as a table.
+fn print_results(
+    json: bool,
+    taus: &[f64],
+    reports: &[Report],
+    best: usize,
+    (n, c): (usize, usize),
+    (adapter, backend): (&str, &str),
+    has_counts: bool,
+) {
+    if json {
         let results: Vec<_> = taus
             .iter()
-            .zip(&reports)
+            .zip(reports)
             .map(|(tau, r)| {
                 json!({
                     "tau": tau,
@@ -187,13 +210,13 @@ pub fn run(a: &PostHocArgs) -> Result<(), String> {
                 "best_tau": taus[best],
             })
         );
-        return Ok(());
+        return;
     }
     println!(
         "{:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "tau", "accuracy", "bal.err", "worst", "many", "medium", "few"
     );
-    for (tau, r) in taus.iter().zip(&reports) {
+    for (tau, r) in taus.iter().zip(reports) {
         println!(
             "{tau:>8.4} {:>9.4} {:>9.4} {:>9.4} {:>8} {:>8} {:>8}",
             r.accuracy,
@@ -208,8 +231,7 @@ pub fn run(a: &PostHocArgs) -> Result<(), String> {
         "best tau: {} (balanced error {:.4}); N = {n}, C = {c}, on {adapter} ({backend})",
         taus[best], reports[best].balanced_error
     );
-    if train_counts.is_none() {
+    if !has_counts {
         println!("(many/medium/few need training counts: pass --class-counts or --train-labels)");
     }
-    Ok(())
 }

@@ -65,65 +65,18 @@ pub struct TrainArgs {
 
 pub fn run(a: &TrainArgs) -> Result<(), String> {
     let e = |e: logit_adjust::Error| e.to_string();
-    let (n, d, mut x) = npy::read_logits(&a.train_features, "training features")?;
-    let y = npy::read_labels(&a.train_labels, "training labels")?;
-    let (m, dt, mut xt) = npy::read_logits(&a.test_features, "test features")?;
-    let yt = npy::read_labels(&a.test_labels, "test labels")?;
-    if y.len() != n {
-        return Err(format!(
-            "shape mismatch: {n} training feature rows but {} training labels",
-            y.len()
-        ));
-    }
-    if yt.len() != m {
-        return Err(format!(
-            "shape mismatch: {m} test feature rows but {} test labels",
-            yt.len()
-        ));
-    }
-    if dt != d {
-        return Err(format!(
-            "shape mismatch: training features have {d} columns, test features {dt}"
-        ));
-    }
-    if n == 0 || m == 0 {
-        return Err("the training and test sets must not be empty".into());
-    }
-    if let Some(i) = y.iter().chain(&yt).position(|&v| v < 0) {
-        return Err(format!(
-            "label out of range: label {} at position {i} is negative",
-            y.iter().chain(&yt).nth(i).unwrap_or(&0)
-        ));
-    }
-    let c = y.iter().chain(&yt).max().map_or(0, |&v| v as usize + 1);
-    check_labels(&yt, c).map_err(e)?;
-    for (what, v) in [("training features", &x), ("test features", &xt)] {
-        if let Some(i) = v.iter().position(|f| !f.is_finite()) {
-            return Err(format!("non-finite value: {what}[{i}] = {}", v[i]));
-        }
-    }
+    let Sets {
+        n,
+        d,
+        mut x,
+        y,
+        m,
+        mut xt,
+        yt,
+        c,
+    } = read_sets(a)?;
     let counts = logit_adjust::count_labels(&y, c).map_err(e)?;
-    let prior = || {
-        ClassPrior::from_counts(&counts).map_err(|err| {
-            format!(
-                "{err} (the --loss {} needs every class in the training labels)",
-                a.loss
-            )
-        })
-    };
-    let spec = match a.loss.as_str() {
-        "ce" => LossSpec::cross_entropy(c),
-        "logit-adjusted" => LossSpec::logit_adjusted(&prior()?, a.tau).map_err(e)?,
-        "balanced" => LossSpec::balanced(&prior()?),
-        "ldam" => LossSpec::ldam(&prior()?),
-        "equalised" => LossSpec::equalised(&prior()?, a.tau).map_err(e)?,
-        "la-ldam" => LossSpec::logit_adjusted_adaptive(&prior()?, a.tau).map_err(e)?,
-        other => {
-            return Err(format!(
-                "unknown loss {other:?}: expected ce, logit-adjusted, balanced, ldam, equalised or la-ldam"
-            ))
-        }
-    };
+    let spec = spec_for(a, c, &counts)?;
     if !a.no_standardize {
         let s = Standardizer::fit(&x, d).map_err(e)?;
         x = s.apply(&x).map_err(e)?;
@@ -214,4 +167,93 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     );
     println!("adapter: {} ({:?})", ctx.info().name, ctx.info().backend);
     Ok(())
+}
+
+/// The training and test sets, checked against each other.
+struct Sets {
+    n: usize,
+    d: usize,
+    x: Vec<f32>,
+    y: Vec<i64>,
+    m: usize,
+    xt: Vec<f32>,
+    yt: Vec<i64>,
+    c: usize,
+}
+
+fn read_sets(a: &TrainArgs) -> Result<Sets, String> {
+    let e = |e: logit_adjust::Error| e.to_string();
+    let (n, d, x) = npy::read_logits(&a.train_features, "training features")?;
+    let y = npy::read_labels(&a.train_labels, "training labels")?;
+    let (m, dt, xt) = npy::read_logits(&a.test_features, "test features")?;
+    let yt = npy::read_labels(&a.test_labels, "test labels")?;
+    if y.len() != n {
+        return Err(format!(
+            "shape mismatch: {n} training feature rows but {} training labels",
+            y.len()
+        ));
+    }
+    if yt.len() != m {
+        return Err(format!(
+            "shape mismatch: {m} test feature rows but {} test labels",
+            yt.len()
+        ));
+    }
+    if dt != d {
+        return Err(format!(
+            "shape mismatch: training features have {d} columns, test features {dt}"
+        ));
+    }
+    if n == 0 || m == 0 {
+        return Err("the training and test sets must not be empty".into());
+    }
+    if let Some(i) = y.iter().chain(&yt).position(|&v| v < 0) {
+        return Err(format!(
+            "label out of range: label {} at position {i} is negative",
+            y.iter().chain(&yt).nth(i).unwrap_or(&0)
+        ));
+    }
+    let c = y.iter().chain(&yt).max().map_or(0, |&v| v as usize + 1);
+    check_labels(&yt, c).map_err(e)?;
+    for (what, v) in [("training features", &x), ("test features", &xt)] {
+        if let Some(i) = v.iter().position(|f| !f.is_finite()) {
+            return Err(format!("non-finite value: {what}[{i}] = {}", v[i]));
+        }
+    }
+    Ok(Sets {
+        n,
+        d,
+        x,
+        y,
+        m,
+        xt,
+        yt,
+        c,
+    })
+}
+
+/// The loss `--loss` names, over `c` classes with these training counts.
+fn spec_for(a: &TrainArgs, c: usize, counts: &[f64]) -> Result<LossSpec, String> {
+    let e = |e: logit_adjust::Error| e.to_string();
+    let prior = || {
+        ClassPrior::from_counts(counts).map_err(|err| {
+            format!(
+                "{err} (the --loss {} needs every class in the training labels)",
+                a.loss
+            )
+        })
+    };
+    Ok(match a.loss.as_str() {
+        "ce" => LossSpec::cross_entropy(c),
+        "logit-adjusted" => LossSpec::logit_adjusted(&prior()?, a.tau).map_err(e)?,
+        "balanced" => LossSpec::balanced(&prior()?),
+        "ldam" => LossSpec::ldam(&prior()?),
+        "equalised" => LossSpec::equalised(&prior()?, a.tau).map_err(e)?,
+        "la-ldam" => LossSpec::logit_adjusted_adaptive(&prior()?, a.tau).map_err(e)?,
+        other => {
+            return Err(format!(
+                "unknown loss {other:?}: expected ce, logit-adjusted, balanced, ldam, equalised or la-ldam"
+            ))
+        }
+    })
 }
