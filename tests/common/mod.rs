@@ -92,21 +92,35 @@ pub fn name(ctx: &Context) -> String {
 pub struct Rng(logit_adjust::synthetic::Rng, u64);
 
 impl Rng {
-    /// A fresh seed per call (time and a counter), or `LOGIT_ADJUST_SEED`.
-    /// Print `rng.seed()` in failure messages to reproduce.
+    /// A seed per call: fixed by default (from the test's name and how many
+    /// generators its thread made before), fresh per run (time and a
+    /// counter) with `LOGIT_ADJUST_FRESH_SEEDS=1`, as CI runs, or
+    /// `LOGIT_ADJUST_SEED`. Print `rng.seed()` in failure messages to
+    /// reproduce.
     pub fn fresh() -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let seed = match std::env::var("LOGIT_ADJUST_SEED") {
-            Ok(s) => s.parse().expect("LOGIT_ADJUST_SEED must be a u64"),
-            Err(_) => {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64;
-                t ^ COUNTER
-                    .fetch_add(1, Ordering::Relaxed)
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            }
+        thread_local! {
+            static MADE: Cell<u64> = const { Cell::new(0) };
+        }
+        let fnv = |text: &str| {
+            text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+        };
+        let seed = if let Ok(s) = std::env::var("LOGIT_ADJUST_SEED") {
+            s.parse().expect("LOGIT_ADJUST_SEED must be a u64")
+        } else if std::env::var("LOGIT_ADJUST_FRESH_SEEDS").is_ok_and(|v| v == "1") {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            t ^ COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        } else {
+            let made = MADE.with(|m| m.replace(m.get() + 1));
+            fnv(std::thread::current().name().unwrap_or("main"))
+                ^ made.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         };
         Rng(logit_adjust::synthetic::Rng::new(seed), seed)
     }
