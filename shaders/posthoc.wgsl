@@ -43,12 +43,12 @@
 //                           forms a_tc = f32(tau_t) * l itself (see
 //                           `scaled16`): one gather per four classes instead
 //                           of four per class. It keeps the 16 taus in named
-//                           registers (an indexed private array measured 3x
-//                           slower on lavapipe) and from 2048 rows takes two
+//                           registers (an indexed private array is slower
+//                           on lavapipe) and from 2048 rows takes two
 //                           rows per thread, so each product serves both.
 //                           Scalar logit loads: vec4 loads took fewer
-//                           instructions but 10-17% more time
-//                           (docs/PERFORMANCE.md). No barriers.
+//                           instructions but more time on lavapipe. No
+//                           barriers.
 //   argmax_unrolled16     - argmax_windows16 for C <= 32, T <= 16, with C a
 //                           pipeline constant: straight-line code per class,
 //                           one window, no state. It too forms a_tc from
@@ -567,8 +567,7 @@ fn class16(b0: ptr<function, Best16>, b1: ptr<function, Best16>, pairs: bool, ba
 // read lane by lane (Mesa 22.3), so the shared read and products are a
 // real saving. `pairs` is fixed per entry point, so the unused path
 // compiles away. The host pairs rows only from 2048 rows: with fewer,
-// halving the threads cost more than it saved (256 x 262144: 808-813 ms
-// paired, 418 ms single).
+// halving the threads costs more than it saves.
 fn windows16(g: u32, pairs: bool) {
     let r0 = select(g, 2u * g, pairs);
     if (r0 >= params.rows) {

@@ -32,9 +32,12 @@
 //                       vocabulary still fill the device.
 //   xent_split_combine  a thread per row merges its chunks' partials: loss,
 //                       LSE, and (M, 1/S) into `work` for the gradient.
-//   xent_backward       elementwise: dl/df from the saved LSE (or, FROM_NORM,
-//                       from the split layout's (M, 1/S)); any C, no
-//                       reduction, no barrier.
+//   xent_backward       dl/df from the saved LSE (or, FROM_NORM, from the
+//                       split layout's (M, 1/S)): elementwise, so any C, no
+//                       reduction, no barrier. Laid out like xent_rows (TPR
+//                       threads per row, VPT values each), over blocks of
+//                       TPR * VPT classes, so each thread reads its row's
+//                       label, LSE and scale once.
 //
 // Memory traffic per logit element: xent_rows reads 4 bytes and writes 4
 // (forward: reads 4). The split layout reads 8 and writes 4 (its gradient
@@ -205,9 +208,9 @@ fn tree_merge(lid: u32, width: u32, mine: vec4<f32>) {
     workgroupBarrier();
 }
 
-// The dispatch is a 2-D grid (at most 65,535 workgroups per dimension).
-fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
+// Row blocks run along y, folded into z past 65,535 workgroups.
+fn row_block(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y + wid.z * nwg.y;
 }
 
 fn class_of(t: u32, k: u32) -> u32 {
@@ -224,7 +227,7 @@ fn xent_rows(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let c_len = params.classes;
-    let row = group_index(wid, nwg) * (WG / TPR) + lid / TPR;
+    let row = row_block(wid, nwg) * (WG / TPR) + lid / TPR;
     let t = lid % TPR;
     let live = row < params.rows;
     let label = target_of(select(0u, row, live));
@@ -347,31 +350,35 @@ fn xent_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Each workgroup takes WG * VPT consecutive elements of the (rows x C)
-    // grid, thread lid the elements lid, lid + WG, ...: adjacent threads,
-    // adjacent words.
+    // Workgroup (x, y + z * Y) takes block x of TPR * VPT classes of the
+    // rows (y + z * Y) * WG / TPR ..; TPR threads per row, each reading the
+    // row's label, LSE and scale once and then its VPT elements.
+    let row = row_block(wid, nwg) * (WG / TPR) + lid / TPR;
+    if (row >= params.rows) {
+        return;
+    }
+    let t = lid % TPR;
     let c_len = params.classes;
-    let first = group_index(wid, nwg) * WG * VPT + lid;
+    let label = target_of(row);
+    let scale = grad_scale(row, label);
+    var m: f32;
+    var inv_s = 1.0;
+    if (FROM_NORM) {
+        m = work[params.norm_base + 2u * row];
+        inv_s = work[params.norm_base + 2u * row + 1u];
+    } else {
+        m = lse[row];
+    }
     let eps = params.smoothing;
     let q_rest = eps / f32(c_len);
+    let base = row * params.stride;
+    let first = wid.x * TPR * VPT;
     for (var k = 0u; k < VPT; k++) {
-        let e = first + k * WG;
-        let row = e / c_len;
-        if (row >= params.rows) {
-            break;
+        let c = first + class_of(t, k);
+        if (c < c_len) {
+            let z = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
+            let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
+            grad[base + c] = scale * (exp(z - m) * inv_s - q);
         }
-        let c = e - row * c_len;
-        let label = target_of(row);
-        let z = logits[row * params.stride + c] + class_vecs[c]
-            - select(0.0, label.margin, c == label.y);
-        var p: f32;
-        if (FROM_NORM) {
-            let at = params.norm_base + 2u * row;
-            p = exp(z - work[at]) * work[at + 1u];
-        } else {
-            p = exp(z - lse[row]);
-        }
-        let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-        grad[row * params.stride + c] = grad_scale(row, label) * (p - q);
     }
 }

@@ -287,8 +287,7 @@ impl CopyBaseline {
                 }
                 // The same copy and read with four trips per thread (for the
                 // read, a quarter of the per-thread sums to write). The bench
-                // keeps the faster of each pair: on lavapipe the four-trip
-                // copy measured about 15% faster at 16384 x 1000.
+                // keeps the faster of each pair, whichever suits the adapter.
                 let wide_groups = ch.rows.div_ceil(4 * WG).min(groups_max) as u32;
                 let (last, _) = read.last().cloned().unwrap_or_else(|| unreachable!());
                 read_wide.push((last, wide_groups));

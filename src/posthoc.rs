@@ -23,10 +23,8 @@ const ROW_PER_THREAD_AUTO_MAX: usize = 4096;
 const ROW_PER_THREAD_AUTO_MAX_TAUS: usize = 16;
 /// The windowed 16-tau argmax takes two rows per thread from this many rows
 /// (16 workgroups of pairs): each `log pi_c` read and its 16 products then
-/// serve two rows (16384 x 1000: 91 ms paired against 101-108 ms single;
-/// 4096 x 8142: 188-192 against 214-237); with fewer rows, halving the
-/// threads cost more than it saved (256 x 262144: 808-813 ms paired,
-/// 418 ms single; lavapipe, 2026-11-28).
+/// serve two rows; with fewer rows, halving the threads costs more than it
+/// saves (docs/PERFORMANCE.md has the figures).
 const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
 /// Up to this C (and T <= 16) the windowed layout runs `argmax_unrolled16`,
 /// with C a pipeline constant and one straight-line block per class (32 in

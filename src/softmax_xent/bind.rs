@@ -58,7 +58,7 @@ struct ReduceParams {
 struct Step {
     pipeline: wgpu::ComputePipeline,
     group: wgpu::BindGroup,
-    grid: [u32; 2],
+    grid: [u32; 3],
 }
 
 /// A run bound to the caller's regions, made by [`SoftmaxXent::bind`] or
@@ -77,7 +77,7 @@ impl BoundLoss {
         for step in &self.steps {
             pass.set_pipeline(&step.pipeline);
             pass.set_bind_group(0, &step.group, &[]);
-            pass.dispatch_workgroups(step.grid[0], step.grid[1], 1);
+            pass.dispatch_workgroups(step.grid[0], step.grid[1], step.grid[2]);
         }
     }
 
@@ -539,7 +539,7 @@ impl<'a, 'r> Builder<'a, 'r> {
             steps.push(Step {
                 pipeline: partial.clone(),
                 group,
-                grid: self.plan.grid(ch.groups),
+                grid: [ch.groups as u32, 1, 1],
             });
         }
         let out = |region: Option<Region<'r>>| match region {
@@ -561,7 +561,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         steps.push(Step {
             pipeline: finish,
             group,
-            grid: [1, 1],
+            grid: [1, 1, 1],
         });
         Ok(steps)
     }
@@ -638,31 +638,33 @@ impl<'a, 'r> Builder<'a, 'r> {
                 group: self.xent_group(k, slot),
                 grid: self
                     .plan
-                    .grid(self.plan.row_groups(self.plan.chunks[k].rows)),
+                    .grid(1, self.plan.row_groups(self.plan.chunks[k].rows)),
             })
             .collect())
     }
 
     fn backward_steps(&self, slot: &SlotFn<'_>, from_norm: bool) -> Result<Vec<Step>> {
-        let (wg, vpt) = self.plan.backward;
+        let b = self.plan.backward;
         let pipeline = self.pipeline(
             &self.op.xent,
             "xent_backward",
             &[
-                ("WG", f64::from(wg)),
-                ("VPT", f64::from(vpt)),
+                ("WG", f64::from(b.wg)),
+                ("TPR", f64::from(b.tpr)),
+                ("VPT", f64::from(b.vpt)),
+                ("SEGMENTED", f64::from(u8::from(b.segmented))),
                 ("FROM_NORM", f64::from(u8::from(from_norm))),
                 SoftmaxXent::label_constant(self.run.label_type),
             ],
         );
-        let c = self.op.spec.classes();
         Ok((0..self.plan.chunks.len())
             .map(|k| Step {
                 pipeline: pipeline.clone(),
                 group: self.xent_group(k, slot),
-                grid: self
-                    .plan
-                    .grid(self.plan.backward_groups(self.plan.chunks[k].rows, c)),
+                grid: self.plan.grid(
+                    b.blocks,
+                    self.plan.backward_groups(self.plan.chunks[k].rows),
+                ),
             })
             .collect())
     }
@@ -700,12 +702,12 @@ impl<'a, 'r> Builder<'a, 'r> {
             steps.push(Step {
                 pipeline: partial.clone(),
                 group: group.clone(),
-                grid: [chunks, ch.rows as u32],
+                grid: [chunks, ch.rows as u32, 1],
             });
             steps.push(Step {
                 pipeline: combine.clone(),
                 group,
-                grid: self.plan.grid(ch.rows.div_ceil(wg as usize)),
+                grid: [ch.rows.div_ceil(wg as usize) as u32, 1, 1],
             });
             if let Some(step) = grad.as_mut().and_then(Iterator::next) {
                 steps.push(step);

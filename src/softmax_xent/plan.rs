@@ -20,8 +20,9 @@ pub(crate) const REDUCE_WG: u32 = 256;
 const REDUCE_MIN_SPAN: usize = 4096;
 /// Reduction workgroups a batch is cut into at most, for large batches.
 const REDUCE_GROUPS: usize = 128;
-/// Elements each thread of `xent_backward` takes.
-const BACKWARD_VPT: u32 = 4;
+/// Elements each thread of `xent_backward` takes on GPUs (nothing is held
+/// across them: a few per thread amortise the row's label and LSE).
+const BACKWARD_GPU_VPT: usize = 4;
 /// Row chunks start at multiples of this many rows, so that every per-row
 /// binding (4 or 8 bytes a row) and every logits binding (a multiple of 4
 /// bytes a row) of a chunk starts on a 256-byte boundary, the largest
@@ -106,6 +107,30 @@ pub(crate) enum Layout {
     },
 }
 
+/// The layout of `xent_backward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backward {
+    pub wg: u32,
+    pub tpr: u32,
+    pub vpt: u32,
+    pub segmented: bool,
+    pub blocks: u32,
+}
+
+fn backward_layout(classes: usize, caps: &Caps) -> Backward {
+    let max_wg = caps.max_workgroup as usize;
+    let per_thread = if caps.cpu { VPT_MAX } else { BACKWARD_GPU_VPT };
+    let tpr = classes.div_ceil(per_thread).next_power_of_two().min(max_wg);
+    let vpt = classes.div_ceil(tpr).clamp(1, per_thread);
+    Backward {
+        wg: tpr.max(64).min(max_wg) as u32,
+        tpr: tpr as u32,
+        vpt: vpt as u32,
+        segmented: caps.cpu,
+        blocks: classes.div_ceil(tpr * vpt).max(1) as u32,
+    }
+}
+
 /// Rows `[first, first + rows)`, bound and dispatched together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Chunk {
@@ -126,8 +151,9 @@ pub(crate) struct Plan {
     pub reduce_span: usize,
     /// Reduction slots in all.
     pub slots: usize,
-    /// `xent_backward`: threads per workgroup, elements per thread.
-    pub backward: (u32, u32),
+    /// `xent_backward`: threads per row and values per thread as in
+    /// [`Layout::Rows`], over `blocks` blocks of `tpr * vpt` classes.
+    pub backward: Backward,
     /// Words of the op's work buffer the run uses.
     pub work_words: usize,
     /// Word offsets of the split partials and the per-row (M, 1/S).
@@ -254,7 +280,7 @@ pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan>
         chunks,
         reduce_span,
         slots,
-        backward: (REDUCE_WG.min(caps.max_workgroup), BACKWARD_VPT),
+        backward: backward_layout(shape.classes, caps),
         work_words: split_base + split_words,
         split_base,
         norm_base,
@@ -263,14 +289,15 @@ pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan>
 }
 
 impl Plan {
-    /// A 2-D grid of at least `groups` workgroups within the per-dimension
-    /// limit (the kernels skip the few past the end).
-    pub(crate) fn grid(&self, groups: usize) -> [u32; 2] {
+    /// A grid of `x` by at least `groups` workgroups, the second count
+    /// folded into y and z within the per-dimension limit (the kernels skip
+    /// the few past the end).
+    pub(crate) fn grid(&self, x: u32, groups: usize) -> [u32; 3] {
         let most = self.max_groups as usize;
         if groups <= most {
-            [groups as u32, 1]
+            [x, groups as u32, 1]
         } else {
-            [most as u32, groups.div_ceil(most) as u32]
+            [x, most as u32, groups.div_ceil(most) as u32]
         }
     }
 
@@ -282,10 +309,10 @@ impl Plan {
         }
     }
 
-    /// Workgroups of `xent_backward` over `rows` rows of `classes`.
-    pub(crate) fn backward_groups(&self, rows: usize, classes: usize) -> usize {
-        let (wg, vpt) = self.backward;
-        (rows * classes).div_ceil((wg * vpt) as usize)
+    /// Row blocks of `xent_backward` over `rows` rows.
+    pub(crate) fn backward_groups(&self, rows: usize) -> usize {
+        let b = self.backward;
+        rows.div_ceil((b.wg / b.tpr) as usize)
     }
 }
 
@@ -380,7 +407,14 @@ mod tests {
     #[test]
     fn grids_stay_within_the_dimension_limit() {
         let p = plan(&shape(10, 10), &gpu(), Variant::Auto).unwrap();
-        assert_eq!(p.grid(5), [5, 1]);
-        assert_eq!(p.grid(65535 * 3 + 1), [65535, 4]);
+        assert_eq!(p.grid(1, 5), [1, 5, 1]);
+        assert_eq!(p.grid(2, 65535 * 3 + 1), [2, 65535, 4]);
+        for c in [1, 10, 1000, 100_000] {
+            let b = plan(&shape(3, c), &gpu(), Variant::Auto).unwrap().backward;
+            assert!(
+                (b.blocks * b.tpr * b.vpt) as usize >= c && b.wg % b.tpr == 0,
+                "C = {c}"
+            );
+        }
     }
 }
