@@ -249,11 +249,13 @@ fn xent_rows(
         z[k] = v;
         m = max(m, v);
     }
+    // z becomes exp(z - m), relative to this thread's max: one exp per
+    // element serves the sum and the gradient.
     var s = 0.0;
     for (var k = 0u; k < VPT; k++) {
-        if (class_of(t, k) < c_len) {
-            s += exp(z[k] - m);
-        }
+        let e = select(0.0, exp(z[k] - m), class_of(t, k) < c_len);
+        z[k] = e;
+        s += e;
     }
     var total = vec4<f32>(m, s, z_sum, z_y);
     if (TPR > 1u) {
@@ -267,16 +269,16 @@ fn xent_rows(
         write_row(row, label, total);
     }
     if (WRITE_GRAD) {
+        // p_c = exp(z_c - m) exp(m - M) / S.
+        let to_p = exp(m - total.x) / total.y;
         let scale = grad_scale(row, label);
-        let inv_s = 1.0 / total.y;
         let eps = params.smoothing;
         let q_rest = eps / f32(c_len);
         for (var k = 0u; k < VPT; k++) {
             let c = class_of(t, k);
             if (c < c_len) {
-                let p = exp(z[k] - total.x) * inv_s;
                 let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-                grad[base + c] = scale * (p - q);
+                grad[base + c] = scale * (z[k] * to_p - q);
             }
         }
     }

@@ -294,7 +294,18 @@ impl SoftmaxXent {
     /// any label was out of range. Waits on the device: call it when you
     /// want the check, not in a hot loop.
     pub fn check_labels(&self, bad_labels: Region) -> Result<()> {
-        let count = buffers::read::<u32>(&self.ctx, &[(bad_labels.buffer, bad_labels.offset, 1)])?;
+        if !bad_labels
+            .buffer
+            .usage()
+            .contains(wgpu::BufferUsages::COPY_SRC)
+        {
+            return Err(Error::InvalidArgument(
+                "the bad_labels buffer lacks BufferUsages::COPY_SRC, needed to read it back".into(),
+            ));
+        }
+        let count = self.ctx.scoped(|| {
+            buffers::read::<u32>(&self.ctx, &[(bad_labels.buffer, bad_labels.offset, 1)])
+        })?;
         match count[0].first().copied().unwrap_or(0) {
             0 => Ok(()),
             count => Err(Error::BadLabelsOnDevice {
