@@ -412,7 +412,7 @@ mod tests {
         for c in [1, 10, 1000, 100_000] {
             let b = plan(&shape(3, c), &gpu(), Variant::Auto).unwrap().backward;
             assert!(
-                (b.blocks * b.tpr * b.vpt) as usize >= c && b.wg % b.tpr == 0,
+                (b.blocks * b.tpr * b.vpt) as usize >= c && b.wg.is_multiple_of(b.tpr),
                 "C = {c}"
             );
         }
