@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use logit_adjust::bench::{CopyBaseline, Timer};
+use logit_adjust::diagnostics::{CopyBaseline, Timer};
 use logit_adjust::{
     ClassPrior, Context, GradOutput, LossBuffers, LossSpec, PostHocBuffers, Region,
 };

@@ -38,8 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let prior = ClassPrior::from_counts(&counts)?;
     let spec = LossSpec::logit_adjusted(&prior, 1.0)?
-        .reduction(Reduction::Mean)
-        .label_smoothing(0.1);
+        .with_reduction(Reduction::Mean)
+        .with_label_smoothing(0.1);
     let op = ctx.softmax_xent(&spec)?;
 
     let logits: Vec<f32> = (0..n * c)

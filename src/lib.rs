@@ -15,7 +15,7 @@
 //! # fn main() -> logit_adjust::Result<()> {
 //! let ctx = Context::new()?;
 //! let prior = ClassPrior::from_counts(&[500.0, 50.0, 5.0])?;
-//! let spec = LossSpec::logit_adjusted(&prior, 1.0)?.reduction(Reduction::Mean);
+//! let spec = LossSpec::logit_adjusted(&prior, 1.0)?.with_reduction(Reduction::Mean);
 //! let op = ctx.softmax_xent(&spec)?;
 //! let out = op.forward_backward(&[1.0, 0.0, -1.0, 0.5, 0.5, 0.5], &[0, 2])?;
 //! let check = logit_adjust::reference::forward_backward(&spec, &[1.0, 0.0, -1.0, 0.5, 0.5, 0.5], &[0, 2])?;
@@ -28,9 +28,9 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
 mod buffers;
 mod context;
+pub mod diagnostics;
 mod error;
 mod kernels;
 mod loss;

@@ -188,20 +188,20 @@ impl LossSpec {
     }
 
     /// Set the reduction.
-    pub fn reduction(mut self, reduction: Reduction) -> Self {
+    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
         self.reduction = reduction;
         self
     }
 
     /// Set PyTorch-style label smoothing `eps` in `[0, 1)` (checked when the
     /// spec is used).
-    pub fn label_smoothing(mut self, eps: f32) -> Self {
+    pub fn with_label_smoothing(mut self, eps: f32) -> Self {
         self.label_smoothing = eps;
         self
     }
 
     /// Set the label value whose rows are ignored (loss 0, zero gradient).
-    pub fn ignore_index(mut self, ignore_index: i64) -> Self {
+    pub fn with_ignore_index(mut self, ignore_index: i64) -> Self {
         self.ignore_index = ignore_index;
         self
     }
@@ -227,17 +227,17 @@ impl LossSpec {
     }
 
     /// Label smoothing `eps`.
-    pub fn smoothing(&self) -> f32 {
+    pub fn label_smoothing(&self) -> f32 {
         self.label_smoothing
     }
 
     /// The ignored label value.
-    pub fn ignored_label(&self) -> i64 {
+    pub fn ignore_index(&self) -> i64 {
         self.ignore_index
     }
 
     /// The reduction in force.
-    pub fn reduction_kind(&self) -> Reduction {
+    pub fn reduction(&self) -> Reduction {
         self.reduction
     }
 

@@ -135,7 +135,7 @@ fn check_training_set(
     let c = spec.classes();
     spec.validate()?;
     for (row, &y) in labels.iter().enumerate() {
-        if y != spec.ignored_label() && !usize::try_from(y).is_ok_and(|y| y < c) {
+        if y != spec.ignore_index() && !usize::try_from(y).is_ok_and(|y| y < c) {
             return Err(Error::LabelOutOfRange {
                 row,
                 label: y,
@@ -376,7 +376,7 @@ impl LinearTrainer {
         let c = spec.classes();
         let d = dim + 1;
         let batch = config.batch_size.min(n);
-        let spec = spec.clone().reduction(Reduction::WeightedMean);
+        let spec = spec.clone().with_reduction(Reduction::WeightedMean);
         let loss = ctx.softmax_xent(&spec)?;
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;

@@ -14,8 +14,8 @@
 
 use std::path::PathBuf;
 
-use crate::bench::Timer;
 use crate::context::Context;
+use crate::diagnostics::Timer;
 use crate::error::{Error, Result};
 use crate::loss::LossSpec;
 use crate::posthoc::PostHocVariant;

@@ -181,8 +181,8 @@ fn loss_matches_the_reference_on_gpu_and_cpu() {
     ] {
         let spec = LossSpec::logit_adjusted(&prior, tau.parse().unwrap())
             .unwrap()
-            .reduction(reduction.parse::<Reduction>().unwrap())
-            .label_smoothing(eps.parse().unwrap());
+            .with_reduction(reduction.parse::<Reduction>().unwrap())
+            .with_label_smoothing(eps.parse().unwrap());
         let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
         for cpu in [false, true] {
             let (gl, gg) = (f.path("out_l.npy"), f.path("out_g.npy"));

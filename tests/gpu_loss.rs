@@ -164,7 +164,7 @@ fn run_device_as(
         Upstream::PerRow(_) => UpstreamBuffer::PerRow(pool.region(5)),
     };
     let (loss_at, _) = pool.regions[6];
-    let reduced = op.spec().reduction_kind() != Reduction::None;
+    let reduced = op.spec().reduction() != Reduction::None;
     let fused = op
         .bind(&LossBuffers {
             row_stride: stride,
@@ -311,8 +311,8 @@ fn check(case: Case) {
     let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
     let spec = LossSpec::logit_adjusted(&prior, tau)
         .unwrap()
-        .reduction(reduction)
-        .label_smoothing(smoothing);
+        .with_reduction(reduction)
+        .with_label_smoothing(smoothing);
     let logits = rng.logits(n * c, 50.0);
     let labels = rng.labels(n, c, ignored, -100);
     let per_row_g: Vec<f32> = (0..n).map(|_| rng.range(-2.0, 2.0) as f32).collect();
@@ -469,8 +469,8 @@ fn unsigned_and_64_bit_labels() {
         (LabelType::I64, 7),
     ] {
         let spec = LossSpec::cross_entropy(c)
-            .reduction(Reduction::Mean)
-            .ignore_index(ignore);
+            .with_reduction(Reduction::Mean)
+            .with_ignore_index(ignore);
         let logits = rng.logits(n * c, 10.0);
         let labels = rng.labels(n, c, 0.2, ignore);
         let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
@@ -557,7 +557,7 @@ fn a_confident_row_keeps_its_small_gradient() {
     let prior = ClassPrior::from_counts(&[1.0, 1.0, 1.0]).unwrap();
     let spec = LossSpec::logit_adjusted(&prior, 0.0)
         .unwrap()
-        .reduction(Reduction::Sum);
+        .with_reduction(Reduction::Sum);
     let logits = [1.3236051, 21.86657, 34.969307, 16.33, 44.25, 47.93];
     let labels = [2, -100];
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
@@ -582,8 +582,8 @@ fn extreme_logits_and_a_tiny_prior() {
             let prior = ClassPrior::from_probabilities(&p).unwrap();
             let spec = LossSpec::logit_adjusted(&prior, tau)
                 .unwrap()
-                .reduction(REDUCTIONS[k + 1])
-                .label_smoothing([0.0, 0.1][k % 2]);
+                .with_reduction(REDUCTIONS[k + 1])
+                .with_label_smoothing([0.0, 0.1][k % 2]);
             // +-1e4, and whole rows pinned at the extremes.
             let mut logits = rng.logits(n * c, 1e4);
             for x in logits[..c].iter_mut() {
@@ -651,7 +651,7 @@ fn forward_only_and_in_place_at(n: usize, c: usize) {
     let prior = ClassPrior::from_counts(&rng.counts(c, 50.0)).unwrap();
     let spec = LossSpec::logit_adjusted(&prior, 1.0)
         .unwrap()
-        .label_smoothing(0.05);
+        .with_label_smoothing(0.05);
     let logits = rng.logits(n * c, 20.0);
     let labels = rng.labels(n, c, 0.2, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
@@ -703,9 +703,9 @@ fn general_form_margins_weights_and_ignore_index_inside_the_range() {
         for (k, reduction) in REDUCTIONS.into_iter().enumerate() {
             let spec = LossSpec::custom(b.clone(), m.clone(), a.clone())
                 .unwrap()
-                .reduction(reduction)
-                .label_smoothing(0.1 * k as f32 / 2.0)
-                .ignore_index(3); // a real class, ignored
+                .with_reduction(reduction)
+                .with_label_smoothing(0.1 * k as f32 / 2.0)
+                .with_ignore_index(3); // a real class, ignored
             let logits = rng.logits(n * c, 10.0);
             let labels = rng.labels(n, c, 0.0, 3);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
@@ -727,7 +727,7 @@ fn general_form_margins_weights_and_ignore_index_inside_the_range() {
 
 #[test]
 fn mean_over_no_valid_rows_is_zero_with_zero_gradient() {
-    let spec = LossSpec::cross_entropy(5).reduction(Reduction::Mean);
+    let spec = LossSpec::cross_entropy(5).with_reduction(Reduction::Mean);
     let logits = Rng::fresh().logits(15, 3.0);
     let labels = [-100i64; 3];
     for ctx in contexts() {
@@ -745,7 +745,7 @@ fn mean_over_no_valid_rows_is_zero_with_zero_gradient() {
 #[test]
 fn same_input_same_bits() {
     let mut rng = Rng::fresh();
-    let spec = LossSpec::cross_entropy(777).reduction(Reduction::Mean);
+    let spec = LossSpec::cross_entropy(777).with_reduction(Reduction::Mean);
     let logits = rng.logits(513 * 777, 30.0);
     let labels = rng.labels(513, 777, 0.1, -100);
     for ctx in contexts() {
@@ -771,7 +771,7 @@ fn same_input_same_bits() {
 fn device_forward_and_in_place_with_the_default_upstream() {
     let mut rng = Rng::fresh();
     let (n, c) = (50, 300);
-    let spec = LossSpec::cross_entropy(c).reduction(Reduction::Mean);
+    let spec = LossSpec::cross_entropy(c).with_reduction(Reduction::Mean);
     let logits = rng.logits(n * c, 5.0);
     let labels = rng.labels(n, c, 0.1, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
@@ -822,7 +822,7 @@ fn device_forward_and_in_place_with_the_default_upstream() {
 fn bind_once_record_many() {
     let mut rng = Rng::fresh();
     let (n, c) = (100, 64);
-    let spec = LossSpec::cross_entropy(c).reduction(Reduction::Sum);
+    let spec = LossSpec::cross_entropy(c).with_reduction(Reduction::Sum);
     let logits = rng.logits(n * c, 5.0);
     let labels = rng.labels(n, c, 0.0, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
@@ -996,7 +996,7 @@ fn bad_regions_are_refused_at_bind() {
 
 #[test]
 fn labels_out_of_range_on_the_device_are_reported_and_loud() {
-    let spec = LossSpec::cross_entropy(10).reduction(Reduction::Sum);
+    let spec = LossSpec::cross_entropy(10).with_reduction(Reduction::Sum);
     let logits = Rng::fresh().logits(30, 2.0);
     for ctx in contexts() {
         for variant in variants_for(ctx, 10) {
@@ -1063,7 +1063,7 @@ fn every_preset_of_the_family_matches_the_reference() {
     let labels = rng.labels(n, c, 0.05, -100);
     for (name_, spec) in presets {
         for reduction in [Reduction::Mean, Reduction::WeightedMean] {
-            let spec = spec.clone().reduction(reduction);
+            let spec = spec.clone().with_reduction(reduction);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             for ctx in contexts() {
                 for variant in variants_for(ctx, c) {

@@ -40,7 +40,7 @@ fn weight_gradient_matches_finite_differences() {
         LossSpec::ldam(&prior),
         LossSpec::balanced(&prior),
     ] {
-        let spec = spec.reduction(Reduction::WeightedMean);
+        let spec = spec.with_reduction(Reduction::WeightedMean);
         let w: Vec<f32> = (0..(dim + 1) * c)
             .map(|_| rng.range(-0.5, 0.5) as f32)
             .collect();

@@ -73,7 +73,7 @@ fn every_op_runs_with_webgpu_default_limits() {
         // 256 threads holds).
         let spec = LossSpec::logit_adjusted(&prior, 1.0)
             .unwrap()
-            .reduction(Reduction::Mean);
+            .with_reduction(Reduction::Mean);
         let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
         for small in [false, true] {
             let (cc, spec, logits, labels, want) = if small {

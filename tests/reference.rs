@@ -31,8 +31,8 @@ fn gradient_matches_central_differences() {
             let a: Vec<f32> = (0..c).map(|_| rng.range(0.2, 3.0) as f32).collect();
             let spec = LossSpec::custom(b, m, a)
                 .unwrap()
-                .reduction(reduction)
-                .label_smoothing(eps);
+                .with_reduction(reduction)
+                .with_label_smoothing(eps);
             let logits = grid_logits(&mut rng, n * c);
             let labels = [0i64, 5, -100, 2];
             let g_rows: Vec<f32> = (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect();
@@ -93,7 +93,7 @@ fn hand_computed_two_class_case() {
 
 #[test]
 fn one_class_has_zero_loss_and_gradient() {
-    let spec = LossSpec::cross_entropy(1).label_smoothing(0.3);
+    let spec = LossSpec::cross_entropy(1).with_label_smoothing(0.3);
     let out = reference::forward_backward(&spec, &[123.0, -5.0], &[0, 0]).unwrap();
     assert_eq!(out.per_row, vec![0.0, 0.0]);
     assert!(out.grad.unwrap().iter().all(|&g| g == 0.0));
@@ -129,13 +129,13 @@ fn bad_inputs_are_named_errors() {
     );
     let e = reference::forward(&spec, &[0.0, f32::NAN, 0.0], &[0]).unwrap_err();
     assert!(matches!(e, Error::NonFinite { index: 1, .. }), "{e}");
-    let e = reference::forward(&spec.clone().label_smoothing(1.0), &f, &[0, 1]).unwrap_err();
+    let e = reference::forward(&spec.clone().with_label_smoothing(1.0), &f, &[0, 1]).unwrap_err();
     assert!(e.to_string().contains("label smoothing"), "{e}");
     let g = [1.0f32; 2];
     let e =
         reference::forward_backward_scaled(&spec, &f, &[0, 1], Upstream::PerRow(&g)).unwrap_err();
     assert!(e.to_string().contains("reduction none"), "{e}");
-    let none = spec.clone().reduction(Reduction::None);
+    let none = spec.clone().with_reduction(Reduction::None);
     let e = reference::forward_backward_scaled(&none, &f, &[0, 1], Upstream::PerRow(&g[..1]))
         .unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");

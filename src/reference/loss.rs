@@ -36,11 +36,11 @@ fn run(
 ) -> Result<LossOutput<f64>> {
     let n = spec.check_batch(logits, labels, upstream)?;
     let c = spec.classes();
-    let eps = spec.smoothing() as f64;
+    let eps = spec.label_smoothing() as f64;
     let b: Vec<f64> = spec.bias().iter().map(|&x| x as f64).collect();
 
-    let valid = |label: i64| label != spec.ignored_label();
-    let denom = match spec.reduction_kind() {
+    let valid = |label: i64| label != spec.ignore_index();
+    let denom = match spec.reduction() {
         Reduction::None | Reduction::Sum => 1.0,
         Reduction::Mean => labels.iter().filter(|&&y| valid(y)).count() as f64,
         Reduction::WeightedMean => labels
@@ -92,7 +92,7 @@ fn run(
             }
         }
     }
-    let loss = match spec.reduction_kind() {
+    let loss = match spec.reduction() {
         Reduction::None => None,
         _ if denom == 0.0 => Some(0.0),
         _ => Some(per_row.iter().sum::<f64>() / denom),

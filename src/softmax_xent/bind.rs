@@ -213,7 +213,7 @@ impl SoftmaxXent {
                 bytes: 4,
             }),
             UpstreamBuffer::PerRow(g) => {
-                if self.spec.reduction_kind() != Reduction::None {
+                if self.spec.reduction() != Reduction::None {
                     return Err(Error::InvalidArgument(
                         "a per-row upstream gradient needs reduction none".into(),
                     ));
@@ -256,7 +256,7 @@ impl SoftmaxXent {
             label_bytes: r.label_type.bytes(),
         };
         let plan = self.plan_for(&shape)?;
-        let reduced = self.spec.reduction_kind() != Reduction::None && r.mode != Mode::Backward;
+        let reduced = self.spec.reduction() != Reduction::None && r.mode != Mode::Backward;
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let work = scratch.work(&self.ctx, 4 * plan.work_words as u64)?;
         // Per-row losses feed the reduction even when the caller wants none.
@@ -394,7 +394,7 @@ type SlotFn<'s> = dyn Fn(usize) -> wgpu::BindingResource<'s> + 's;
 
 impl<'a, 'r> Builder<'a, 'r> {
     fn ignore_words(&self) -> (i32, i32) {
-        let ignore = self.op.spec.ignored_label();
+        let ignore = self.op.spec.ignore_index();
         (ignore as i32, (ignore >> 32) as i32)
     }
 
@@ -430,7 +430,7 @@ impl<'a, 'r> Builder<'a, 'r> {
                 flags,
                 ignore_lo,
                 ignore_hi,
-                smoothing: self.op.spec.smoothing(),
+                smoothing: self.op.spec.label_smoothing(),
                 span,
                 chunks,
                 _pad: 0,
@@ -441,7 +441,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         let reduce_base = ReduceParams {
             rows: 0,
             classes,
-            reduction: self.op.spec.reduction_kind().code(),
+            reduction: self.op.spec.reduction().code(),
             flags: (if r.loss.is_some() { FLAG_LOSS_OUT } else { 0 })
                 | (if r.bad_labels.is_some() {
                     FLAG_BAD_OUT

@@ -398,7 +398,7 @@ impl SoftmaxXent {
         grad_mode: HostGrad,
     ) -> Result<LossOutput<f32>> {
         let n = self.spec.check_batch(logits, labels, upstream)?;
-        let reduced = self.spec.reduction_kind() != Reduction::None;
+        let reduced = self.spec.reduction() != Reduction::None;
         let ctx = &self.ctx;
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;

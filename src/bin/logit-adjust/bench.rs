@@ -2,7 +2,7 @@
 //! ratio to a shader copy of the same bytes, the driver's buffer copy, and
 //! the unfused sequence frameworks run, all measured in the same run.
 
-use logit_adjust::bench::{median, CopyBaseline, Timer, Unfused};
+use logit_adjust::diagnostics::{median, CopyBaseline, Timer, Unfused};
 use logit_adjust::synthetic::Rng;
 use logit_adjust::{
     BackwardBuffers, ClassPrior, Context, GradOutput, LabelType, LossBuffers, LossSpec,

@@ -65,9 +65,9 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
         .map_err(|e: logit_adjust::Error| e.to_string())?;
     let spec = LossSpec::logit_adjusted(&prior, a.tau)
         .map_err(|e| e.to_string())?
-        .reduction(reduction)
-        .label_smoothing(a.label_smoothing)
-        .ignore_index(a.ignore_index);
+        .with_reduction(reduction)
+        .with_label_smoothing(a.label_smoothing)
+        .with_ignore_index(a.ignore_index);
     let with_grad = a.out_grad.is_some();
 
     let (out, adapter, backend): (LossOutput<f64>, String, String) = if a.cpu {

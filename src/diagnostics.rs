@@ -1,8 +1,8 @@
-//! Measuring kernels: GPU timestamps where the adapter has them (host timing
-//! around a device wait otherwise), and what the kernels are measured
-//! against: a shader copy and read of the same bytes, the driver's buffer
-//! copy, and the unfused sequence of kernels a framework runs
-//! (`shaders/baseline.wgsl`).
+//! Diagnostics for measuring kernels, as `bench`, `tune` and the criterion
+//! benches do: GPU timestamps where the adapter has them (host timing around
+//! a device wait otherwise), and what the kernels are measured against: a
+//! shader copy and read of the same bytes, the driver's buffer copy, and the
+//! unfused sequence of kernels a framework runs (`shaders/baseline.wgsl`).
 
 use bytemuck::{Pod, Zeroable};
 
