@@ -73,9 +73,9 @@ fn bench(c: &mut Criterion) {
         let posthoc = ctx.posthoc(&prior, &taus).unwrap();
         let bound_posthoc = posthoc
             .bind(&PostHocBuffers {
-                logits: &logits_buf,
+                logits: Region::whole(&logits_buf),
                 rows: n,
-                predictions: &pred_buf,
+                predictions: Region::whole(&pred_buf),
             })
             .unwrap();
         let copy = CopyBaseline::new(&ctx, n * classes).unwrap();

@@ -29,9 +29,9 @@ struct Params {
 const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> labels: array<i32>;
+@group(0) @binding(1) var<storage, read_write> labels: array<i32>;
 // pred[row * T + t]
-@group(0) @binding(2) var<storage, read> pred: array<u32>;
+@group(0) @binding(2) var<storage, read_write> pred: array<u32>;
 // [total_0..total_{C-1}, correct_{0,0..C-1}, ..., correct_{T-1,..}, invalid]
 @group(0) @binding(3) var<storage, read_write> counts: array<atomic<u32>>;
 

@@ -87,7 +87,7 @@ const MAX_K: u32 = 8u;
 const MAX_TAU4: u32 = 16u;     // MAX_TAUS / 4
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 // a_tc at [t * C + c]
 @group(0) @binding(2) var<storage, read> adjust: array<f32>;
 // pred[row * T + t]

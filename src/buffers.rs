@@ -116,23 +116,6 @@ pub(crate) fn bind_group(
     })
 }
 
-/// Check that a caller's buffer holds `bytes` and can be bound as storage.
-pub(crate) fn check_storage(what: &str, buffer: &wgpu::Buffer, bytes: u64) -> Result<()> {
-    if buffer.size() < bytes {
-        return Err(Error::BufferTooSmall {
-            what: what.into(),
-            needed: bytes,
-            got: buffer.size(),
-        });
-    }
-    if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-        return Err(Error::InvalidArgument(format!(
-            "{what} buffer lacks BufferUsages::STORAGE"
-        )));
-    }
-    Ok(())
-}
-
 /// A binding of `size` bytes of `buffer` from `offset`.
 pub(crate) fn range(buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {

@@ -62,10 +62,11 @@ impl Family {
     /// read-only. Mirrors the WGSL declarations.
     fn storage_bindings(self) -> &'static [bool] {
         match self {
-            // logits, adjust, pred, corrected_out, best_state
-            Family::PostHoc => &[true, true, false, false, false],
+            // logits, adjust, pred, corrected_out, best_state (caller
+            // buffers read_write: regions of one pooled buffer bind together)
+            Family::PostHoc => &[false, true, false, false, false],
             // labels, pred, counts
-            Family::Metrics => &[true, true, false],
+            Family::Metrics => &[false, false, false],
             // features, perm, labels, batch_features, batch_labels, status, acc
             Family::Gather => &[true, true, true, false, false, true, false],
             // a, w, velocity, g_logits, wgrad, out

@@ -4,11 +4,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::buffers::{self, plan_chunks, range};
+use crate::buffers::{self, plan_chunks};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{Entry, Family};
 use crate::posthoc::{record_chunks, Predictions, MAX_TAUS};
+use crate::region::{check_uses, Region, Use};
 
 const WG: usize = 64;
 
@@ -137,10 +138,10 @@ struct Params {
 #[derive(Debug, Clone, Copy)]
 pub struct CountsBuffers<'a> {
     /// `N` i32 labels in `[0, C)` (`STORAGE`).
-    pub labels: &'a wgpu::Buffer,
+    pub labels: Region<'a>,
     /// `N x T` u32 predictions as [`crate::PostHoc`] writes them, or `None`
     /// for a plain histogram (T = 0).
-    pub predictions: Option<&'a wgpu::Buffer>,
+    pub predictions: Option<Region<'a>>,
     /// `N`.
     pub rows: usize,
     /// `C`.
@@ -149,14 +150,15 @@ pub struct CountsBuffers<'a> {
     pub taus: usize,
     /// `C * (T + 1) + 1` u32 counters, laid out `[total, correct per tau,
     /// invalid labels]` (`STORAGE`, `COPY_DST`: cleared by each record).
-    pub counts: &'a wgpu::Buffer,
+    pub counts: Region<'a>,
 }
 
 /// A counting run bound to buffers; record it any number of times.
 #[derive(Debug)]
 pub struct BoundCounts {
     pipeline: wgpu::ComputePipeline,
-    counts: wgpu::Buffer,
+    /// The counters: buffer, byte offset, bytes.
+    counts: (wgpu::Buffer, u64, u64),
     chunks: Vec<(wgpu::BindGroup, u32)>,
     _params: buffers::ParamSlots,
     _unused: wgpu::Buffer,
@@ -165,7 +167,8 @@ pub struct BoundCounts {
 impl BoundCounts {
     /// Record: clear the counters, then count every chunk.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.clear_buffer(&self.counts, 0, None);
+        let (buffer, offset, bytes) = &self.counts;
+        encoder.clear_buffer(buffer, *offset, Some(*bytes));
         record_chunks(
             encoder,
             "logit-adjust class_counts",
@@ -253,12 +256,12 @@ impl Context {
             let bound = bind_counts(
                 self,
                 &CountsBuffers {
-                    labels: &labels_buf,
-                    predictions: pred_buf.as_ref(),
+                    labels: Region::whole(&labels_buf),
+                    predictions: pred_buf.as_ref().map(Region::whole),
                     rows: n,
                     classes,
                     taus,
-                    counts: &counts,
+                    counts: Region::whole(&counts),
                 },
             )?;
             let mut encoder = self.device().create_command_encoder(&Default::default());
@@ -290,12 +293,38 @@ fn bind_counts(ctx: &Context, b: &CountsBuffers) -> Result<BoundCounts> {
         )));
     }
     let (n, c) = (b.rows, b.classes);
-    buffers::check_storage("labels", b.labels, (n * 4) as u64)?;
-    if let Some(p) = b.predictions {
-        buffers::check_storage("predictions", p, (n * taus * 4) as u64)?;
-    }
     let len = (c * (taus + 1) + 1) as u64 * 4;
-    buffers::check_storage("counts", b.counts, len)?;
+    let mut uses = vec![
+        Use {
+            what: "labels",
+            region: b.labels,
+            bytes: (n * 4) as u64,
+        },
+        Use {
+            what: "counts",
+            region: b.counts,
+            bytes: len,
+        },
+    ];
+    if let Some(p) = b.predictions {
+        uses.push(Use {
+            what: "predictions",
+            region: p,
+            bytes: (n * taus * 4) as u64,
+        });
+    }
+    check_uses(ctx.limits(), &uses)?;
+    // Each record clears the counters first.
+    if !b
+        .counts
+        .buffer
+        .usage()
+        .contains(wgpu::BufferUsages::COPY_DST)
+    {
+        return Err(Error::InvalidArgument(
+            "the counts buffer lacks BufferUsages::COPY_DST (each record clears it)".into(),
+        ));
+    }
     if len > ctx.limits().max_storage_buffer_binding_size {
         return Err(Error::TooLarge(format!(
             "{c} classes x {taus} taus of counters exceed a storage binding"
@@ -321,7 +350,7 @@ fn bind_counts(ctx: &Context, b: &CountsBuffers) -> Result<BoundCounts> {
         .map(|(k, ch)| {
             let (first, rows) = (ch.start as u64, ch.rows as u64);
             let pred = match b.predictions {
-                Some(p) => range(p, first * taus as u64 * 4, rows * taus as u64 * 4),
+                Some(p) => p.binding(first * taus as u64 * 4, rows * taus as u64 * 4),
                 None => unused.as_entire_binding(),
             };
             let group = buffers::bind_group(
@@ -330,9 +359,9 @@ fn bind_counts(ctx: &Context, b: &CountsBuffers) -> Result<BoundCounts> {
                 &layout,
                 vec![
                     params.slot(k),
-                    range(b.labels, first * 4, rows * 4),
+                    b.labels.binding(first * 4, rows * 4),
                     pred,
-                    range(b.counts, 0, len),
+                    b.counts.binding(0, len),
                 ],
             );
             (group, ch.rows.div_ceil(WG) as u32)
@@ -340,7 +369,7 @@ fn bind_counts(ctx: &Context, b: &CountsBuffers) -> Result<BoundCounts> {
         .collect();
     Ok(BoundCounts {
         pipeline: ctx.kernels().pipeline(Entry::ClassCounts, 0),
-        counts: b.counts.clone(),
+        counts: (b.counts.buffer.clone(), b.counts.offset, len),
         chunks: groups,
         _params: params,
         _unused: unused,

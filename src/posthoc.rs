@@ -10,6 +10,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::kernels::{Entry, Family};
 use crate::prior::ClassPrior;
+use crate::region::{check_uses, Region, Use};
 
 /// The most taus one pass evaluates.
 pub const MAX_TAUS: usize = 64;
@@ -87,12 +88,13 @@ pub struct Predictions {
 #[derive(Debug, Clone, Copy)]
 pub struct PostHocBuffers<'a> {
     /// `N x C` f32 logits (`STORAGE`).
-    pub logits: &'a wgpu::Buffer,
+    pub logits: Region<'a>,
     /// `N`.
     pub rows: usize,
     /// `N x T` u32 predictions, row-major (`pred[i * T + t]`), so that row
-    /// chunks stay contiguous (`STORAGE`).
-    pub predictions: &'a wgpu::Buffer,
+    /// chunks stay contiguous (`STORAGE`); [`crate::CountsBuffers`] takes
+    /// them as they are.
+    pub predictions: Region<'a>,
 }
 
 /// A post-hoc run bound to buffers; record it any number of times.
@@ -391,8 +393,21 @@ impl PostHoc {
     fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
         let ctx = &self.ctx;
         let (n, c, t) = (b.rows, self.classes, self.taus.len());
-        buffers::check_storage("logits", b.logits, (n * c * 4) as u64)?;
-        buffers::check_storage("predictions", b.predictions, (n * t * 4) as u64)?;
+        check_uses(
+            ctx.limits(),
+            &[
+                Use {
+                    what: "logits",
+                    region: b.logits,
+                    bytes: (n * c * 4) as u64,
+                },
+                Use {
+                    what: "predictions",
+                    region: b.predictions,
+                    bytes: (n * t * 4) as u64,
+                },
+            ],
+        )?;
         let variant = self.resolved_variant();
         if self.trips(variant) > MAX_LOOP_TRIPS {
             return Err(Error::TooLarge(format!(
@@ -456,16 +471,18 @@ impl PostHoc {
                     &layout,
                     vec![
                         params.slot(k * windows.len() + w),
-                        range(b.logits, first * c as u64 * 4, rows * c as u64 * 4),
+                        b.logits.binding(first * c as u64 * 4, rows * c as u64 * 4),
                         self.adjust.as_entire_binding(),
-                        range(b.predictions, first * t as u64 * 4, rows * t as u64 * 4),
+                        b.predictions
+                            .binding(first * t as u64 * 4, rows * t as u64 * 4),
                         // `corrected_out` is unused by the argmax entries.
                         self.unused.as_entire_binding(),
                         state_range,
                         table.clone(),
                         // A row's T predictions start on a vec4 when T % 4 == 0.
                         if matches!(entry, Entry::ArgmaxUnrolled16 { vec4_out: true, .. }) {
-                            range(b.predictions, first * t as u64 * 4, rows * t as u64 * 4)
+                            b.predictions
+                                .binding(first * t as u64 * 4, rows * t as u64 * 4)
                         } else {
                             self.unused_pred4.as_entire_binding()
                         },
@@ -519,9 +536,9 @@ impl PostHoc {
                 U::STORAGE | U::COPY_SRC,
             )?;
             let bound = self.bind_unscoped(&PostHocBuffers {
-                logits: &logits_buf,
+                logits: Region::whole(&logits_buf),
                 rows: n,
-                predictions: &pred,
+                predictions: Region::whole(&pred),
             })?;
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             self.record(&mut encoder, &bound);

@@ -275,9 +275,9 @@ impl Tuning {
             ] {
                 let ph = ctx.posthoc(&prior, &taus)?.with_variant(variant);
                 let Ok(bound) = ph.bind(&crate::posthoc::PostHocBuffers {
-                    logits: &logits_buf,
+                    logits: Region::whole(&logits_buf),
                     rows: n,
-                    predictions: &pred,
+                    predictions: Region::whole(&pred),
                 }) else {
                     continue;
                 };

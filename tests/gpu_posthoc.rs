@@ -8,7 +8,7 @@ mod common;
 use common::{contexts, name, Rng};
 use logit_adjust::{
     reference, report, ClassPrior, Context, CountsBuffers, PostHoc, PostHocBuffers, PostHocVariant,
-    Predictions,
+    Predictions, Region,
 };
 use wgpu::util::DeviceExt;
 
@@ -74,9 +74,9 @@ fn run_device(ph: &PostHoc, ctx: &Context, logits: &[f32], n: usize) -> Predicti
         });
     let bound = ph
         .bind(&PostHocBuffers {
-            logits: &logits_buf,
+            logits: Region::whole(&logits_buf),
             rows: n,
-            predictions: &pred,
+            predictions: Region::whole(&pred),
         })
         .unwrap();
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -359,12 +359,12 @@ fn device_counts_clear_and_recount() {
         let counts = mk(bytemuck::cast_slice(&vec![7u32; c * (t + 1) + 1]));
         let bound = ctx
             .bind_counts(&CountsBuffers {
-                labels: &lb,
-                predictions: Some(&pb),
+                labels: Region::whole(&lb),
+                predictions: Some(Region::whole(&pb)),
                 rows: n,
                 classes: c,
                 taus: t,
-                counts: &counts,
+                counts: Region::whole(&counts),
             })
             .unwrap();
         for _ in 0..2 {
@@ -388,6 +388,112 @@ fn device_counts_clear_and_recount() {
             );
         }
         assert_eq!(raw[c * (t + 1)], 0);
+    }
+}
+
+#[test]
+fn predictions_feed_the_counts_on_the_device_in_one_pooled_buffer() {
+    // Logits, labels, predictions (N x T, as the argmax writes them) and
+    // the counters as regions of one buffer at non-zero offsets: one
+    // encoder, no host round trip between the argmax and the counts.
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, c) = (3000, 40);
+    let taus = [0.0, 0.5, 1.0];
+    let t = taus.len();
+    let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+    let logits = rng.logits(n * c, 4.0);
+    let labels: Vec<i32> = (0..n).map(|_| rng.below(c) as i32).collect();
+    let labels64: Vec<i64> = labels.iter().map(|&y| i64::from(y)).collect();
+    let want_pred = reference::predict(&prior, &taus, &logits).unwrap();
+    let want = reference::class_counts(&labels64, c, &want_pred).unwrap();
+    let at = |bytes: usize, end: &mut u64| {
+        let start = (*end).next_multiple_of(256);
+        *end = start + bytes as u64;
+        (start, bytes as u64)
+    };
+    let mut end = 256;
+    let (logits_at, logits_len) = at(n * c * 4, &mut end);
+    let (labels_at, labels_len) = at(n * 4, &mut end);
+    let (pred_at, pred_len) = at(n * t * 4, &mut end);
+    let (counts_at, counts_len) = at((c * (t + 1) + 1) * 4, &mut end);
+    for ctx in contexts() {
+        let pool = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pool"),
+            size: end.next_multiple_of(256),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue()
+            .write_buffer(&pool, logits_at, bytemuck::cast_slice(&logits));
+        ctx.queue()
+            .write_buffer(&pool, labels_at, bytemuck::cast_slice(&labels));
+        let region = |offset, size| Region::new(&pool, offset, size);
+        let ph = ctx.posthoc(&prior, &taus).unwrap();
+        let argmax = ph
+            .bind(&PostHocBuffers {
+                logits: region(logits_at, logits_len),
+                rows: n,
+                predictions: region(pred_at, pred_len),
+            })
+            .unwrap();
+        let counts = ctx
+            .bind_counts(&CountsBuffers {
+                labels: region(labels_at, labels_len),
+                predictions: Some(region(pred_at, pred_len)),
+                rows: n,
+                classes: c,
+                taus: t,
+                counts: region(counts_at, counts_len),
+            })
+            .unwrap();
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        ph.record(&mut encoder, &argmax);
+        counts.record(&mut encoder);
+        ctx.queue().submit([encoder.finish()]);
+        let raw: Vec<u64> = ctx
+            .read_f32(&pool, counts_at, c * (t + 1) + 1)
+            .unwrap()
+            .iter()
+            .map(|x| u64::from(x.to_bits()))
+            .collect();
+        let what = format!("{} seed={seed}", name(ctx));
+        assert_eq!(raw[..c], want.total[..], "{what}");
+        for k in 0..t {
+            assert_eq!(raw[(k + 1) * c..(k + 2) * c], want.correct[k][..], "{what}");
+        }
+        // Overlapping regions and a counts buffer that cannot be cleared
+        // are refused at bind, naming the problem.
+        let e = ctx
+            .bind_counts(&CountsBuffers {
+                labels: region(labels_at, labels_len),
+                predictions: Some(region(labels_at, pred_len)),
+                rows: n,
+                classes: c,
+                taus: t,
+                counts: region(counts_at, counts_len),
+            })
+            .unwrap_err();
+        assert!(matches!(e, logit_adjust::Error::Overlap { .. }), "{e}");
+        let no_copy = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: counts_len,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let e = ctx
+            .bind_counts(&CountsBuffers {
+                labels: region(labels_at, labels_len),
+                predictions: None,
+                rows: n,
+                classes: c,
+                taus: 0,
+                counts: Region::whole(&no_copy),
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("COPY_DST"), "{e}");
     }
 }
 

@@ -175,9 +175,9 @@ impl Shape {
         let ph16 = ctx.posthoc(&self.prior, &taus).map_err(err)?;
         let bound16 = ph16
             .bind(&PostHocBuffers {
-                logits: &self.logits,
+                logits: Region::whole(&self.logits),
                 rows: n,
-                predictions: &self.pred,
+                predictions: Region::whole(&self.pred),
             })
             .map_err(err)?;
         // A copy of N*C f32 moves the fused kernel's floor (read once,
@@ -271,9 +271,9 @@ fn op_posthoc1(ctx: &Context, s: &Shape) -> Result<OneTau, String> {
     let ph = ctx.posthoc(&s.prior, &[1.0]).map_err(err)?;
     let bound = ph
         .bind(&PostHocBuffers {
-            logits: &s.logits,
+            logits: Region::whole(&s.logits),
             rows: s.n,
-            predictions: &s.pred,
+            predictions: Region::whole(&s.pred),
         })
         .map_err(err)?;
     Ok(OneTau(ph, bound))
