@@ -390,11 +390,11 @@ impl PostHoc {
             .collect())
     }
 
-    fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
-        let ctx = &self.ctx;
+    /// The caller's regions: usage, alignment, size, no shared bytes.
+    fn check_regions(&self, b: &PostHocBuffers) -> Result<()> {
         let (n, c, t) = (b.rows, self.classes, self.taus.len());
         check_uses(
-            ctx.limits(),
+            self.ctx.limits(),
             &[
                 Use {
                     what: "logits",
@@ -407,7 +407,13 @@ impl PostHoc {
                     bytes: (n * t * 4) as u64,
                 },
             ],
-        )?;
+        )
+    }
+
+    fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
+        let ctx = &self.ctx;
+        let (n, c, t) = (b.rows, self.classes, self.taus.len());
+        self.check_regions(b)?;
         let variant = self.resolved_variant();
         if self.trips(variant) > MAX_LOOP_TRIPS {
             return Err(Error::TooLarge(format!(
