@@ -223,6 +223,17 @@ pub(crate) fn plan_chunks(
         .collect())
 }
 
+impl Context {
+    /// Read `len` f32 from `buffer` at byte `offset` (which needs
+    /// `COPY_SRC`). Waits on the device: for checks and tools, not hot loops.
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
+        self.scoped(|| {
+            let mut out = read_f32(self, &[(buffer, offset, len)])?;
+            Ok(out.pop().unwrap_or_default())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

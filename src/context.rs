@@ -188,15 +188,6 @@ impl Context {
         &self.inner.capabilities.limits
     }
 
-    /// Read `len` f32 from `buffer` at byte `offset` (which needs
-    /// `COPY_SRC`). Waits on the device: for checks and tools, not hot loops.
-    pub fn read_f32(&self, buffer: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<f32>> {
-        self.scoped(|| {
-            let mut out = crate::buffers::read_f32(self, &[(buffer, offset, len)])?;
-            Ok(out.pop().unwrap_or_default())
-        })
-    }
-
     /// The layout choices measured for this adapter (loaded from the tuning
     /// cache when the device was opened; see [`crate::tuning`]), if any.
     pub fn tuning(&self) -> Option<Tuning> {

@@ -10,7 +10,13 @@ use crate::buffers::{self, plan_chunks, range};
 use crate::context::Context;
 use crate::error::Result;
 use crate::kernels::{Entry, Family};
+use crate::layouts::{PostHocVariant, Variant};
+use crate::loss::LossSpec;
 use crate::posthoc::dispatch_chunks;
+use crate::prior::ClassPrior;
+use crate::region::Region;
+use crate::softmax_xent::{GradOutput, LossBuffers};
+use crate::tuning::{LossChoice, PostHocChoice, Tuning, LOSS_VARIANTS, TUNED_CLASSES};
 
 const WG: usize = 64;
 
@@ -543,4 +549,107 @@ impl Unfused {
             dispatch_chunks(pass, pipeline, groups);
         }
     }
+}
+
+/// Time both layouts of the fused
+/// forward+backward and of the 16-tau post-hoc argmax at each of
+/// [`TUNED_CLASSES`], on about `elements` logits each (N = elements / C),
+/// and keep the fastest per `C`. `progress` hears each result.
+pub fn measure_tuning(
+    ctx: &Context,
+    elements: usize,
+    reps: usize,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Tuning> {
+    let timer = Timer::new(ctx);
+    let mut tuning = Tuning::default();
+    for (k, &c) in TUNED_CLASSES.iter().enumerate() {
+        let max_classes = match TUNED_CLASSES.get(k + 1) {
+            Some(&next) => ((c * next) as f64).sqrt() as usize,
+            None => usize::MAX,
+        };
+        let n = (elements / c).max(1);
+        let mut rng = crate::synthetic::Rng::new(7 + c as u64);
+        let logits: Vec<f32> = (0..n * c)
+            .map(|_| (rng.uniform() * 20.0 - 10.0) as f32)
+            .collect();
+        let labels: Vec<i32> = (0..n).map(|_| (rng.next_u64() % c as u64) as i32).collect();
+        let counts: Vec<f64> = (0..c)
+            .map(|j| (1000.0 * 100f64.powf(-(j as f64) / c as f64)).max(1.0))
+            .collect();
+        let prior = ClassPrior::from_counts(&counts)?;
+        let spec = LossSpec::logit_adjusted(&prior, 1.0)?;
+        let (logits_buf, labels_buf, grad, pred) = ctx.scoped(|| {
+            use wgpu::BufferUsages as U;
+            Ok((
+                crate::buffers::upload(
+                    ctx,
+                    "tune logits",
+                    bytemuck::cast_slice(&logits),
+                    U::STORAGE,
+                )?,
+                crate::buffers::upload(
+                    ctx,
+                    "tune labels",
+                    bytemuck::cast_slice(&labels),
+                    U::STORAGE,
+                )?,
+                crate::buffers::storage(ctx, "tune grad", (n * c * 4) as u64, U::STORAGE)?,
+                crate::buffers::storage(ctx, "tune pred", (n * 16 * 4) as u64, U::STORAGE)?,
+            ))
+        })?;
+        drop(logits);
+
+        let mut best: Option<(f64, Variant)> = None;
+        for variant in LOSS_VARIANTS {
+            let op = ctx.softmax_xent(&spec)?.with_variant(variant);
+            // A layout that refuses this C is simply not a candidate.
+            let Ok(bound) = op.bind(&LossBuffers {
+                grad: GradOutput::Separate(Region::whole(&grad)),
+                ..LossBuffers::new(Region::whole(&logits_buf), Region::whole(&labels_buf), n)
+            }) else {
+                continue;
+            };
+            let ms = timer.time_pass(reps, &|p| bound.record_in_pass(p))?;
+            progress(&format!("loss C={c} {variant:?}: {ms:.3} ms"));
+            if best.is_none_or(|(b, _)| ms < b) {
+                best = Some((ms, variant));
+            }
+        }
+        if let Some((_, variant)) = best {
+            tuning.loss.push(LossChoice {
+                max_classes,
+                variant,
+            });
+        }
+
+        let taus: Vec<f64> = (0..16).map(|j| j as f64 * 0.125).collect();
+        let mut best: Option<(f64, PostHocVariant)> = None;
+        for variant in [
+            PostHocVariant::RowPerThread,
+            PostHocVariant::RowPerGroup,
+            PostHocVariant::Windows,
+        ] {
+            let ph = ctx.posthoc(&prior, &taus)?.with_variant(variant);
+            let Ok(bound) = ph.bind(&crate::posthoc::PostHocBuffers {
+                logits: Region::whole(&logits_buf),
+                rows: n,
+                predictions: Region::whole(&pred),
+            }) else {
+                continue;
+            };
+            let ms = timer.time_pass(reps, &|p| ph.record_in_pass(p, &bound))?;
+            progress(&format!("posthoc16 C={c} {variant:?}: {ms:.3} ms"));
+            if best.is_none_or(|(b, _)| ms < b) {
+                best = Some((ms, variant));
+            }
+        }
+        if let Some((_, variant)) = best {
+            tuning.posthoc.push(PostHocChoice {
+                max_classes,
+                variant,
+            });
+        }
+    }
+    Ok(tuning)
 }

@@ -33,6 +33,7 @@ mod context;
 pub mod diagnostics;
 mod error;
 mod kernels;
+mod layouts;
 mod loss;
 mod metrics;
 mod pipelines;

@@ -12,6 +12,8 @@ use crate::kernels::{Entry, Family};
 use crate::prior::ClassPrior;
 use crate::region::{check_uses, Region, Use};
 
+pub use crate::layouts::PostHocVariant;
+
 /// The most taus one pass evaluates.
 pub const MAX_TAUS: usize = 64;
 /// The largest `k` of [`PostHoc::top_k`].
@@ -33,23 +35,6 @@ const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
 const UNROLLED_MAX_CLASSES: usize = 32;
 /// llvmpipe/lavapipe end an invocation after about 65,535 loop trips.
 const MAX_LOOP_TRIPS: usize = 60_000;
-
-/// Which workgroup layout the argmax uses (see the shader's header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PostHocVariant {
-    /// One thread per row for small `C * T`, else a workgroup per row.
-    #[default]
-    Auto,
-    /// One thread per row.
-    RowPerThread,
-    /// One workgroup per row, the row tiled through workgroup memory.
-    RowPerGroup,
-    /// One thread per row over windows of classes whose `a_tc` (for
-    /// `T <= 16`: whose `log pi_c`) fit a 64 KiB uniform buffer, one
-    /// dispatch per window, the running argmax kept in a state buffer
-    /// between windows. The fastest layout on CPU adapters.
-    Windows,
-}
 
 /// Floats in one window of the uniform table (64 KiB).
 const TABLE_FLOATS: usize = 16384;

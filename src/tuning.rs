@@ -1,5 +1,5 @@
 //! Per-adapter tuning: which layout (and workgroup size) is fastest for a
-//! given `C`, measured on the adapter by [`Tuning::measure`] (the CLI's
+//! given `C`, measured on the adapter by `diagnostics::measure_tuning` (the CLI's
 //! `tune` command) and cached per adapter and driver in a small text file.
 //! [`Context`] loads the cache when it opens a device; without one, the
 //! built-in defaults apply (see [`crate::Variant::Auto`]).
@@ -14,18 +14,12 @@
 
 use std::path::PathBuf;
 
-use crate::context::Context;
-use crate::diagnostics::Timer;
 use crate::error::{Error, Result};
-use crate::loss::LossSpec;
-use crate::posthoc::PostHocVariant;
-use crate::prior::ClassPrior;
-use crate::region::Region;
-use crate::softmax_xent::{GradOutput, LossBuffers, Variant};
+use crate::layouts::{PostHocVariant, Variant};
 
 const HEADER: &str = "# logit-adjust tuning v2: ";
 
-/// The class counts [`Tuning::measure`] times; each choice covers the `C`s up
+/// The class counts `diagnostics::measure_tuning` times; each choice covers the `C`s up
 /// to the geometric midpoint to the next.
 pub const TUNED_CLASSES: [usize; 6] = [10, 100, 1000, 8142, 32_768, 262_144];
 
@@ -64,8 +58,8 @@ fn variant_name(v: Variant) -> &'static str {
     }
 }
 
-/// The loss layouts [`Tuning::measure`] times.
-const LOSS_VARIANTS: [Variant; 2] = [Variant::Rows, Variant::Split];
+/// The loss layouts `diagnostics::measure_tuning` times.
+pub(crate) const LOSS_VARIANTS: [Variant; 2] = [Variant::Rows, Variant::Split];
 
 fn variant_from(s: &str) -> Option<Variant> {
     LOSS_VARIANTS.into_iter().find(|&v| variant_name(v) == s)
@@ -179,9 +173,9 @@ impl Tuning {
         Self::from_text(&text, info)
     }
 
-    /// Write the cache file for `ctx`'s adapter; returns its path.
-    pub fn save(&self, ctx: &Context) -> Result<PathBuf> {
-        let path = cache_path(ctx.info()).ok_or_else(|| {
+    /// Write the cache file for the adapter `info`; returns its path.
+    pub fn save(&self, info: &wgpu::AdapterInfo) -> Result<PathBuf> {
+        let path = cache_path(info).ok_or_else(|| {
             Error::InvalidArgument("no cache directory (set LOGIT_ADJUST_TUNING_DIR)".into())
         })?;
         let io = |e: std::io::Error| Error::InvalidArgument(format!("{}: {e}", path.display()));
@@ -189,111 +183,8 @@ impl Tuning {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, self.to_text(ctx.info())).map_err(io)?;
+        std::fs::write(&tmp, self.to_text(info)).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         Ok(path)
-    }
-
-    /// Time both layouts of the fused
-    /// forward+backward and of the 16-tau post-hoc argmax at each of
-    /// [`TUNED_CLASSES`], on about `elements` logits each (N = elements / C),
-    /// and keep the fastest per `C`. `progress` hears each result.
-    pub fn measure(
-        ctx: &Context,
-        elements: usize,
-        reps: usize,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<Self> {
-        let timer = Timer::new(ctx);
-        let mut tuning = Tuning::default();
-        for (k, &c) in TUNED_CLASSES.iter().enumerate() {
-            let max_classes = match TUNED_CLASSES.get(k + 1) {
-                Some(&next) => ((c * next) as f64).sqrt() as usize,
-                None => usize::MAX,
-            };
-            let n = (elements / c).max(1);
-            let mut rng = crate::synthetic::Rng::new(7 + c as u64);
-            let logits: Vec<f32> = (0..n * c)
-                .map(|_| (rng.uniform() * 20.0 - 10.0) as f32)
-                .collect();
-            let labels: Vec<i32> = (0..n).map(|_| (rng.next_u64() % c as u64) as i32).collect();
-            let counts: Vec<f64> = (0..c)
-                .map(|j| (1000.0 * 100f64.powf(-(j as f64) / c as f64)).max(1.0))
-                .collect();
-            let prior = ClassPrior::from_counts(&counts)?;
-            let spec = LossSpec::logit_adjusted(&prior, 1.0)?;
-            let (logits_buf, labels_buf, grad, pred) = ctx.scoped(|| {
-                use wgpu::BufferUsages as U;
-                Ok((
-                    crate::buffers::upload(
-                        ctx,
-                        "tune logits",
-                        bytemuck::cast_slice(&logits),
-                        U::STORAGE,
-                    )?,
-                    crate::buffers::upload(
-                        ctx,
-                        "tune labels",
-                        bytemuck::cast_slice(&labels),
-                        U::STORAGE,
-                    )?,
-                    crate::buffers::storage(ctx, "tune grad", (n * c * 4) as u64, U::STORAGE)?,
-                    crate::buffers::storage(ctx, "tune pred", (n * 16 * 4) as u64, U::STORAGE)?,
-                ))
-            })?;
-            drop(logits);
-
-            let mut best: Option<(f64, Variant)> = None;
-            for variant in LOSS_VARIANTS {
-                let op = ctx.softmax_xent(&spec)?.with_variant(variant);
-                // A layout that refuses this C is simply not a candidate.
-                let Ok(bound) = op.bind(&LossBuffers {
-                    grad: GradOutput::Separate(Region::whole(&grad)),
-                    ..LossBuffers::new(Region::whole(&logits_buf), Region::whole(&labels_buf), n)
-                }) else {
-                    continue;
-                };
-                let ms = timer.time_pass(reps, &|p| bound.record_in_pass(p))?;
-                progress(&format!("loss C={c} {variant:?}: {ms:.3} ms"));
-                if best.is_none_or(|(b, _)| ms < b) {
-                    best = Some((ms, variant));
-                }
-            }
-            if let Some((_, variant)) = best {
-                tuning.loss.push(LossChoice {
-                    max_classes,
-                    variant,
-                });
-            }
-
-            let taus: Vec<f64> = (0..16).map(|j| j as f64 * 0.125).collect();
-            let mut best: Option<(f64, PostHocVariant)> = None;
-            for variant in [
-                PostHocVariant::RowPerThread,
-                PostHocVariant::RowPerGroup,
-                PostHocVariant::Windows,
-            ] {
-                let ph = ctx.posthoc(&prior, &taus)?.with_variant(variant);
-                let Ok(bound) = ph.bind(&crate::posthoc::PostHocBuffers {
-                    logits: Region::whole(&logits_buf),
-                    rows: n,
-                    predictions: Region::whole(&pred),
-                }) else {
-                    continue;
-                };
-                let ms = timer.time_pass(reps, &|p| ph.record_in_pass(p, &bound))?;
-                progress(&format!("posthoc16 C={c} {variant:?}: {ms:.3} ms"));
-                if best.is_none_or(|(b, _)| ms < b) {
-                    best = Some((ms, variant));
-                }
-            }
-            if let Some((_, variant)) = best {
-                tuning.posthoc.push(PostHocChoice {
-                    max_classes,
-                    variant,
-                });
-            }
-        }
-        Ok(tuning)
     }
 }

@@ -31,20 +31,7 @@ pub(crate) const CHUNK_ROW_ALIGN: usize = 64;
 /// Words at the head of the op's work buffer: denom, bad labels, loss, pad.
 pub(crate) const WORK_HEADER: usize = 4;
 
-/// Which workgroup layout the loss uses; `Auto` lets the plan choose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Variant {
-    /// The plan's choice: [`Variant::Rows`] where the row fits a workgroup's
-    /// registers, [`Variant::Split`] beyond.
-    #[default]
-    Auto,
-    /// Row-resident (`xent_rows`): each row held in registers by one or
-    /// more threads; one read of the logits, one write of the gradient.
-    Rows,
-    /// Split rows (`xent_split_*`): a row cut into chunks of 4,096 classes
-    /// across workgroups; reads the logits twice for the gradient.
-    Split,
-}
+pub use crate::layouts::Variant;
 
 /// What the device offers that the plan depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

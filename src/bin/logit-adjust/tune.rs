@@ -1,7 +1,7 @@
 //! `logit-adjust tune`: time every layout of the fused loss and the post-hoc
 //! argmax on the current adapter and cache the fastest per `C`.
 
-use logit_adjust::tuning::{cache_path, Tuning};
+use logit_adjust::tuning::cache_path;
 use logit_adjust::Context;
 
 /// Arguments of `tune`.
@@ -39,11 +39,13 @@ pub fn run(a: &TuneArgs) -> Result<(), String> {
         ctx.info().name,
         ctx.info().backend
     );
-    let tuning =
-        Tuning::measure(&ctx, elements, reps, &mut |line| eprintln!("  {line}")).map_err(e)?;
+    let tuning = logit_adjust::diagnostics::measure_tuning(&ctx, elements, reps, &mut |line| {
+        eprintln!("  {line}")
+    })
+    .map_err(e)?;
     print!("{}", tuning.to_text(ctx.info()));
     if !a.dry_run {
-        let saved = tuning.save(&ctx).map_err(e)?;
+        let saved = tuning.save(ctx.info()).map_err(e)?;
         eprintln!("saved {}", saved.display());
     }
     Ok(())

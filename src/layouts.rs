@@ -1,0 +1,35 @@
+//! The layouts a caller or the tuning cache may ask for, by name: plain
+//! enums with no dependencies, so that the tuning cache, the context that
+//! holds it and the operations that follow it depend on each other one way.
+
+/// Which workgroup layout the loss uses; `Auto` lets the plan choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    /// The plan's choice: [`Variant::Rows`] where the row fits a workgroup's
+    /// registers, [`Variant::Split`] beyond.
+    #[default]
+    Auto,
+    /// Row-resident (`xent_rows`): each row held in registers by one or
+    /// more threads; one read of the logits, one write of the gradient.
+    Rows,
+    /// Split rows (`xent_split_*`): a row cut into chunks of 4,096 classes
+    /// across workgroups; reads the logits twice for the gradient.
+    Split,
+}
+
+/// Which workgroup layout the argmax uses (see the shader's header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostHocVariant {
+    /// One thread per row for small `C * T`, else a workgroup per row.
+    #[default]
+    Auto,
+    /// One thread per row.
+    RowPerThread,
+    /// One workgroup per row, the row tiled through workgroup memory.
+    RowPerGroup,
+    /// One thread per row over windows of classes whose `a_tc` (for
+    /// `T <= 16`: whose `log pi_c`) fit a 64 KiB uniform buffer, one
+    /// dispatch per window, the running argmax kept in a state buffer
+    /// between windows. The fastest layout on CPU adapters.
+    Windows,
+}
