@@ -1108,3 +1108,26 @@ fn presets_follow_the_paper() {
     assert!((eq.bias()[1] as f64 - 0.5 * pi[1].ln()).abs() < 1e-6);
     assert!(LossSpec::theorem1(&prior, &[1.0, 0.0, 1.0, 1.0]).is_err());
 }
+
+#[test]
+fn more_rows_than_one_binding_of_per_row_values_holds() {
+    // 2^25 + 100 rows: their i32 labels, losses and LSEs are each past a
+    // 128 MiB storage binding, so every per-row buffer is bound in chunks
+    // like the logits.
+    let (n, c) = ((1usize << 25) + 100, 2);
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let spec = LossSpec::cross_entropy(c).with_reduction(Reduction::Mean);
+    let logits = rng.logits(n * c, 4.0);
+    let labels = rng.labels(n, c, 0.01, -100);
+    let want = reference::forward(&spec, &logits, &labels).unwrap();
+    for ctx in contexts() {
+        let got = ctx
+            .softmax_xent(&spec)
+            .unwrap()
+            .forward(&logits, &labels)
+            .unwrap();
+        let what = format!("{} N={n} seed={seed}", name(ctx));
+        compare(&what, &got, &want, Tolerance::Ordinary);
+    }
+}
