@@ -33,7 +33,8 @@ const WINDOWS_PAIRS_MIN_ROWS: usize = 2048;
 /// with C a pipeline constant and one straight-line block per class (32 in
 /// the shader): no loop, no window state.
 const UNROLLED_MAX_CLASSES: usize = 32;
-/// llvmpipe/lavapipe end an invocation after about 65,535 loop trips.
+/// llvmpipe/lavapipe end an invocation after about 65,535 loop trips; the
+/// bound applies on CPU adapters only (see `trip_limit`).
 const MAX_LOOP_TRIPS: usize = 60_000;
 
 /// Floats in one window of the uniform table (64 KiB).
@@ -284,6 +285,16 @@ impl PostHoc {
         Ok(self.table.get_or_init(|| table))
     }
 
+    /// Loop trips one invocation may make: bounded on CPU adapters, which
+    /// end an invocation past about 65,535, and not on GPUs.
+    fn trip_limit(&self) -> usize {
+        if self.ctx.info().device_type == wgpu::DeviceType::Cpu {
+            MAX_LOOP_TRIPS
+        } else {
+            usize::MAX
+        }
+    }
+
     fn t_pad(&self) -> usize {
         self.taus.len().next_power_of_two()
     }
@@ -307,7 +318,7 @@ impl PostHoc {
     pub fn resolved_variant(&self) -> PostHocVariant {
         if self.variant == PostHocVariant::Auto {
             let tuned = self.ctx.tuning().and_then(|t| t.posthoc_for(self.classes));
-            if let Some(choice) = tuned.filter(|c| self.trips(c.variant) <= MAX_LOOP_TRIPS) {
+            if let Some(choice) = tuned.filter(|c| self.trips(c.variant) <= self.trip_limit()) {
                 return choice.variant;
             }
         }
@@ -400,9 +411,10 @@ impl PostHoc {
         let (n, c, t) = (b.rows, self.classes, self.taus.len());
         self.check_regions(b)?;
         let variant = self.resolved_variant();
-        if self.trips(variant) > MAX_LOOP_TRIPS {
+        if self.trips(variant) > self.trip_limit() {
             return Err(Error::TooLarge(format!(
-                "{c} classes x {t} taus with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation"
+                "{c} classes x {t} taus with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation, \
+                 which this CPU adapter ends"
             )));
         }
         let (entry, rows_per_group) = self.entry_for(variant, n);
@@ -594,7 +606,7 @@ impl PostHoc {
                 c.min(MAX_TOP_K)
             )));
         }
-        if c.div_ceil(WG) * k > MAX_LOOP_TRIPS {
+        if c.div_ceil(WG) * k > self.trip_limit() {
             return Err(Error::TooLarge(format!(
                 "top-{k} over {c} classes: too many loop trips per invocation"
             )));

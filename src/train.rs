@@ -20,9 +20,19 @@ use crate::synthetic::Rng;
 
 const WG: usize = 64;
 const FLAG_WRITE_GRAD: u32 = 1;
-/// The update loops over the batch's rows; llvmpipe ends an invocation
-/// after about 65,535 loop trips.
+/// The update loops over the batch's rows, and llvmpipe and lavapipe end an
+/// invocation after about 65,535 loop trips: the largest batch on CPU
+/// adapters (GPUs take any).
 pub const MAX_BATCH: usize = 16_384;
+
+/// The largest batch `ctx` takes: [`MAX_BATCH`] on CPU adapters.
+fn max_batch(ctx: &Context) -> usize {
+    if ctx.info().device_type == wgpu::DeviceType::Cpu {
+        MAX_BATCH
+    } else {
+        usize::MAX
+    }
+}
 
 /// Optimisation settings; the defaults suit standardised features.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +130,7 @@ fn check_training_set(
     labels: &[i64],
     dim: usize,
     config: &TrainConfig,
+    max_batch: usize,
 ) -> Result<usize> {
     let n = check_features(features, dim, "training features")?;
     if labels.len() != n {
@@ -143,9 +154,9 @@ fn check_training_set(
             });
         }
     }
-    if config.batch_size == 0 || config.batch_size > MAX_BATCH {
+    if config.batch_size == 0 || config.batch_size > max_batch {
         return Err(Error::InvalidArgument(format!(
-            "batch size must be 1..={MAX_BATCH}, got {}",
+            "batch size must be 1..={max_batch} on this adapter, got {}",
             config.batch_size
         )));
     }
@@ -372,7 +383,7 @@ impl LinearTrainer {
         dim: usize,
         config: TrainConfig,
     ) -> Result<Self> {
-        let n = check_training_set(spec, features, labels, dim, &config)?;
+        let n = check_training_set(spec, features, labels, dim, &config, max_batch(ctx))?;
         let c = spec.classes();
         let d = dim + 1;
         let batch = config.batch_size.min(n);
@@ -555,9 +566,9 @@ impl LinearTrainer {
     /// (no step is taken). For checking against finite differences.
     pub fn weight_gradient(&self, features: &[f32], labels: &[i64]) -> Result<Vec<f32>> {
         let n = check_features(features, self.dim, "features")?;
-        if labels.len() != n || n == 0 || n > MAX_BATCH {
+        if labels.len() != n || n == 0 || n > max_batch(&self.ctx) {
             return Err(Error::ShapeMismatch {
-                what: "labels (rows, 1..=MAX_BATCH)".into(),
+                what: "labels (rows, 1..=MAX_BATCH on CPU adapters)".into(),
                 expected: n,
                 got: labels.len(),
             });
