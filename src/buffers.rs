@@ -4,8 +4,6 @@
 use std::num::NonZeroU64;
 use std::sync::mpsc;
 
-use wgpu::util::DeviceExt;
-
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -18,20 +16,25 @@ pub(crate) fn upload(
     usage: wgpu::BufferUsages,
 ) -> Result<wgpu::Buffer> {
     check_buffer_size(ctx, label, contents.len() as u64)?;
-    let padded;
-    let contents = if contents.is_empty() {
-        padded = [0u8; 4];
-        &padded[..]
-    } else {
-        contents
-    };
-    Ok(ctx
-        .device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents,
-            usage,
-        }))
+    // Not `create_buffer_init`: its mapping at creation panics on a lost
+    // device, where a queue write is an error the scope catches.
+    let size = (contents.len() as u64).max(4).next_multiple_of(4);
+    let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size,
+        usage: usage | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    if !contents.is_empty() {
+        if contents.len() % 4 == 0 {
+            ctx.queue().write_buffer(&buffer, 0, contents);
+        } else {
+            let mut padded = contents.to_vec();
+            padded.resize(size as usize, 0);
+            ctx.queue().write_buffer(&buffer, 0, &padded);
+        }
+    }
+    Ok(buffer)
 }
 
 /// An uninitialised storage buffer of `bytes` (at least 4).

@@ -1,7 +1,7 @@
 //! The device context: a wgpu device and queue the library owns or borrows,
 //! what the adapter can do, and the pipeline cache.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
@@ -47,6 +47,8 @@ struct Inner {
     capabilities: Capabilities,
     kernels: Kernels,
     tuning: RwLock<Option<Tuning>>,
+    /// Why the device was lost, once it was (set by its lost callback).
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -122,7 +124,9 @@ impl Context {
 
     /// Borrow a device and queue the caller already has (e.g. a training
     /// engine's), so that kernels read and write the engine's buffers.
-    /// `info` is used for reporting only.
+    /// `info` is used for reporting only. The context sets the device's
+    /// lost callback, so that a lost device becomes [`Error::DeviceLost`]
+    /// (see [`Context::lost`]).
     pub fn from_wgpu(
         device: wgpu::Device,
         queue: wgpu::Queue,
@@ -151,6 +155,12 @@ impl Context {
         };
         let kernels = Kernels::new(&device);
         let tuning = RwLock::new(Tuning::load_cached(&info));
+        let lost = Arc::new(Mutex::new(None));
+        let on_lost = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            *on_lost.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("{reason:?}: {message}"));
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 device,
@@ -159,6 +169,7 @@ impl Context {
                 capabilities,
                 kernels,
                 tuning,
+                lost,
             }),
         })
     }
@@ -208,9 +219,28 @@ impl Context {
         &self.inner.kernels
     }
 
+    /// Why the device was lost, if it was: every host operation then
+    /// returns [`Error::DeviceLost`].
+    pub fn lost(&self) -> Option<String> {
+        self.inner
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        match self.lost() {
+            Some(why) => Err(Error::DeviceLost(why)),
+            None => Ok(()),
+        }
+    }
+
     /// Run `work` inside validation and out-of-memory error scopes, so that a
-    /// wgpu error becomes an [`Error::Gpu`] instead of the default handler's panic.
+    /// wgpu error becomes an [`Error::Gpu`] instead of the default handler's
+    /// panic, or [`Error::DeviceLost`] once the device is gone.
     pub(crate) fn scoped<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
         let oom = self
             .device()
             .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -220,6 +250,7 @@ impl Context {
         let result = work();
         let validation = pollster::block_on(validation.pop());
         let oom = pollster::block_on(oom.pop());
+        self.check_alive()?;
         if let Some(e) = validation.or(oom) {
             return Err(Error::Gpu(e.to_string()));
         }

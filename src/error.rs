@@ -14,6 +14,9 @@ pub enum Error {
     UnsupportedAdapter(String),
     /// wgpu refused a request (device creation, pipeline, submission).
     Gpu(String),
+    /// The device is gone (destroyed, reset by the driver, unplugged): open
+    /// a new [`crate::Context`]. The text is wgpu's reason.
+    DeviceLost(String),
     /// A label is neither in `[0, C)` nor equal to `ignore_index`.
     LabelOutOfRange {
         /// Row of the offending label.
@@ -85,6 +88,10 @@ impl fmt::Display for Error {
             Error::NoAdapter(why) => write!(f, "no GPU adapter: {why}"),
             Error::UnsupportedAdapter(why) => write!(f, "unsupported adapter: {why}"),
             Error::Gpu(why) => write!(f, "GPU error: {why}"),
+            Error::DeviceLost(why) => write!(
+                f,
+                "the GPU device was lost ({why}); open a new context to go on"
+            ),
             Error::LabelOutOfRange {
                 row,
                 label,
