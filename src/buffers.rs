@@ -26,7 +26,7 @@ pub(crate) fn upload(
         mapped_at_creation: false,
     });
     if !contents.is_empty() {
-        if contents.len() % 4 == 0 {
+        if contents.len().is_multiple_of(4) {
             ctx.queue().write_buffer(&buffer, 0, contents);
         } else {
             let mut padded = contents.to_vec();
