@@ -271,15 +271,11 @@ impl SoftmaxXent {
             own_rows: own_rows.as_ref(),
         };
         let (xent_slots, reduce_slots) = builder.params();
-        let params = scratch.params(&self.ctx, &xent_slots, &reduce_slots)?;
-        let slot = |k: usize| {
-            let stride = self.param_stride();
-            buffers::range(&params, stride * k as u64, 48)
-        };
-        let reduce_slot = |k: usize| {
-            let stride = self.param_stride();
-            buffers::range(&params, stride * (xent_slots.len() + k) as u64, 32)
-        };
+        let stride = self.param_stride();
+        let params = scratch.params(&self.ctx, stride, &xent_slots, &reduce_slots)?;
+        let slot = |k: usize| buffers::range(&params, stride * k as u64, 48);
+        let reduce_slot =
+            |k: usize| buffers::range(&params, stride * (xent_slots.len() + k) as u64, 32);
         let mut steps = builder.reduce_steps(0, &reduce_slot)?;
         match plan.layout {
             Layout::Rows { .. } if r.mode == Mode::Backward => {
@@ -335,11 +331,11 @@ impl Scratch {
     fn params(
         &mut self,
         ctx: &crate::Context,
+        stride: u64,
         xent: &[XentParams],
         reduce: &[ReduceParams],
     ) -> Result<wgpu::Buffer> {
-        let align = ctx.limits().min_uniform_buffer_offset_alignment.max(16) as usize;
-        let stride = 48usize.next_multiple_of(align);
+        let stride = stride as usize;
         let mut bytes = vec![0u8; stride * (xent.len() + reduce.len()).max(1)];
         for (k, p) in xent.iter().enumerate() {
             bytes[stride * k..][..48].copy_from_slice(bytemuck::bytes_of(p));
@@ -497,6 +493,17 @@ impl<'a, 'r> Builder<'a, 'r> {
         region.binding(ch.first as u64 * per_row, (ch.rows as u64 * per_row).max(4))
     }
 
+    /// Chunk `ch`'s per-row losses: the caller's, the op's own (a reduced
+    /// loss the caller wants no rows of), or none (the work buffer stands
+    /// in, never written).
+    fn row_loss_of(&self, ch: &plan::Chunk) -> wgpu::BindingResource<'a> {
+        match (self.run.row_loss, self.own_rows) {
+            (Some(region), _) => Self::rows_of(region, ch, 4),
+            (None, Some(own)) => Self::rows_of(Region::whole(own), ch, 4),
+            (None, None) => self.work.as_entire_binding(),
+        }
+    }
+
     fn logits_of(&self, region: Region<'r>, ch: &plan::Chunk) -> wgpu::BindingResource<'r> {
         let stride = self.run.stride as u64;
         let classes = self.op.spec.classes() as u64;
@@ -517,11 +524,6 @@ impl<'a, 'r> Builder<'a, 'r> {
         let partial = self.pipeline(shader, "reduce_partial", &constants);
         let finish = self.pipeline(shader, "reduce_final", &constants);
         let work = || self.work.as_entire_binding();
-        let row_loss = |ch: &plan::Chunk| match (r.row_loss, self.own_rows) {
-            (Some(region), _) => Self::rows_of(region, ch, 4),
-            (None, Some(own)) => Self::rows_of(Region::whole(own), ch, 4),
-            (None, None) => work(),
-        };
         let mut steps = Vec::new();
         for (k, ch) in self.plan.chunks.iter().enumerate() {
             let group = self.group(
@@ -530,7 +532,7 @@ impl<'a, 'r> Builder<'a, 'r> {
                     slot(k),
                     Self::rows_of(r.labels, ch, r.label_type.bytes()),
                     self.op.class_vecs.as_entire_binding(),
-                    row_loss(ch),
+                    self.row_loss_of(ch),
                     work(),
                     work(),
                     work(),
@@ -577,11 +579,7 @@ impl<'a, 'r> Builder<'a, 'r> {
             // In place, or never written: the logits' own region.
             _ => self.logits_of(r.logits, ch),
         };
-        let row_loss = match (r.row_loss, self.own_rows) {
-            (Some(region), _) => Self::rows_of(region, ch, 4),
-            (None, Some(own)) => Self::rows_of(Region::whole(own), ch, 4),
-            (None, None) => work(),
-        };
+        let row_loss = self.row_loss_of(ch);
         let lse = match r.lse {
             Some(region) => Self::rows_of(region, ch, 4),
             None => work(),
