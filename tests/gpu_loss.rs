@@ -403,9 +403,23 @@ fn few_classes() {
 }
 
 #[test]
-fn every_reduction_tau_and_smoothing_at_c_1000() {
-    for k in 0..8 {
-        check(case([1, 7][k % 2], 1000, k));
+fn every_reduction_smoothing_and_layout() {
+    // The full product: 4 reductions x 2 smoothings x both layouts (check()
+    // forces each layout that takes C), at a row-resident C and past a
+    // workgroup; tau cycles through 0, 1 and 2.5.
+    for (i, c) in [10, 1000].into_iter().enumerate() {
+        for (r, reduction) in REDUCTIONS.into_iter().enumerate() {
+            for (e, smoothing) in [0.0, 0.1].into_iter().enumerate() {
+                check(Case {
+                    n: [7, 65][(r + e) % 2],
+                    c,
+                    tau: [0.0, 1.0, 2.5][(i + r + e) % 3],
+                    reduction,
+                    smoothing,
+                    ignored: 0.15,
+                });
+            }
+        }
     }
 }
 
