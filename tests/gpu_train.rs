@@ -212,3 +212,80 @@ fn logit_adjustment_beats_erm_on_a_long_tail_and_reaches_bayes_on_two_gaussians(
         );
     }
 }
+
+#[test]
+fn two_sgd_steps_match_a_cpu_implementation() {
+    // One batch of all rows, so each epoch is one step whatever the shuffle:
+    // W1 = -lr g0; v1 = g0; v2 = m v1 + g1 + wd W1 (no decay on the bias
+    // row); W2 = W1 - lr v2, with g = X^T dL/dlogits of the weighted-mean
+    // loss from the f64 reference at the f32 logits the GPU would see.
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, dim, c) = (96, 5, 4);
+    let x: Vec<f32> = (0..n * dim).map(|_| rng.range(-1.0, 1.0) as f32).collect();
+    let labels: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let prior = ClassPrior::from_counts(&[40.0, 30.0, 20.0, 6.0]).unwrap();
+    let spec = LossSpec::logit_adjusted(&prior, 1.0).unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: n,
+        lr: 0.3,
+        momentum: 0.9,
+        weight_decay: 0.01,
+        seed: 5,
+    };
+    let d = dim + 1;
+    let gradient = |w: &[f64]| -> Vec<f64> {
+        let logits: Vec<f32> = (0..n * c)
+            .map(|e| {
+                let (i, k) = (e / c, e % c);
+                let mut s = w[dim * c + k];
+                for j in 0..dim {
+                    s += f64::from(x[i * dim + j]) * w[j * c + k];
+                }
+                s as f32
+            })
+            .collect();
+        let weighted = spec.clone().with_reduction(Reduction::WeightedMean);
+        let g = reference::forward_backward(&weighted, &logits, &labels)
+            .unwrap()
+            .grad
+            .unwrap();
+        (0..d * c)
+            .map(|e| {
+                let (j, k) = (e / c, e % c);
+                (0..n)
+                    .map(|i| {
+                        let a = if j == dim {
+                            1.0
+                        } else {
+                            f64::from(x[i * dim + j])
+                        };
+                        a * g[i * c + k]
+                    })
+                    .sum()
+            })
+            .collect()
+    };
+    let (lr, m, wd) = (
+        f64::from(config.lr),
+        f64::from(config.momentum),
+        f64::from(config.weight_decay),
+    );
+    let g0 = gradient(&vec![0.0; d * c]);
+    let w1: Vec<f64> = g0.iter().map(|g| -lr * g).collect();
+    let g1 = gradient(&w1);
+    let want: Vec<f64> = (0..d * c)
+        .map(|e| {
+            let decay = if e / c == dim { 0.0 } else { wd };
+            w1[e] - lr * (m * g0[e] + g1[e] + decay * w1[e])
+        })
+        .collect();
+    for ctx in contexts() {
+        let mut trainer = LinearTrainer::new(ctx, &spec, &x, &labels, dim, config.clone()).unwrap();
+        trainer.fit(|_, _| {}).unwrap();
+        let got = trainer.weights().unwrap();
+        let bad = common::worst(&got, &want, |w| 1e-5 + 1e-4 * w.abs());
+        assert!(bad.is_none(), "{} seed={seed}: weight {bad:?}", name(ctx));
+    }
+}
