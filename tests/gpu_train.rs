@@ -1,6 +1,6 @@
 //! The GPU trainer: its weight gradient against CPU finite differences, two
-//! SGD steps against a CPU implementation, the
-//! same seed giving the same bits, and the paper's finding on synthetic data.
+//! SGD steps against a CPU implementation, the same seed giving the same
+//! bits, and the paper's finding on synthetic data.
 
 mod common;
 
