@@ -213,11 +213,49 @@ fn row_block(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y + wid.z * nwg.y;
 }
 
-fn class_of(t: u32, k: u32) -> u32 {
-    if (SEGMENTED) {
-        return t * VPT + k;
+// Thread t's values of a row: classes start, start + step, ... (VPT of
+// them): contiguous with SEGMENTED, else TPR apart.
+fn first_class(t: u32) -> u32 {
+    return select(t, t * VPT, SEGMENTED);
+}
+
+fn class_step() -> u32 {
+    return select(TPR, 1u, SEGMENTED);
+}
+
+// One thread's partial over classes start + k * step below `limit`:
+// (max m, sum of exp(z - m), sum of z, z_y), with z[k] left as
+// exp(z_k - m) (0 past the limit) for the gradient.
+fn thread_partial(
+    base: u32,
+    label: Target,
+    start: u32,
+    step: u32,
+    limit: u32,
+    z: ptr<function, array<f32, VPT_MAX>>,
+) -> vec4<f32> {
+    var m = LOWEST;
+    var z_sum = 0.0;
+    var z_y = 0.0;
+    for (var k = 0u; k < VPT; k++) {
+        let c = start + k * step;
+        var v = LOWEST;
+        if (c < limit) {
+            v = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
+            z_sum += v;
+            z_y += select(0.0, v, c == label.y);
+        }
+        (*z)[k] = v;
+        m = max(m, v);
     }
-    return k * TPR + t;
+    // One exp per element serves the sum and the gradient.
+    var s = 0.0;
+    for (var k = 0u; k < VPT; k++) {
+        let e = select(0.0, exp((*z)[k] - m), start + k * step < limit);
+        (*z)[k] = e;
+        s += e;
+    }
+    return vec4<f32>(m, s, z_sum, z_y);
 }
 
 @compute @workgroup_size(WG)
@@ -235,29 +273,10 @@ fn xent_rows(
 
     // The thread's values of z, then its partial.
     var z: array<f32, VPT_MAX>;
-    var m = LOWEST;
-    var z_sum = 0.0;
-    var z_y = 0.0;
-    for (var k = 0u; k < VPT; k++) {
-        let c = class_of(t, k);
-        var v = LOWEST;
-        if (live && c < c_len) {
-            v = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
-            z_sum += v;
-            z_y += select(0.0, v, c == label.y);
-        }
-        z[k] = v;
-        m = max(m, v);
-    }
-    // z becomes exp(z - m), relative to this thread's max: one exp per
-    // element serves the sum and the gradient.
-    var s = 0.0;
-    for (var k = 0u; k < VPT; k++) {
-        let e = select(0.0, exp(z[k] - m), class_of(t, k) < c_len);
-        z[k] = e;
-        s += e;
-    }
-    var total = vec4<f32>(m, s, z_sum, z_y);
+    let start = first_class(t);
+    let step = class_step();
+    var total = thread_partial(base, label, start, step, select(0u, c_len, live), &z);
+    let m = total.x;
     if (TPR > 1u) {
         tree_merge(lid, TPR, total);
         total = tree[lid - t];
@@ -275,7 +294,7 @@ fn xent_rows(
         let eps = params.smoothing;
         let q_rest = eps / f32(c_len);
         for (var k = 0u; k < VPT; k++) {
-            let c = class_of(t, k);
+            let c = start + k * step;
             if (c < c_len) {
                 let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
                 grad[base + c] = scale * (z[k] * to_p - q);
@@ -298,27 +317,8 @@ fn xent_split_partial(
     let last = min(first + params.span, params.classes);
 
     var z: array<f32, VPT_MAX>;
-    var m = LOWEST;
-    var z_sum = 0.0;
-    var z_y = 0.0;
-    for (var k = 0u; k < VPT; k++) {
-        let c = first + k * WG + lid;
-        var v = LOWEST;
-        if (c < last) {
-            v = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
-            z_sum += v;
-            z_y += select(0.0, v, c == label.y);
-        }
-        z[k] = v;
-        m = max(m, v);
-    }
-    var s = 0.0;
-    for (var k = 0u; k < VPT; k++) {
-        if (first + k * WG + lid < last) {
-            s += exp(z[k] - m);
-        }
-    }
-    tree_merge(lid, WG, vec4<f32>(m, s, z_sum, z_y));
+    let partial = thread_partial(base, label, first + lid, WG, last, &z);
+    tree_merge(lid, WG, partial);
     if (lid == 0u) {
         let at = params.split_base + 4u * (row * params.chunks + chunk);
         let p = tree[0];
@@ -376,7 +376,7 @@ fn xent_backward(
     let base = row * params.stride;
     let first = wid.x * TPR * VPT;
     for (var k = 0u; k < VPT; k++) {
-        let c = first + class_of(t, k);
+        let c = first + first_class(t) + k * class_step();
         if (c < c_len) {
             let z = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
             let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
