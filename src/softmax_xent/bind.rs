@@ -630,15 +630,25 @@ impl<'a, 'r> Builder<'a, 'r> {
                 SoftmaxXent::label_constant(self.run.label_type),
             ],
         );
-        Ok((0..self.plan.chunks.len())
+        Ok(self.chunk_steps(&pipeline, slot, |rows| {
+            self.plan.grid(1, self.plan.row_groups(rows))
+        }))
+    }
+
+    /// One dispatch of `pipeline` per row chunk, over `grid(rows)`.
+    fn chunk_steps(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        slot: &SlotFn<'_>,
+        grid: impl Fn(usize) -> [u32; 3],
+    ) -> Vec<Step> {
+        (0..self.plan.chunks.len())
             .map(|k| Step {
                 pipeline: pipeline.clone(),
                 group: self.xent_group(k, slot),
-                grid: self
-                    .plan
-                    .grid(1, self.plan.row_groups(self.plan.chunks[k].rows)),
+                grid: grid(self.plan.chunks[k].rows),
             })
-            .collect())
+            .collect()
     }
 
     fn backward_steps(&self, slot: &SlotFn<'_>, from_norm: bool) -> Result<Vec<Step>> {
@@ -655,16 +665,9 @@ impl<'a, 'r> Builder<'a, 'r> {
                 SoftmaxXent::label_constant(self.run.label_type),
             ],
         );
-        Ok((0..self.plan.chunks.len())
-            .map(|k| Step {
-                pipeline: pipeline.clone(),
-                group: self.xent_group(k, slot),
-                grid: self.plan.grid(
-                    b.blocks,
-                    self.plan.backward_groups(self.plan.chunks[k].rows),
-                ),
-            })
-            .collect())
+        Ok(self.chunk_steps(&pipeline, slot, |rows| {
+            self.plan.grid(b.blocks, self.plan.backward_groups(rows))
+        }))
     }
 
     /// Per chunk: partials, combine, and (fused) the gradient from (M, 1/S);
