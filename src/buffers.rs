@@ -18,7 +18,7 @@ pub(crate) fn upload(
     check_buffer_size(ctx, label, contents.len() as u64)?;
     // Not `create_buffer_init`: its mapping at creation panics on a lost
     // device, where a queue write is an error the scope catches.
-    let size = (contents.len() as u64).max(4).next_multiple_of(4);
+    let size = padded_size(ctx, contents.len() as u64);
     let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size,
@@ -30,7 +30,7 @@ pub(crate) fn upload(
             ctx.queue().write_buffer(&buffer, 0, contents);
         } else {
             let mut padded = contents.to_vec();
-            padded.resize(size as usize, 0);
+            padded.resize(contents.len().next_multiple_of(4), 0);
             ctx.queue().write_buffer(&buffer, 0, &padded);
         }
     }
@@ -47,10 +47,21 @@ pub(crate) fn storage(
     check_buffer_size(ctx, label, bytes)?;
     Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
-        size: bytes.max(4),
+        size: padded_size(ctx, bytes),
         usage,
         mapped_at_creation: false,
     }))
+}
+
+/// `bytes` rounded up to whole vec4s (16 bytes), which the CPU adapters'
+/// vec4 layouts bind, where the device allows a buffer that large.
+fn padded_size(ctx: &Context, bytes: u64) -> u64 {
+    let padded = bytes.max(4).next_multiple_of(16);
+    if padded <= ctx.limits().max_buffer_size {
+        padded
+    } else {
+        bytes.max(4).next_multiple_of(4)
+    }
 }
 
 fn check_buffer_size(ctx: &Context, label: &str, bytes: u64) -> Result<()> {

@@ -15,6 +15,15 @@ pub enum Variant {
     /// Split rows (`xent_split_*`): a row cut into chunks of 4,096 classes
     /// across workgroups; reads the logits twice for the gradient.
     Split,
+    /// CPU adapters only (lavapipe, llvmpipe): row segments on vec4 views
+    /// of the logits and the gradient, for rows of up to 512 classes per
+    /// thread. `Auto` picks it on CPU adapters where it applies; forcing it
+    /// on a GPU is an error.
+    Segments,
+    /// CPU adapters only: `4 / gcd(C, 4)` packed rows of at most 32
+    /// classes per thread, read and written as whole vec4s. `Auto` picks
+    /// it on CPU adapters where it applies; forcing it elsewhere is an error.
+    RowGroups,
 }
 
 /// Which workgroup layout the argmax uses (see the shader's header).

@@ -55,11 +55,18 @@ fn variant_name(v: Variant) -> &'static str {
         Variant::Auto => "Auto",
         Variant::Rows => "Rows",
         Variant::Split => "Split",
+        Variant::Segments => "Segments",
+        Variant::RowGroups => "RowGroups",
     }
 }
 
 /// The loss layouts `diagnostics::measure_tuning` times.
-pub(crate) const LOSS_VARIANTS: [Variant; 2] = [Variant::Rows, Variant::Split];
+pub(crate) const LOSS_VARIANTS: [Variant; 4] = [
+    Variant::Rows,
+    Variant::Split,
+    Variant::Segments,
+    Variant::RowGroups,
+];
 
 fn variant_from(s: &str) -> Option<Variant> {
     LOSS_VARIANTS.into_iter().find(|&v| variant_name(v) == s)

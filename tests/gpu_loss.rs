@@ -19,19 +19,25 @@ const REDUCTIONS: [Reduction; 4] = [
     Reduction::WeightedMean,
 ];
 
-/// The layouts that take `c` classes on `ctx`: every one is forced in turn.
-fn variants_for(ctx: &Context, c: usize) -> Vec<Variant> {
+/// The layouts that take `n` rows of `c` classes on `ctx`: every one is
+/// forced in turn (the CPU adapters' layouts on CPU adapters only).
+fn variants_for(ctx: &Context, n: usize, c: usize) -> Vec<Variant> {
     let spec = LossSpec::cross_entropy(c);
-    [Variant::Rows, Variant::Split]
-        .into_iter()
-        .filter(|&v| {
-            ctx.softmax_xent(&spec)
-                .unwrap()
-                .with_variant(v)
-                .resolved_variant(1)
-                .is_ok()
-        })
-        .collect()
+    [
+        Variant::Rows,
+        Variant::Split,
+        Variant::Segments,
+        Variant::RowGroups,
+    ]
+    .into_iter()
+    .filter(|&v| {
+        ctx.softmax_xent(&spec)
+            .unwrap()
+            .with_variant(v)
+            .resolved_variant(n)
+            .is_ok()
+    })
+    .collect()
 }
 
 fn init(ctx: &Context, label: &str, data: &[u8]) -> wgpu::Buffer {
@@ -113,6 +119,17 @@ fn run_device(
     run_device_as(op, ctx, logits, labels, upstream, in_place, LabelType::I32)
 }
 
+/// The padding between rows is the caller's: never written (still NaN).
+fn assert_padding_untouched(flat: &[f32], n: usize, c: usize, stride: usize) {
+    for row in 0..n.saturating_sub(1) {
+        let pad = &flat[row * stride + c..(row + 1) * stride];
+        assert!(
+            pad.iter().all(|x| x.is_nan()),
+            "row {row}'s padding was written: {pad:?}"
+        );
+    }
+}
+
 fn run_device_as(
     op: &SoftmaxXent,
     ctx: &Context,
@@ -124,7 +141,12 @@ fn run_device_as(
 ) -> DeviceRun {
     let n = labels.len();
     let c = op.spec().classes();
-    let stride = c + [0, 1, 3][c % 3];
+    // Padded rows, except for the row-groups layout, which takes packed ones.
+    let stride = if op.variant() == Variant::RowGroups {
+        c
+    } else {
+        c + [0, 1, 3][c % 3]
+    };
     let padded_len = if n == 0 { 0 } else { (n - 1) * stride + c };
     let mut padded = vec![f32::NAN; padded_len];
     for (row, values) in logits.chunks(c.max(1)).enumerate() {
@@ -189,7 +211,9 @@ fn run_device_as(
             .flat_map(|row| flat[row * stride..][..c].to_vec())
             .collect()
     };
-    let grad = rows_of(pool.read(ctx, if in_place { 0 } else { 2 }, padded_len));
+    let flat = pool.read(ctx, if in_place { 0 } else { 2 }, padded_len);
+    assert_padding_untouched(&flat, n, c, stride);
+    let grad = rows_of(flat);
     // The backward from the saved LSE, on the original logits.
     pool.write(ctx, 0, bytemuck::cast_slice(&padded));
     let backward = op
@@ -323,7 +347,7 @@ fn check(case: Case) {
     };
     let want = reference::forward_backward_scaled(&spec, &logits, &labels, upstream).unwrap();
     for ctx in contexts() {
-        for variant in variants_for(ctx, c) {
+        for variant in variants_for(ctx, labels.len(), c) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let what = format!(
                 "{} {variant:?} N={n} C={c} tau={tau} {reduction:?} eps={smoothing} seed={seed}",
@@ -489,7 +513,7 @@ fn unsigned_and_64_bit_labels() {
         let labels = rng.labels(n, c, 0.2, ignore);
         let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
         for ctx in contexts() {
-            for variant in variants_for(ctx, c) {
+            for variant in variants_for(ctx, labels.len(), c) {
                 let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                 let got = run_device_as(
                     &op,
@@ -521,7 +545,7 @@ fn padded_rows_across_chunks() {
     let labels = rng.labels(n, c, 0.1, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in [Variant::Rows, Variant::Auto] {
+        for variant in [Variant::Rows, Variant::Segments, Variant::Auto] {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let what = format!("{} {variant:?} N={n} C={c} seed={seed}", name(ctx));
             let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
@@ -576,7 +600,7 @@ fn a_confident_row_keeps_its_small_gradient() {
     let labels = [2, -100];
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in variants_for(ctx, 3) {
+        for variant in variants_for(ctx, labels.len(), 3) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
             let what = format!("{} {variant:?} confident row", name(ctx));
@@ -610,7 +634,7 @@ fn extreme_logits_and_a_tiny_prior() {
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             let max_z = 1e4 + tau * 1e-30f64.ln().abs() + 1.0;
             for ctx in contexts() {
-                for variant in variants_for(ctx, c) {
+                for variant in variants_for(ctx, labels.len(), c) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     let what = format!(
@@ -671,7 +695,7 @@ fn forward_only_and_in_place_at(n: usize, c: usize) {
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     let want_fwd = reference::forward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in variants_for(ctx, c) {
+        for variant in variants_for(ctx, labels.len(), c) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let what = format!("{} {variant:?} N={n} C={c} seed={seed}", name(ctx));
             let fwd = op.forward(&logits, &labels).unwrap();
@@ -724,7 +748,7 @@ fn general_form_margins_weights_and_ignore_index_inside_the_range() {
             let labels = rng.labels(n, c, 0.0, 3);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             for ctx in contexts() {
-                for variant in variants_for(ctx, c) {
+                for variant in variants_for(ctx, labels.len(), c) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     compare_device(
@@ -745,7 +769,7 @@ fn mean_over_no_valid_rows_is_zero_with_zero_gradient() {
     let logits = Rng::fresh().logits(15, 3.0);
     let labels = [-100i64; 3];
     for ctx in contexts() {
-        for variant in variants_for(ctx, 5) {
+        for variant in variants_for(ctx, labels.len(), 5) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
             assert_eq!(got.fused.loss, Some(0.0), "{}", name(ctx));
@@ -790,7 +814,7 @@ fn device_forward_and_in_place_with_the_default_upstream() {
     let labels = rng.labels(n, c, 0.1, -100);
     let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
     for ctx in contexts() {
-        for variant in variants_for(ctx, c) {
+        for variant in variants_for(ctx, labels.len(), c) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let l32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
             let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&l32));
@@ -1011,13 +1035,15 @@ fn bad_regions_are_refused_at_bind() {
 #[test]
 fn labels_out_of_range_on_the_device_are_reported_and_loud() {
     let spec = LossSpec::cross_entropy(10).with_reduction(Reduction::Sum);
-    let logits = Rng::fresh().logits(30, 2.0);
+    // 32 floats, 3 rows of 10 and whole vec4s (the CPU adapters' vec4 layout).
+    let mut logits = Rng::fresh().logits(30, 2.0);
+    logits.extend([0.0; 2]);
     for ctx in contexts() {
-        for variant in variants_for(ctx, 10) {
+        for variant in variants_for(ctx, 3, 10) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let logits_buf = init(ctx, "logits", bytemuck::cast_slice(&logits));
             let labels_buf = init(ctx, "labels", bytemuck::cast_slice(&[1i32, 10, -100]));
-            let grad = init(ctx, "grad", bytemuck::cast_slice(&[f32::NAN; 30]));
+            let grad = init(ctx, "grad", bytemuck::cast_slice(&[f32::NAN; 32]));
             let rows = init(ctx, "rows", bytemuck::cast_slice(&[f32::NAN; 3]));
             let bad = init(ctx, "bad", &[0xff; 4]);
             let bound = op
@@ -1043,10 +1069,12 @@ fn labels_out_of_range_on_the_device_are_reported_and_loud() {
                 rows[0].is_finite() && rows[1].is_nan() && rows[2] == 0.0,
                 "{rows:?}"
             );
-            let g = ctx.read_f32(&grad, 0, 30).unwrap();
+            let g = ctx.read_f32(&grad, 0, 32).unwrap();
             assert!(g[..10].iter().all(|x| x.is_finite()));
             assert!(g[10..20].iter().all(|x| x.is_nan()));
-            assert!(g[20..].iter().all(|&x| x == 0.0));
+            assert!(g[20..30].iter().all(|&x| x == 0.0));
+            // Past the last row: never written (still the poison).
+            assert!(g[30..].iter().all(|x| x.is_nan()), "{variant:?}: {g:?}");
         }
     }
 }
@@ -1080,7 +1108,7 @@ fn every_preset_of_the_family_matches_the_reference() {
             let spec = spec.clone().with_reduction(reduction);
             let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
             for ctx in contexts() {
-                for variant in variants_for(ctx, c) {
+                for variant in variants_for(ctx, labels.len(), c) {
                     let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
                     let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
                     compare_device(

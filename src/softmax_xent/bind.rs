@@ -55,7 +55,7 @@ struct ReduceParams {
 
 /// One dispatch.
 #[derive(Debug)]
-struct Step {
+pub(super) struct Step {
     pipeline: wgpu::ComputePipeline,
     group: wgpu::BindGroup,
     grid: [u32; 3],
@@ -89,19 +89,19 @@ impl BoundLoss {
 
 /// What a bind asks of the row pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     Forward,
     Fused,
     Backward,
 }
 
 /// The regions of a run, whichever way it came in.
-struct Run<'a> {
-    mode: Mode,
+pub(super) struct Run<'a> {
+    pub(super) mode: Mode,
     logits: Region<'a>,
     stride: usize,
     labels: Region<'a>,
-    label_type: LabelType,
+    pub(super) label_type: LabelType,
     rows: usize,
     grad: GradOutput<'a>,
     upstream: UpstreamBuffer<'a>,
@@ -254,6 +254,7 @@ impl SoftmaxXent {
             classes: c,
             stride: r.stride,
             label_bytes: r.label_type.bytes(),
+            vec4: self.cpu_xent.is_some() && vec4_room(&r, c),
         };
         let plan = self.plan_for(&shape)?;
         let reduced = self.spec.reduction() != Reduction::None && r.mode != Mode::Backward;
@@ -278,10 +279,14 @@ impl SoftmaxXent {
             |k: usize| buffers::range(&params, stride * (xent_slots.len() + k) as u64, 32);
         let mut steps = builder.reduce_steps(0, &reduce_slot)?;
         match plan.layout {
-            Layout::Rows { .. } if r.mode == Mode::Backward => {
+            Layout::Rows { .. } | Layout::Segments { .. } | Layout::RowGroups { .. }
+                if r.mode == Mode::Backward =>
+            {
                 steps.extend(builder.backward_steps(&slot, false)?)
             }
             Layout::Rows { .. } => steps.extend(builder.row_steps(&slot)?),
+            Layout::Segments { .. } => steps.extend(builder.segment_steps(&slot)?),
+            Layout::RowGroups { .. } => steps.extend(builder.row_group_steps(&slot)?),
             Layout::Split { .. } => steps.extend(builder.split_steps(&slot)?),
         }
         if reduced {
@@ -305,7 +310,7 @@ impl SoftmaxXent {
         48u64.next_multiple_of(align)
     }
 
-    fn label_constant(label_type: LabelType) -> (&'static str, f64) {
+    pub(super) fn label_constant(label_type: LabelType) -> (&'static str, f64) {
         ("LABEL_KIND", f64::from(label_type.code()))
     }
 }
@@ -377,16 +382,38 @@ fn grow(
     }
 }
 
+/// Whether the run's logits and gradient regions take vec4 views: 16-byte
+/// aligned, with room in their buffers for the bytes rounded up to whole
+/// vec4s (the few past the region are read and masked, never written).
+fn vec4_room(r: &Run, classes: usize) -> bool {
+    if r.rows == 0 {
+        return true; // nothing is bound
+    }
+    let bytes = (r.rows.saturating_sub(1) as u64)
+        .saturating_mul(r.stride as u64)
+        .saturating_add(classes as u64)
+        .saturating_mul(4)
+        .next_multiple_of(16);
+    let fits = |g: Region| {
+        g.offset.is_multiple_of(16) && g.offset.saturating_add(bytes) <= g.buffer.size()
+    };
+    fits(r.logits)
+        && match r.grad {
+            GradOutput::Separate(g) => fits(g),
+            _ => true,
+        }
+}
+
 /// Turns a plan and a run into steps.
-struct Builder<'a, 'r> {
-    op: &'a SoftmaxXent,
-    plan: &'a Plan,
-    run: &'a Run<'r>,
+pub(super) struct Builder<'a, 'r> {
+    pub(super) op: &'a SoftmaxXent,
+    pub(super) plan: &'a Plan,
+    pub(super) run: &'a Run<'r>,
     work: &'a wgpu::Buffer,
     own_rows: Option<&'a wgpu::Buffer>,
 }
 
-type SlotFn<'s> = dyn Fn(usize) -> wgpu::BindingResource<'s> + 's;
+pub(super) type SlotFn<'s> = dyn Fn(usize) -> wgpu::BindingResource<'s> + 's;
 
 impl<'a, 'r> Builder<'a, 'r> {
     fn ignore_words(&self) -> (i32, i32) {
@@ -413,7 +440,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         }
         let (span, chunks) = match plan.layout {
             Layout::Split { span, chunks, .. } => (span, chunks),
-            Layout::Rows { .. } => (0, 0),
+            _ => (0, 0),
         };
         let classes = self.op.spec.classes() as u32;
         let xent = plan
@@ -504,10 +531,16 @@ impl<'a, 'r> Builder<'a, 'r> {
         }
     }
 
+    /// Chunk `ch`'s rows of the logits or the gradient (rounded up to whole
+    /// vec4s for the segments layout's vec4 views; `vec4_room` checked the
+    /// buffers hold them).
     fn logits_of(&self, region: Region<'r>, ch: &plan::Chunk) -> wgpu::BindingResource<'r> {
         let stride = self.run.stride as u64;
         let classes = self.op.spec.classes() as u64;
-        let bytes = ((ch.rows as u64 - 1) * stride + classes) * 4;
+        let mut bytes = ((ch.rows as u64 - 1) * stride + classes) * 4;
+        if matches!(self.plan.layout, Layout::Segments { .. }) {
+            bytes = bytes.next_multiple_of(16);
+        }
         region.binding(ch.first as u64 * stride * 4, bytes)
     }
 
@@ -568,8 +601,14 @@ impl<'a, 'r> Builder<'a, 'r> {
         Ok(steps)
     }
 
-    /// The bind group of chunk `k` for softmax_xent.wgsl.
-    fn xent_group(&self, k: usize, slot: &SlotFn<'_>) -> wgpu::BindGroup {
+    /// The bind group of chunk `k` for softmax_xent.wgsl, or (`cpu`) for
+    /// cpu_xent.wgsl, whose bindings are the same plus its `b` table.
+    fn xent_group(
+        &self,
+        cpu: Option<&super::cpu::Kernels>,
+        k: usize,
+        slot: &SlotFn<'_>,
+    ) -> wgpu::BindGroup {
         let r = self.run;
         let ch = &self.plan.chunks[k];
         let work = || self.work.as_entire_binding();
@@ -589,20 +628,24 @@ impl<'a, 'r> Builder<'a, 'r> {
             UpstreamBuffer::Scalar(g) => g.binding(0, 4),
             UpstreamBuffer::PerRow(g) => Self::rows_of(g, ch, 4),
         };
-        self.group(
-            &self.op.xent,
-            vec![
-                slot(k),
-                logits,
-                Self::rows_of(r.labels, ch, r.label_type.bytes()),
-                self.op.class_vecs.as_entire_binding(),
-                grad,
-                row_loss,
-                lse,
-                work(),
-                upstream,
-            ],
-        )
+        let mut resources = vec![
+            slot(k),
+            logits,
+            Self::rows_of(r.labels, ch, r.label_type.bytes()),
+            self.op.class_vecs.as_entire_binding(),
+            grad,
+            row_loss,
+            lse,
+            work(),
+            upstream,
+        ];
+        match cpu {
+            Some(cpu) => {
+                resources.push(cpu.table.as_entire_binding());
+                self.group(&cpu.shader, resources)
+            }
+            None => self.group(&self.op.xent, resources),
+        }
     }
 
     fn row_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
@@ -635,9 +678,21 @@ impl<'a, 'r> Builder<'a, 'r> {
         }))
     }
 
-    /// One dispatch of `pipeline` per row chunk, over `grid(rows)`.
+    /// One dispatch of `pipeline` (of softmax_xent.wgsl) per row chunk,
+    /// over `grid(rows)`.
     fn chunk_steps(
         &self,
+        pipeline: &wgpu::ComputePipeline,
+        slot: &SlotFn<'_>,
+        grid: impl Fn(usize) -> [u32; 3],
+    ) -> Vec<Step> {
+        self.chunk_steps_on(None, pipeline, slot, grid)
+    }
+
+    /// One dispatch of `pipeline` (of cpu_xent.wgsl with `cpu`) per row chunk.
+    pub(super) fn chunk_steps_on(
+        &self,
+        cpu: Option<&super::cpu::Kernels>,
         pipeline: &wgpu::ComputePipeline,
         slot: &SlotFn<'_>,
         grid: impl Fn(usize) -> [u32; 3],
@@ -645,7 +700,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         (0..self.plan.chunks.len())
             .map(|k| Step {
                 pipeline: pipeline.clone(),
-                group: self.xent_group(k, slot),
+                group: self.xent_group(cpu, k, slot),
                 grid: grid(self.plan.chunks[k].rows),
             })
             .collect()
@@ -699,7 +754,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         let mut grad = grad.map(Vec::into_iter);
         let mut steps = Vec::new();
         for (k, ch) in self.plan.chunks.iter().enumerate() {
-            let group = self.xent_group(k, slot);
+            let group = self.xent_group(None, k, slot);
             steps.push(Step {
                 pipeline: partial.clone(),
                 group: group.clone(),

@@ -9,6 +9,7 @@
 //! upload slices, run that same path and read the results back.
 
 mod bind;
+mod cpu;
 pub(crate) mod plan;
 
 use std::sync::Mutex;
@@ -160,6 +161,8 @@ pub struct SoftmaxXent {
     /// `[b, m, alpha]`, 3C f32.
     class_vecs: wgpu::Buffer,
     xent: Shader,
+    /// `cpu_xent.wgsl` and its uniform `b` table, on CPU adapters only.
+    cpu_xent: Option<cpu::Kernels>,
     reduce: Shader,
     /// Scratch every bind shares (denom, reduction slots, split partials;
     /// and per-row losses when the caller wants none but a reduced loss),
@@ -207,7 +210,10 @@ impl SoftmaxXent {
     /// Validate `spec`, upload `[b, m, alpha]`, compile the loss's shaders.
     pub fn new(ctx: &Context, spec: &LossSpec) -> Result<Self> {
         spec.validate()?;
-        let class_vecs: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
+        let mut class_vecs: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
+        // Whole vec4s, for cpu_xent.wgsl's vec4 view.
+        class_vecs.resize(class_vecs.len().next_multiple_of(4), 0.0);
+        let cpu = ctx.info().device_type == wgpu::DeviceType::Cpu;
         ctx.scoped(|| {
             let device = ctx.device();
             Ok(Self {
@@ -226,6 +232,11 @@ impl SoftmaxXent {
                     include_str!("../../shaders/softmax_xent.wgsl"),
                     &XENT_BINDINGS,
                 ),
+                cpu_xent: if cpu {
+                    Some(cpu::Kernels::new(ctx, &class_vecs)?)
+                } else {
+                    None
+                },
                 reduce: Shader::new(
                     device,
                     "loss_reduce.wgsl",
@@ -243,6 +254,11 @@ impl SoftmaxXent {
         self
     }
 
+    /// The layout forced with [`SoftmaxXent::with_variant`] (`Auto` if none).
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
     /// The spec this operation computes.
     pub fn spec(&self) -> &LossSpec {
         &self.spec
@@ -255,10 +271,13 @@ impl SoftmaxXent {
             classes: self.spec.classes(),
             stride: self.spec.classes(),
             label_bytes: 4,
+            vec4: self.cpu_xent.is_some(),
         };
         Ok(match self.plan_for(&shape)?.layout {
             plan::Layout::Rows { .. } => Variant::Rows,
             plan::Layout::Split { .. } => Variant::Split,
+            plan::Layout::Segments { .. } => Variant::Segments,
+            plan::Layout::RowGroups { .. } => Variant::RowGroups,
         })
     }
 

@@ -3,6 +3,7 @@
 //! dispatches and row chunks of a run. The only place a layout is chosen;
 //! unit-tested without a GPU.
 
+use super::cpu;
 use crate::error::{Error, Result};
 
 /// Values each thread of `xent_rows` and `xent_split_partial` holds at most
@@ -71,6 +72,9 @@ pub(crate) struct Shape {
     pub stride: usize,
     /// Bytes per label: 4 (i32, u32) or 8 (i64).
     pub label_bytes: u64,
+    /// The logits and gradient regions allow vec4 views: 16-byte aligned,
+    /// with room in their buffers to round the last vec4 up.
+    pub vec4: bool,
 }
 
 /// The row pass's layout.
@@ -92,6 +96,18 @@ pub(crate) enum Layout {
         vpt: u32,
         chunks: u32,
     },
+    /// CPU adapters only (`cpu_xent.wgsl`'s `xent_segments`, see
+    /// [`super::cpu`]): `p` threads per row, `wg / p` rows per workgroup,
+    /// at most `l4` vec4s per thread; `shifted`: rows start inside vec4s.
+    Segments {
+        wg: u32,
+        p: u32,
+        l4: u32,
+        shifted: bool,
+    },
+    /// CPU adapters only (`cpu_xent.wgsl`'s `xent_row_groups`): `r` packed
+    /// rows per thread, `wg` threads per workgroup.
+    RowGroups { wg: u32, r: u32 },
 }
 
 /// The layout of `xent_backward`.
@@ -186,8 +202,15 @@ fn split_layout(classes: usize, caps: &Caps) -> Layout {
 
 /// The most rows one chunk may hold: every binding of the chunk within the
 /// storage-binding limit (and, for the split layout, a dispatch dimension).
-fn rows_per_chunk(shape: &Shape, caps: &Caps, split: bool) -> Result<usize> {
-    let words = caps.max_binding / 4;
+fn rows_per_chunk(shape: &Shape, caps: &Caps, layout: &Layout) -> Result<usize> {
+    let split = matches!(layout, Layout::Split { .. });
+    // Vec4 views round a binding up by at most 12 bytes.
+    let slack = if matches!(layout, Layout::Segments { .. }) {
+        16
+    } else {
+        0
+    };
+    let words = caps.max_binding.saturating_sub(slack) / 4;
     let (c, stride) = (shape.classes as u64, shape.stride.max(1) as u64);
     if c > words {
         return Err(Error::TooLarge(format!(
@@ -219,9 +242,23 @@ fn rows_per_chunk(shape: &Shape, caps: &Caps, split: bool) -> Result<usize> {
 /// layout, or `Auto`).
 pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan> {
     let layout = match variant {
-        Variant::Auto => {
-            rows_layout(shape.classes, caps).unwrap_or_else(|| split_layout(shape.classes, caps))
-        }
+        Variant::Auto => cpu::auto_layout(shape, caps)
+            .or_else(|| rows_layout(shape.classes, caps))
+            .unwrap_or_else(|| split_layout(shape.classes, caps)),
+        Variant::RowGroups => cpu::row_groups_layout(shape, caps).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} classes: the row-groups layout runs only on CPU adapters, on packed \
+                 16-byte aligned rows of at most 32 classes, 4 / gcd(C, 4) rows per thread",
+                shape.classes
+            ))
+        })?,
+        Variant::Segments => cpu::segments_layout(shape, caps).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} classes: the segments layout runs only on CPU adapters, on 16-byte aligned \
+                 regions, for rows a workgroup holds",
+                shape.classes
+            ))
+        })?,
         Variant::Rows => rows_layout(shape.classes, caps).ok_or_else(|| {
             Error::TooLarge(format!(
                 "{} classes: the row-resident layout holds at most {} on this device",
@@ -231,8 +268,7 @@ pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan>
         })?,
         Variant::Split => split_layout(shape.classes, caps),
     };
-    let split = matches!(layout, Layout::Split { .. });
-    let per_chunk = rows_per_chunk(shape, caps, split)?;
+    let per_chunk = rows_per_chunk(shape, caps, &layout)?;
     let reduce_span = shape
         .rows
         .div_ceil(REDUCE_GROUPS)
@@ -260,7 +296,7 @@ pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan>
             let partials = 4 * max_rows * k as usize;
             (partials + 2 * max_rows, split_base + partials)
         }
-        Layout::Rows { .. } => (0, split_base),
+        Layout::Rows { .. } | Layout::Segments { .. } | Layout::RowGroups { .. } => (0, split_base),
     };
     Ok(Plan {
         layout,
@@ -292,6 +328,8 @@ impl Plan {
     pub(crate) fn row_groups(&self, rows: usize) -> usize {
         match self.layout {
             Layout::Rows { wg, tpr, .. } => rows.div_ceil((wg / tpr) as usize),
+            Layout::Segments { wg, p, .. } => rows.div_ceil((wg / p) as usize),
+            Layout::RowGroups { wg, r } => rows.div_ceil((wg * r) as usize),
             Layout::Split { .. } => rows,
         }
     }
@@ -322,6 +360,7 @@ mod tests {
             classes,
             stride: classes,
             label_bytes: 4,
+            vec4: true,
         }
     }
 
@@ -364,6 +403,7 @@ mod tests {
                 classes: c,
                 stride,
                 label_bytes: 8,
+                vec4: true,
             };
             let p = plan(&s, &caps, Variant::Auto).unwrap();
             let mut next = 0;

@@ -6,7 +6,7 @@ use logit_adjust::diagnostics::{median, CopyBaseline, Timer, Unfused};
 use logit_adjust::synthetic::Rng;
 use logit_adjust::{
     BackwardBuffers, ClassPrior, Context, GradOutput, LabelType, LossBuffers, LossSpec,
-    PostHocBuffers, Region, UpstreamBuffer,
+    PostHocBuffers, Region, UpstreamBuffer, Variant,
 };
 use serde_json::json;
 use wgpu::util::DeviceExt;
@@ -159,6 +159,7 @@ impl Shape {
             })
             .map_err(err)?;
         let forward = op.bind(&LossBuffers::new(logits, labels, n)).map_err(err)?;
+        let generic = self.generic_fused(ctx, &op)?;
         let backward = op
             .bind_backward(&BackwardBuffers {
                 logits,
@@ -198,6 +199,10 @@ impl Shape {
             Box::new(|p| half.record_copy(p)),
             Box::new(|p| half.record_copy_wide(p)),
         ];
+        let mut passes = passes;
+        if let Some(g) = &generic {
+            passes.push(Box::new(|p| g.record_in_pass(p)));
+        }
         let rounds = 3;
         let per_round = reps.div_ceil(rounds).max(1);
         let mut samples = vec![Vec::new(); passes.len() + 2];
@@ -213,6 +218,7 @@ impl Shape {
             }
         }
         let m: Vec<f64> = samples.into_iter().map(median).collect();
+        let np = passes.len();
         drop(passes);
         let t = Times {
             fused: m[0],
@@ -222,8 +228,9 @@ impl Shape {
             copy: m[4].min(m[5]),
             read: m[6].min(m[7]),
             copy_half: m[8].min(m[9]),
-            driver: m[10],
-            driver_half: m[11],
+            driver: m[np],
+            driver_half: m[np + 1],
+            fused_generic: generic.as_ref().map(|_| m[10]),
         };
         drop((full, half));
         let unfused = self.unfused(ctx, timer, reps.min(3), &op_posthoc1(ctx, self)?)?;
@@ -234,6 +241,37 @@ impl Shape {
             );
         }
         Ok(t.rows(n, c, unfused))
+    }
+
+    /// On CPU adapters the plan picks a layout of their own; the generic
+    /// layout it replaces runs beside it, so that the gain is measured in
+    /// the same run.
+    fn generic_fused(
+        &self,
+        ctx: &Context,
+        op: &logit_adjust::SoftmaxXent,
+    ) -> Result<Option<logit_adjust::BoundLoss>, String> {
+        let n = self.n;
+        if !matches!(
+            op.resolved_variant(n).map_err(err)?,
+            Variant::Segments | Variant::RowGroups
+        ) {
+            return Ok(None);
+        }
+        let spec = op.spec().clone();
+        let bind = |v: Variant| -> Result<_, String> {
+            let op = ctx.softmax_xent(&spec).map_err(err)?.with_variant(v);
+            let bound = op.bind(&LossBuffers {
+                grad: GradOutput::Separate(Region::whole(&self.grad)),
+                lse: Some(Region::whole(&self.lse)),
+                ..LossBuffers::new(Region::whole(&self.logits), Region::whole(&self.labels), n)
+            });
+            Ok(bound.ok())
+        };
+        match bind(Variant::Rows)? {
+            Some(b) => Ok(Some(b)),
+            None => bind(Variant::Split),
+        }
     }
 
     /// The unfused sequences, which are 3x to 50x slower (a few
@@ -290,6 +328,8 @@ struct Times {
     copy_half: f64,
     driver: f64,
     driver_half: f64,
+    /// CPU adapters: the fused run in the generic layout.
+    fused_generic: Option<f64>,
 }
 
 impl Times {
@@ -307,7 +347,7 @@ impl Times {
             speedup_unfused: slow / ms,
         };
         let per_row = (n * 8) as f64;
-        vec![
+        let mut rows = vec![
             row(
                 "fused",
                 self.fused,
@@ -324,6 +364,18 @@ impl Times {
                 self.driver_half,
                 unfused.1,
             ),
+        ];
+        if let Some(ms) = self.fused_generic {
+            rows.push(row(
+                "fused-gen",
+                ms,
+                2.0 * b + per_row,
+                self.copy,
+                self.driver,
+                unfused.0,
+            ));
+        }
+        rows.extend([
             row(
                 "backward",
                 self.backward,
@@ -340,7 +392,8 @@ impl Times {
                 self.driver_half,
                 unfused.2,
             ),
-        ]
+        ]);
+        rows
     }
 }
 

@@ -1,0 +1,297 @@
+//! The loss layouts for CPU adapters only (lavapipe, llvmpipe):
+//! `shaders/cpu_xent.wgsl`'s row segments and row groups on vec4 views of
+//! the logits and the gradient. A CPU adapter runs a workgroup's threads as SIMD lanes and
+//! pays a loop over the lanes for every storage access, so whole-vec4
+//! accesses and a contiguous stretch per thread matter there and nowhere
+//! else. The plan offers these layouts only when the adapter is a CPU; its
+//! limits never refuse input, since the generic layouts take what it
+//! cannot (docs/PERFORMANCE.md has the measurements that keep it).
+
+use super::bind::{Builder, Mode, SlotFn, Step};
+use super::plan::{Caps, Layout, Shape};
+use super::SoftmaxXent;
+use crate::buffers;
+use crate::context::Context;
+use crate::error::Result;
+use crate::pipelines::{Binding, Shader};
+
+/// Classes of the uniform `b` table (`TABLE_VEC4S * 4` in cpu_xent.wgsl:
+/// 64 KiB, WebGPU's default uniform binding limit).
+const TABLE_CLASSES: usize = 16384;
+
+/// The CPU adapters' shader file and the op's uniform `b` table.
+#[derive(Debug)]
+pub(crate) struct Kernels {
+    pub(super) shader: Shader,
+    /// The first 16,384 floats of `[b, m, alpha]`, zero-padded: all of `b`
+    /// when `C <= 16,384`, all three when `3C <= 16,384`.
+    pub(super) table: wgpu::Buffer,
+}
+
+/// Bindings of cpu_xent.wgsl: softmax_xent.wgsl's, then the `b` table.
+const BINDINGS: [Binding; 10] = [
+    Binding::Uniform,   // params
+    Binding::ReadWrite, // logits
+    Binding::ReadWrite, // labels
+    Binding::ReadOnly,  // class_vecs
+    Binding::ReadWrite, // grad
+    Binding::ReadWrite, // row_loss
+    Binding::ReadWrite, // lse
+    Binding::ReadWrite, // work
+    Binding::ReadWrite, // upstream
+    Binding::Uniform,   // bias
+];
+
+impl Kernels {
+    pub(super) fn new(ctx: &Context, class_vecs: &[f32]) -> Result<Self> {
+        let mut table = vec![0f32; TABLE_CLASSES];
+        let n = class_vecs.len().min(TABLE_CLASSES);
+        table[..n].copy_from_slice(&class_vecs[..n]);
+        Ok(Self {
+            shader: Shader::new(
+                ctx.device(),
+                "cpu_xent.wgsl",
+                include_str!("../../shaders/cpu_xent.wgsl"),
+                &BINDINGS,
+            ),
+            table: buffers::upload(
+                ctx,
+                "cpu_xent bias table",
+                bytemuck::cast_slice(&table),
+                wgpu::BufferUsages::UNIFORM,
+            )?,
+        })
+    }
+}
+
+/// Vec4s each thread holds at most (`L4_MAX` in cpu_xent.wgsl): 512 classes.
+const L4_MAX: usize = 128;
+/// Threads per workgroup at least: several rows per workgroup when rows are
+/// short, so that a workgroup fills the SIMD lanes.
+const MIN_WG: usize = 64;
+
+/// Classes below which the plan keeps the generic row-resident layout on
+/// CPU adapters: with a few vec4s per row, the per-row work of the vec4
+/// views (the shifted b, the shared first and last vec4s) costs more than
+/// they save (lavapipe: 2.7x slower at C = 10, 2.1x faster at C = 100).
+const AUTO_MIN_CLASSES: usize = 64;
+
+/// Classes of a row-groups row at most (`C_MAX` in cpu_xent.wgsl), and
+/// floats of a thread's rows at most (`4 * V_MAX`).
+const GROUP_MAX_CLASSES: usize = 32;
+const GROUP_MAX_FLOATS: usize = 32;
+
+/// The plan's choice on its own (`Variant::Auto`): row groups for short
+/// packed rows, else the segments layout where it applies and rows are long
+/// enough to gain from it.
+pub(crate) fn auto_layout(shape: &Shape, caps: &Caps) -> Option<Layout> {
+    row_groups_layout(shape, caps).or_else(|| {
+        (shape.classes >= AUTO_MIN_CLASSES)
+            .then(|| segments_layout(shape, caps))
+            .flatten()
+    })
+}
+
+/// The row-groups layout for `shape`: a CPU adapter, packed rows of at most
+/// 32 classes, `R = 4 / gcd(C, 4)` rows per thread filling whole vec4s (at
+/// most 32 floats), and a row count that is a multiple of `R`.
+pub(crate) fn row_groups_layout(shape: &Shape, caps: &Caps) -> Option<Layout> {
+    let c = shape.classes;
+    if !caps.cpu || !shape.vec4 || shape.stride != c || c == 0 || c > GROUP_MAX_CLASSES {
+        return None;
+    }
+    let r = 4 >> c.trailing_zeros().min(2);
+    if r * c > GROUP_MAX_FLOATS || !shape.rows.is_multiple_of(r) {
+        return None;
+    }
+    Some(Layout::RowGroups {
+        wg: caps.max_workgroup.min(MIN_WG as u32),
+        r: r as u32,
+    })
+}
+
+/// The segments layout for `shape`, when the adapter is a CPU, the regions
+/// allow vec4 views, and a workgroup can hold the row.
+pub(crate) fn segments_layout(shape: &Shape, caps: &Caps) -> Option<Layout> {
+    if !caps.cpu || !shape.vec4 || shape.classes == 0 {
+        return None;
+    }
+    let shifted = !shape.stride.is_multiple_of(4);
+    // A row starting inside a vec4 touches up to (C + 3) / 4 rounded up.
+    let vec4s = if shifted {
+        (shape.classes + 3).div_ceil(4)
+    } else {
+        shape.classes.div_ceil(4)
+    };
+    let p = vec4s.div_ceil(L4_MAX).next_power_of_two();
+    let max_wg = caps.max_workgroup as usize;
+    if p > max_wg {
+        return None;
+    }
+    Some(Layout::Segments {
+        wg: p.max(MIN_WG).min(max_wg) as u32,
+        p: p as u32,
+        l4: vec4s.div_ceil(p) as u32,
+        shifted,
+    })
+}
+
+impl Builder<'_, '_> {
+    /// The segments layout's row pass, one dispatch per row chunk.
+    pub(super) fn segment_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
+        let Layout::Segments { wg, p, l4, shifted } = self.plan.layout else {
+            return Ok(Vec::new());
+        };
+        let Some(cpu) = self.op.cpu_xent.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let c = self.op.spec.classes();
+        let pipeline = cpu.shader.pipeline(
+            self.op.ctx.device(),
+            "xent_segments",
+            &[
+                ("WG", f64::from(wg)),
+                ("P", f64::from(p)),
+                ("L4", f64::from(l4)),
+                (
+                    "WRITE_GRAD",
+                    f64::from(u8::from(self.run.mode == Mode::Fused)),
+                ),
+                ("SHIFTED", f64::from(u8::from(shifted))),
+                ("TABLE", f64::from(u8::from(c <= TABLE_CLASSES))),
+                ("TABLE_ALL", f64::from(u8::from(3 * c <= TABLE_CLASSES))),
+                SoftmaxXent::label_constant(self.run.label_type),
+            ],
+        );
+        Ok(self.chunk_steps_on(Some(cpu), &pipeline, slot, |rows| {
+            self.plan.grid(1, self.plan.row_groups(rows))
+        }))
+    }
+}
+
+impl Builder<'_, '_> {
+    /// The row-groups layout's pass, one dispatch per row chunk.
+    pub(super) fn row_group_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
+        let Layout::RowGroups { wg, r } = self.plan.layout else {
+            return Ok(Vec::new());
+        };
+        let Some(cpu) = self.op.cpu_xent.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let pipeline = cpu.shader.pipeline(
+            self.op.ctx.device(),
+            "xent_row_groups",
+            &[
+                ("WG", f64::from(wg)),
+                ("ROW_C", self.op.spec.classes() as f64),
+                ("ROW_R", f64::from(r)),
+                ("TABLE", 1.0),
+                ("TABLE_ALL", 1.0),
+                (
+                    "WRITE_GRAD",
+                    f64::from(u8::from(self.run.mode == Mode::Fused)),
+                ),
+                SoftmaxXent::label_constant(self.run.label_type),
+            ],
+        );
+        Ok(self.chunk_steps_on(Some(cpu), &pipeline, slot, |rows| {
+            self.plan.grid(1, self.plan.row_groups(rows))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu() -> Caps {
+        Caps {
+            max_workgroup: 256,
+            max_binding: 128 << 20,
+            max_groups: 65535,
+            cpu: true,
+        }
+    }
+
+    fn shape(classes: usize, stride: usize) -> Shape {
+        Shape {
+            rows: 100,
+            classes,
+            stride,
+            label_bytes: 4,
+            vec4: true,
+        }
+    }
+
+    #[test]
+    fn segments_cover_the_row_and_only_on_cpu_adapters() {
+        for (c, stride) in [
+            (1, 1),
+            (3, 3),
+            (10, 10),
+            (10, 12),
+            (1000, 1000),
+            (8142, 8142),
+        ] {
+            let Some(Layout::Segments { wg, p, l4, shifted }) =
+                segments_layout(&shape(c, stride), &cpu())
+            else {
+                panic!("C = {c}")
+            };
+            let need = if shifted {
+                (c + 3).div_ceil(4)
+            } else {
+                c.div_ceil(4)
+            };
+            assert!(
+                (p * l4) as usize >= need && l4 as usize <= L4_MAX,
+                "C = {c}"
+            );
+            assert!(wg % p == 0 && wg >= 64, "C = {c}");
+            assert_eq!(shifted, stride % 4 != 0);
+        }
+        let gpu = Caps {
+            cpu: false,
+            ..cpu()
+        };
+        assert!(segments_layout(&shape(10, 10), &gpu).is_none());
+        let unaligned = Shape {
+            vec4: false,
+            ..shape(10, 10)
+        };
+        assert!(segments_layout(&unaligned, &cpu()).is_none());
+        // Row groups: packed rows of at most 32 classes, whole vec4s.
+        for (c, r) in [
+            (1, 4),
+            (2, 2),
+            (3, 4),
+            (4, 1),
+            (8, 1),
+            (10, 2),
+            (16, 1),
+            (32, 1),
+        ] {
+            assert_eq!(
+                row_groups_layout(&shape(c, c), &cpu()),
+                Some(Layout::RowGroups { wg: 64, r }),
+                "C = {c}"
+            );
+        }
+        for (c, stride) in [(10, 12), (33, 33), (31, 31)] {
+            assert_eq!(
+                row_groups_layout(&shape(c, stride), &cpu()),
+                None,
+                "C = {c}"
+            );
+        }
+        let odd_rows = Shape {
+            rows: 101,
+            ..shape(10, 10)
+        };
+        assert_eq!(row_groups_layout(&odd_rows, &cpu()), None);
+        assert!(row_groups_layout(&shape(10, 10), &gpu).is_none());
+        // 256 threads of 512 classes at most.
+        assert!(segments_layout(&shape(256 * 512, 256 * 512), &cpu()).is_some());
+        assert!(segments_layout(&shape(256 * 512 + 4, 256 * 512 + 4), &cpu()).is_none());
+    }
+}
