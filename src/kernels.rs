@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 /// `shaders/posthoc.wgsl`: batched post-hoc correction and argmax.
 pub(crate) const POSTHOC_WGSL: &str = include_str!("../shaders/posthoc.wgsl");
+/// `shaders/cpu_posthoc.wgsl`: the argmax layouts of CPU adapters only.
+pub(crate) const CPU_POSTHOC_WGSL: &str = include_str!("../shaders/cpu_posthoc.wgsl");
 /// `shaders/metrics.wgsl`: exact per-class counts and label histograms.
 pub(crate) const METRICS_WGSL: &str = include_str!("../shaders/metrics.wgsl");
 /// `shaders/gather.wgsl`: mini-batch assembly and the running loss.
@@ -21,6 +23,7 @@ pub(crate) const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
     PostHoc,
+    CpuPostHoc,
     Metrics,
     Gather,
     Linear,
@@ -31,6 +34,7 @@ impl Family {
     fn source(self) -> (&'static str, Cow<'static, str>) {
         let (label, text) = match self {
             Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
+            Family::CpuPostHoc => ("cpu_posthoc.wgsl", CPU_POSTHOC_WGSL),
             Family::Metrics => ("metrics.wgsl", METRICS_WGSL),
             Family::Gather => ("gather.wgsl", GATHER_WGSL),
             Family::Linear => ("linear.wgsl", LINEAR_WGSL),
@@ -44,7 +48,7 @@ impl Family {
     fn table_bindings(self) -> &'static [u32] {
         match self {
             // adjust_table: a window of a_tc in a 64 KiB uniform buffer
-            Family::PostHoc => &[6],
+            Family::CpuPostHoc => &[4],
             _ => &[],
         }
     }
@@ -53,7 +57,7 @@ impl Family {
     fn late_storage_bindings(self) -> &'static [u32] {
         match self {
             // pred4: a vec4 view of the predictions
-            Family::PostHoc => &[7],
+            Family::CpuPostHoc => &[5],
             _ => &[],
         }
     }
@@ -62,9 +66,11 @@ impl Family {
     /// read-only. Mirrors the WGSL declarations.
     fn storage_bindings(self) -> &'static [bool] {
         match self {
-            // logits, adjust, pred, corrected_out, best_state (caller
-            // buffers read_write: regions of one pooled buffer bind together)
-            Family::PostHoc => &[false, true, false, false, false],
+            // logits, adjust, pred, corrected_out (caller buffers
+            // read_write: regions of one pooled buffer bind together)
+            Family::PostHoc => &[false, true, false, false],
+            // logits, pred, best_state
+            Family::CpuPostHoc => &[false, false, false],
             // labels, pred, counts
             Family::Metrics => &[false, false, false],
             // features, perm, labels, batch_features, batch_labels, status, acc
@@ -142,11 +148,11 @@ impl Entry {
         match self {
             Entry::ArgmaxRowPerThread { .. }
             | Entry::ArgmaxRowPerGroup
-            | Entry::ArgmaxWindows
-            | Entry::ArgmaxWindows16 { .. }
-            | Entry::ArgmaxUnrolled16 { .. }
             | Entry::Corrected
             | Entry::TopK => Family::PostHoc,
+            Entry::ArgmaxWindows
+            | Entry::ArgmaxWindows16 { .. }
+            | Entry::ArgmaxUnrolled16 { .. } => Family::CpuPostHoc,
             Entry::ClassCounts => Family::Metrics,
             Entry::Gather | Entry::Accumulate => Family::Gather,
             Entry::LinearForward | Entry::LinearUpdate => Family::Linear,

@@ -105,12 +105,10 @@ pub struct PostHoc {
     adjust: wgpu::Buffer,
     /// Stands in for the writable binding an entry point does not use.
     unused: wgpu::Buffer,
-    /// Stands in for `best_state` (a separate buffer: `unused` may be bound
-    /// writable in the same dispatch).
+    /// cpu_posthoc.wgsl: stands in for `best_state` with a single window.
     unused_state: wgpu::Buffer,
-    /// Stands in for the uniform `a_tc` table where it is not used.
-    unused_table: wgpu::Buffer,
-    /// Stands in for the vec4 view of the predictions where it is not used.
+    /// cpu_posthoc.wgsl: stands in for the vec4 view of the predictions
+    /// where it is not used.
     unused_pred4: wgpu::Buffer,
     /// The windowed uniform table, built on first use.
     table: std::sync::OnceLock<wgpu::Buffer>,
@@ -174,7 +172,7 @@ impl PostHoc {
     /// Validate the taus and upload the `T x C` adjustments.
     pub fn new(ctx: &Context, prior: &ClassPrior, taus: &[f64]) -> Result<Self> {
         let adjustments = adjustments(prior, taus)?;
-        let (adjust, unused, unused_state, unused_table, unused_pred4) = ctx.scoped(|| {
+        let (adjust, unused, unused_state, unused_pred4) = ctx.scoped(|| {
             Ok((
                 buffers::upload(
                     ctx,
@@ -184,12 +182,6 @@ impl PostHoc {
                 )?,
                 buffers::storage(ctx, "unused", 4, wgpu::BufferUsages::STORAGE)?,
                 buffers::storage(ctx, "unused state", 4, wgpu::BufferUsages::STORAGE)?,
-                buffers::storage(
-                    ctx,
-                    "unused table",
-                    TABLE_BYTES,
-                    wgpu::BufferUsages::UNIFORM,
-                )?,
                 buffers::storage(ctx, "unused pred4", 16, wgpu::BufferUsages::STORAGE)?,
             ))
         })?;
@@ -202,7 +194,6 @@ impl PostHoc {
             adjust,
             unused,
             unused_state,
-            unused_table,
             unused_pred4,
             table: std::sync::OnceLock::new(),
             variant: PostHocVariant::Auto,
@@ -364,14 +355,14 @@ impl PostHoc {
         }
     }
 
-    /// (window start, window length, table window): one window for the
-    /// layouts without a table.
+    /// (window start, window length, table window): one window, with no
+    /// table, for the layouts without one.
     fn windows(
         &self,
         variant: PostHocVariant,
-    ) -> Result<Vec<(usize, usize, wgpu::BindingResource<'_>)>> {
+    ) -> Result<Vec<(usize, usize, Option<wgpu::BindingResource<'_>>)>> {
         if variant != PostHocVariant::Windows {
-            return Ok(vec![(0, 0, self.unused_table.as_entire_binding())]);
+            return Ok(vec![(0, 0, None)]);
         }
         let table = self.window_table()?;
         let w_len = self.window_len();
@@ -380,7 +371,7 @@ impl PostHoc {
                 (
                     w * w_len,
                     w_len,
-                    range(table, w as u64 * TABLE_BYTES, TABLE_BYTES),
+                    Some(range(table, w as u64 * TABLE_BYTES, TABLE_BYTES)),
                 )
             })
             .collect())
@@ -458,7 +449,7 @@ impl PostHoc {
             })
             .collect();
         let params = buffers::param_slots(ctx, &slots)?;
-        let layout = ctx.kernels().layout(Family::PostHoc);
+        let layout = ctx.kernels().layout(entry.family());
         let mut groups = Vec::with_capacity(slots.len());
         for (k, ch) in chunks.iter().enumerate() {
             let (first, rows) = (ch.start as u64, ch.rows as u64);
@@ -468,29 +459,36 @@ impl PostHoc {
                 } else {
                     state.as_entire_binding()
                 };
-                let group = buffers::bind_group(
-                    ctx,
-                    "posthoc chunk",
-                    &layout,
-                    vec![
+                let logits = b.logits.binding(first * c as u64 * 4, rows * c as u64 * 4);
+                let pred = || {
+                    b.predictions
+                        .binding(first * t as u64 * 4, rows * t as u64 * 4)
+                };
+                let resources = match table {
+                    // cpu_posthoc.wgsl
+                    Some(table) => vec![
                         params.slot(k * windows.len() + w),
-                        b.logits.binding(first * c as u64 * 4, rows * c as u64 * 4),
-                        self.adjust.as_entire_binding(),
-                        b.predictions
-                            .binding(first * t as u64 * 4, rows * t as u64 * 4),
-                        // `corrected_out` is unused by the argmax entries.
-                        self.unused.as_entire_binding(),
+                        logits,
+                        pred(),
                         state_range,
                         table.clone(),
                         // A row's T predictions start on a vec4 when T % 4 == 0.
                         if matches!(entry, Entry::ArgmaxUnrolled16 { vec4_out: true, .. }) {
-                            b.predictions
-                                .binding(first * t as u64 * 4, rows * t as u64 * 4)
+                            pred()
                         } else {
                             self.unused_pred4.as_entire_binding()
                         },
                     ],
-                );
+                    // posthoc.wgsl; `corrected_out` is unused by the argmax.
+                    None => vec![
+                        params.slot(k * windows.len() + w),
+                        logits,
+                        self.adjust.as_entire_binding(),
+                        pred(),
+                        self.unused.as_entire_binding(),
+                    ],
+                };
+                let group = buffers::bind_group(ctx, "posthoc chunk", &layout, resources);
                 groups.push((group, ch.rows.div_ceil(rows_per_group) as u32));
             }
         }
@@ -681,9 +679,6 @@ impl PostHoc {
                             self.adjust.as_entire_binding(),
                             pred,
                             corrected,
-                            self.unused_state.as_entire_binding(),
-                            self.unused_table.as_entire_binding(),
-                            self.unused_pred4.as_entire_binding(),
                         ],
                     );
                     (group, (job.workgroups)(ch.rows))

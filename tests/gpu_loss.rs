@@ -402,9 +402,10 @@ fn one_class() {
 
 #[test]
 fn few_classes() {
-    // The row-unrolled layout (C <= 32) in its scalar form (N * C % 4 != 0,
-    // or R * C > 20: C = 7, 31) and its vec4 form with 1, 2 and 4 rows per
-    // thread (C = 16; 2, 10; 3, 5).
+    // Short rows: on CPU adapters the row-groups layout with 1, 2 and 4 rows
+    // per thread (C = 16; 2, 10; 3, 5, 7) where N is a multiple of them,
+    // the segments layout with rows starting inside vec4s, and the generic
+    // layouts everywhere.
     for (k, (n, c)) in [
         (1, 2),
         (7, 2),
