@@ -25,6 +25,8 @@ pub enum Error {
         label: i64,
         /// Number of classes `C`.
         classes: usize,
+        /// The ignore index the check allowed besides `[0, C)`, if any.
+        ignore_index: Option<i64>,
     },
     /// Two inputs disagree about a size.
     ShapeMismatch {
@@ -96,10 +98,17 @@ impl fmt::Display for Error {
                 row,
                 label,
                 classes,
-            } => write!(
-                f,
-                "label out of range: row {row} has label {label}, but there are {classes} classes (valid: 0..{classes} or the ignore index)"
-            ),
+                ignore_index,
+            } => {
+                write!(
+                    f,
+                    "label out of range: row {row} has label {label}, but there are {classes} classes (valid: 0..{classes}"
+                )?;
+                match ignore_index {
+                    Some(i) => write!(f, " or the ignore index {i})"),
+                    None => write!(f, ")"),
+                }
+            }
             Error::ShapeMismatch {
                 what,
                 expected,

@@ -51,8 +51,8 @@ pub use error::{Error, Result};
 pub use loss::{LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX};
 pub use metrics::{check_labels, report, BoundCounts, ClassCounts, CountsBuffers, Report};
 pub use posthoc::{
-    adjustments, check_logits, BoundPostHoc, PostHoc, PostHocBuffers, PostHocVariant, Predictions,
-    MAX_TAUS, MAX_TOP_K,
+    adjustments, check_logits, BoundPostHoc, DeviceLogits, PostHoc, PostHocBuffers, PostHocVariant,
+    Predictions, MAX_TAUS, MAX_TOP_K,
 };
 pub use prior::{count_labels, ClassPrior};
 pub use region::Region;

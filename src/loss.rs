@@ -319,6 +319,7 @@ impl LossSpec {
                     row,
                     label,
                     classes: c,
+                    ignore_index: Some(self.ignore_index),
                 });
             }
         }

@@ -51,6 +51,7 @@ pub fn check_labels(labels: &[i64], classes: usize) -> Result<()> {
             row,
             label: labels[row],
             classes,
+            ignore_index: None,
         }),
         None => Ok(()),
     }

@@ -83,6 +83,28 @@ pub struct PostHocBuffers<'a> {
     pub predictions: Region<'a>,
 }
 
+/// Logits uploaded once by [`PostHoc::upload`] (checked: `N x C`, no NaN),
+/// for any number of [`PostHoc::predict_on`], [`PostHoc::corrected_on`] and
+/// [`PostHoc::top_k_on`] calls without a second upload.
+#[derive(Debug)]
+pub struct DeviceLogits {
+    buffer: wgpu::Buffer,
+    rows: usize,
+    classes: usize,
+}
+
+impl DeviceLogits {
+    /// `N`.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The device copy, as a region (for [`PostHocBuffers`] and the loss).
+    pub fn region(&self) -> Region<'_> {
+        Region::new(&self.buffer, 0, (self.rows * self.classes * 4) as u64)
+    }
+}
+
 /// A post-hoc run bound to buffers; record it any number of times.
 #[derive(Debug)]
 pub struct BoundPostHoc {
@@ -515,9 +537,45 @@ impl PostHoc {
         dispatch_chunks(pass, &bound.pipeline, &bound.chunks);
     }
 
+    /// Check `N x C` logits (no NaN) and upload them once, for the `_on`
+    /// methods.
+    pub fn upload(&self, logits: &[f32]) -> Result<DeviceLogits> {
+        let rows = check_logits(logits, self.classes)?;
+        let buffer = self.ctx.scoped(|| {
+            buffers::upload(
+                &self.ctx,
+                "posthoc logits",
+                bytemuck::cast_slice(logits),
+                wgpu::BufferUsages::STORAGE,
+            )
+        })?;
+        Ok(DeviceLogits {
+            buffer,
+            rows,
+            classes: self.classes,
+        })
+    }
+
+    fn check_uploaded(&self, logits: &DeviceLogits) -> Result<()> {
+        if logits.classes != self.classes {
+            return Err(Error::ShapeMismatch {
+                what: "classes of the uploaded logits".into(),
+                expected: self.classes,
+                got: logits.classes,
+            });
+        }
+        Ok(())
+    }
+
     /// Host convenience: predictions for every tau (`T x N`).
     pub fn predict(&self, logits: &[f32]) -> Result<Predictions> {
-        let n = check_logits(logits, self.classes)?;
+        self.predict_on(&self.upload(logits)?)
+    }
+
+    /// [`PostHoc::predict`] on logits already on the device.
+    pub fn predict_on(&self, logits: &DeviceLogits) -> Result<Predictions> {
+        self.check_uploaded(logits)?;
+        let n = logits.rows;
         let t = self.taus.len();
         if n == 0 {
             return Ok(Predictions {
@@ -528,8 +586,6 @@ impl PostHoc {
         let ctx = &self.ctx;
         let rows = ctx.scoped(|| {
             use wgpu::BufferUsages as U;
-            let logits_buf =
-                buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
             let pred = buffers::storage(
                 ctx,
                 "predictions",
@@ -537,7 +593,7 @@ impl PostHoc {
                 U::STORAGE | U::COPY_SRC,
             )?;
             let bound = self.bind_unscoped(&PostHocBuffers {
-                logits: Region::whole(&logits_buf),
+                logits: logits.region(),
                 rows: n,
                 predictions: Region::whole(&pred),
             })?;
@@ -557,21 +613,31 @@ impl PostHoc {
 
     /// Host convenience: `f_ic - a_tc` for the tau at `tau_index`.
     pub fn corrected(&self, logits: &[f32], tau_index: usize) -> Result<Vec<f32>> {
-        let n = check_logits(logits, self.classes)?;
+        self.check_tau_index(tau_index)?;
+        self.corrected_on(&self.upload(logits)?, tau_index)
+    }
+
+    fn check_tau_index(&self, tau_index: usize) -> Result<()> {
         if tau_index >= self.taus.len() {
             return Err(Error::InvalidArgument(format!(
                 "tau index {tau_index} out of range: {} taus",
                 self.taus.len()
             )));
         }
-        if n == 0 {
+        Ok(())
+    }
+
+    /// [`PostHoc::corrected`] on logits already on the device.
+    pub fn corrected_on(&self, logits: &DeviceLogits, tau_index: usize) -> Result<Vec<f32>> {
+        self.check_uploaded(logits)?;
+        self.check_tau_index(tau_index)?;
+        if logits.rows == 0 {
             return Ok(Vec::new());
         }
         let groups_max = self.ctx.limits().max_compute_workgroups_per_dimension as usize;
         let c = self.classes;
         self.run_rows(
             logits,
-            n,
             RowJob {
                 entry: Entry::Corrected,
                 per_row: c,
@@ -590,32 +656,21 @@ impl PostHoc {
     /// `tau_index`, best first, ties to the smaller index (`N x k`,
     /// row-major). `1 <= k <= min(C, MAX_TOP_K)`.
     pub fn top_k(&self, logits: &[f32], tau_index: usize, k: usize) -> Result<Vec<u32>> {
-        let n = check_logits(logits, self.classes)?;
-        let c = self.classes;
-        if tau_index >= self.taus.len() {
-            return Err(Error::InvalidArgument(format!(
-                "tau index {tau_index} out of range: {} taus",
-                self.taus.len()
-            )));
-        }
-        if k == 0 || k > c.min(MAX_TOP_K) {
-            return Err(Error::InvalidArgument(format!(
-                "top-k needs 1 <= k <= min(C, {MAX_TOP_K}) = {}, got {k}",
-                c.min(MAX_TOP_K)
-            )));
-        }
-        if c.div_ceil(WG) * k > self.trip_limit() {
-            return Err(Error::TooLarge(format!(
-                "top-{k} over {c} classes: too many loop trips per invocation"
-            )));
-        }
+        self.check_top_k(tau_index, k)?;
+        self.top_k_on(&self.upload(logits)?, tau_index, k)
+    }
+
+    /// [`PostHoc::top_k`] on logits already on the device.
+    pub fn top_k_on(&self, logits: &DeviceLogits, tau_index: usize, k: usize) -> Result<Vec<u32>> {
+        self.check_uploaded(logits)?;
+        self.check_top_k(tau_index, k)?;
+        let n = logits.rows;
         if n == 0 {
             return Ok(Vec::new());
         }
         let groups_max = self.ctx.limits().max_compute_workgroups_per_dimension as usize;
         self.run_rows(
             logits,
-            n,
             RowJob {
                 entry: Entry::TopK,
                 per_row: k,
@@ -628,16 +683,33 @@ impl PostHoc {
         )
     }
 
-    /// Upload `logits` (`n` rows), run `job.entry` over row chunks, and read
+    fn check_top_k(&self, tau_index: usize, k: usize) -> Result<()> {
+        let c = self.classes;
+        self.check_tau_index(tau_index)?;
+        if k == 0 || k > c.min(MAX_TOP_K) {
+            return Err(Error::InvalidArgument(format!(
+                "top-k needs 1 <= k <= min(C, {MAX_TOP_K}) = {}, got {k}",
+                c.min(MAX_TOP_K)
+            )));
+        }
+        if c.div_ceil(WG) * k > self.trip_limit() {
+            return Err(Error::TooLarge(format!(
+                "top-{k} over {c} classes: too many loop trips per invocation"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run `job.entry` over row chunks of the uploaded `logits` and read
     /// back its `job.per_row` 4-byte outputs per row.
-    fn run_rows<T: Pod>(&self, logits: &[f32], n: usize, job: RowJob) -> Result<Vec<T>> {
+    fn run_rows<T: Pod>(&self, logits: &DeviceLogits, job: RowJob) -> Result<Vec<T>> {
         let ctx = &self.ctx;
         let c = self.classes;
+        let n = logits.rows;
+        let logits_buf = &logits.buffer;
         let per_row = job.per_row as u64;
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;
-            let logits_buf =
-                buffers::upload(ctx, "logits", bytemuck::cast_slice(logits), U::STORAGE)?;
             let out =
                 buffers::storage(ctx, "out", n as u64 * per_row * 4, U::STORAGE | U::COPY_SRC)?;
             let row_bytes = (c.max(job.per_row) * 4) as u64;
@@ -675,7 +747,7 @@ impl PostHoc {
                         &layout,
                         vec![
                             params.slot(q),
-                            range(&logits_buf, first * c as u64 * 4, rows * c as u64 * 4),
+                            range(logits_buf, first * c as u64 * 4, rows * c as u64 * 4),
                             self.adjust.as_entire_binding(),
                             pred,
                             corrected,

@@ -54,7 +54,7 @@ impl ClassPrior {
                 return Err(Error::InvalidPrior {
                     class,
                     value: n,
-                    reason: "zero count gives log(prior) = -inf; ask for additive smoothing",
+                    reason: "zero count gives log(prior) = -inf; smooth the counts (ClassPrior::from_counts_smoothed)",
                 });
             }
         }
@@ -137,6 +137,7 @@ pub fn count_labels(labels: &[i64], classes: usize) -> Result<Vec<f64>> {
                     row,
                     label,
                     classes,
+                    ignore_index: None,
                 })
             }
         }

@@ -151,6 +151,7 @@ fn check_training_set(
                 row,
                 label: y,
                 classes: c,
+                ignore_index: None,
             });
         }
     }

@@ -752,3 +752,276 @@ fn train_reports_metrics_and_refuses_bad_input() {
     }
     train_refuses_bad_input(&f, &base);
 }
+
+/// Files in `dir` other than `keep`.
+fn stray_files(dir: &Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect()
+}
+
+/// Four batches `x{k}.npy`, `y{k}.npy` and a uniform prior `p.npy` (the
+/// logit-adjusted loss is then plain cross-entropy); their references.
+fn transaction_inputs(f: &Files, rng: &mut Rng) -> Vec<logit_adjust::LossOutput<f64>> {
+    let (n, c) = (64, 50);
+    write_files(
+        f,
+        &[(
+            "p.npy",
+            "<f8",
+            vec![c],
+            bytemuck::cast_slice(&vec![1.0 / c as f64; c]).to_vec(),
+        )],
+    );
+    (0..4)
+        .map(|k| {
+            let logits = rng.logits(n * c, 5.0);
+            let labels: Vec<i64> = rng.labels(n, c, 0.0, -100);
+            write_files(
+                f,
+                &[
+                    (&format!("x{k}.npy"), "<f4", vec![n, c], f32s(&logits)),
+                    (&format!("y{k}.npy"), "<i8", vec![n], i64s(&labels)),
+                ],
+            );
+            let spec = LossSpec::cross_entropy(c).with_reduction(Reduction::Mean);
+            reference::forward_backward(&spec, &logits, &labels).unwrap()
+        })
+        .collect()
+}
+
+/// `loss` on batch `k` writing the two outputs.
+fn loss_args(f: &Files, k: usize, out_loss: &str, out_grad: &str) -> Vec<String> {
+    let p = |name: &str| f.path(name).to_string_lossy().into_owned();
+    vec![
+        "loss".into(),
+        "--logits".into(),
+        p(&format!("x{k}.npy")),
+        "--labels".into(),
+        p(&format!("y{k}.npy")),
+        "--reduction".into(),
+        "mean".into(),
+        "--prior".into(),
+        p("p.npy"),
+        "--out-loss".into(),
+        out_loss.into(),
+        "--out-grad".into(),
+        out_grad.into(),
+    ]
+}
+
+/// The inputs and outputs of the transaction tests, and a stray file.
+const TRANSACTION_FILES: [&str; 12] = [
+    "x0.npy",
+    "y0.npy",
+    "x1.npy",
+    "y1.npy",
+    "x2.npy",
+    "y2.npy",
+    "x3.npy",
+    "y3.npy",
+    "p.npy",
+    "l.npy",
+    "g.npy",
+    "g.npy.partial",
+];
+
+#[test]
+fn parallel_writers_leave_one_complete_result() {
+    let f = Files::new("parallel");
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let wants = transaction_inputs(&f, &mut rng);
+    // A stray file of the user's with the name the old tool used for its
+    // temporary file: never touched.
+    std::fs::write(f.path("g.npy.partial"), b"mine").unwrap();
+    let (l, g) = (f.path("l.npy"), f.path("g.npy"));
+    let (l, g) = (l.to_string_lossy(), g.to_string_lossy());
+    // Four runs at once writing the same outputs: the files hold one run's
+    // complete result (the loss rows and the gradient each from one run),
+    // never a mix of rows.
+    let handles: Vec<_> = (0..4)
+        .map(|k| {
+            Command::new(BIN)
+                .args(loss_args(&f, k, &l, &g))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut h in handles {
+        assert!(h.wait().unwrap().success(), "seed={seed}");
+    }
+    let (_, rows) = read_f32_npy(&f.path("l.npy"));
+    let (_, grad) = read_f32_npy(&f.path("g.npy"));
+    let close = |got: &[f32], want: &[f64]| {
+        got.len() == want.len()
+            && got
+                .iter()
+                .zip(want)
+                .all(|(&a, &b)| (f64::from(a) - b).abs() <= 1e-5 * b.abs().max(1.0))
+    };
+    let whose_rows: Vec<usize> = (0..4)
+        .filter(|&k| close(&rows, &wants[k].per_row))
+        .collect();
+    let whose_grad: Vec<usize> = (0..4)
+        .filter(|&k| close(&grad, wants[k].grad.as_ref().unwrap()))
+        .collect();
+    assert_eq!(
+        whose_rows.len(),
+        1,
+        "seed={seed}: loss rows match {whose_rows:?}"
+    );
+    assert_eq!(
+        whose_grad.len(),
+        1,
+        "seed={seed}: gradient matches {whose_grad:?}"
+    );
+    assert_eq!(std::fs::read(f.path("g.npy.partial")).unwrap(), b"mine");
+    assert_eq!(
+        stray_files(&f.dir, &TRANSACTION_FILES),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_failed_or_refused_run_writes_nothing() {
+    let f = Files::new("refused");
+    let mut rng = Rng::fresh();
+    transaction_inputs(&f, &mut rng);
+    let p = |name: &str| f.path(name).to_string_lossy().into_owned();
+    // The second output's folder is missing, so the first output is not
+    // written either, and no temporary file is left.
+    let args = loss_args(&f, 0, &p("l.npy"), &p("missing/g.npy"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = run(&args);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(!f.path("l.npy").exists(), "a failed run left an output");
+    assert_eq!(
+        stray_files(&f.dir, &TRANSACTION_FILES),
+        Vec::<String>::new()
+    );
+    // An output over an input, or two outputs on one file: refused before
+    // any work, inputs intact.
+    let before = std::fs::read(f.path("x0.npy")).unwrap();
+    for (out_loss, out_grad, expect) in [
+        (p("x0.npy"), p("g.npy"), "is also an input"),
+        (p("l.npy"), p("l.npy"), "name the same file"),
+        (
+            p("l.npy"),
+            format!("{}/./y0.npy", f.dir.display()),
+            "is also an input",
+        ),
+    ] {
+        let args = loss_args(&f, 0, &out_loss, &out_grad);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_one_line_error(&args, expect, &format!("{out_loss} {out_grad}"));
+    }
+    assert_eq!(std::fs::read(f.path("x0.npy")).unwrap(), before);
+    assert!(!f.path("l.npy").exists() && !f.path("g.npy").exists());
+}
+
+#[test]
+fn messages_say_what_is_true() {
+    let f = Files::new("messages");
+    let (n, c) = (8, 4);
+    let mut rng = Rng::fresh();
+    let logits = rng.logits(n * c, 2.0);
+    write_files(
+        &f,
+        &[
+            ("x.npy", "<f4", vec![n, c], f32s(&logits)),
+            ("y.npy", "<i8", vec![n], i64s(&[0, 1, 2, 3, 0, 1, 2, 1])),
+            (
+                "y_bad.npy",
+                "<i8",
+                vec![n],
+                i64s(&[0, 1, 2, 3, 0, 1, 2, -100]),
+            ),
+            (
+                "y_train.npy",
+                "<i8",
+                vec![n],
+                i64s(&[0, 1, 2, 2, 0, 1, 2, 1]),
+            ),
+            ("counts0.npy", "<i8", vec![c], i64s(&[5, 3, 0, 1])),
+            ("counts.npy", "<i8", vec![c], i64s(&[5, 3, 2, 1])),
+            ("x3d.npy", "<f4", vec![2, 2, 2], f32s(&[0.0; 8])),
+        ],
+    );
+    let p = |x: &str| f.path(x).to_string_lossy().into_owned();
+    let posthoc = |labels: &str, counts: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["posthoc", "--logits", &p("x.npy"), "--labels", &p(labels)]
+            .map(String::from)
+            .to_vec();
+        v.extend(["--class-counts".into(), p(counts)]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let check = |args: Vec<String>, expect: &str, absent: &str| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = run(&a);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(
+            absent.is_empty() || !stderr.contains(absent),
+            "{args:?}: {stderr}"
+        );
+    };
+    // A tiny step: the count it gives, not "0 taus".
+    check(
+        posthoc("y.npy", "counts.npy", &["--tau-range", "0:1:1e-300"]),
+        "gives 1.000e300 taus",
+        "gives 0 taus",
+    );
+    // Post-hoc has no ignore index: its label error mentions none.
+    check(
+        posthoc("y_bad.npy", "counts.npy", &[]),
+        "valid: 0..4)",
+        "ignore",
+    );
+    // A zero count names the flag that fixes it, which post-hoc has.
+    check(
+        posthoc("y.npy", "counts0.npy", &[]),
+        "--count-smoothing 1",
+        "",
+    );
+    let a = posthoc("y.npy", "counts0.npy", &["--count-smoothing", "1"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    assert_eq!(run(&a).0, 0, "--count-smoothing on post-hoc");
+    // train: features are (N, D); a class only in the test set is an
+    // error, not a zero prior; 0 epochs are refused.
+    let train = |x: &str, y: &str, yt: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--train-features",
+            &p(x),
+            "--train-labels",
+            &p(y),
+            "--test-features",
+            &p("x.npy"),
+            "--test-labels",
+            &p(yt),
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    check(
+        train("x3d.npy", "y.npy", "y.npy", &[]),
+        "shape (N, D)",
+        "(N, C)",
+    );
+    check(
+        train("x.npy", "y_train.npy", "y.npy", &[]),
+        "test label 3 at row 3 is a class the training labels never show",
+        "",
+    );
+    check(
+        train("x.npy", "y.npy", "y.npy", &["--epochs", "0"]),
+        "at least 1 epoch",
+        "NaN",
+    );
+}

@@ -523,11 +523,14 @@ fn bad_input_is_refused() {
                 logit_adjust::Error::LabelOutOfRange {
                     row: 1,
                     label: 3,
+                    ignore_index: None,
                     ..
                 }
             ),
             "{e}"
         );
+        // Counts have no ignore index, and the message mentions none.
+        assert!(!e.to_string().contains("ignore"), "{e}");
         let e = ctx.class_counts(&[0, 1, 2], 3, &p).unwrap_err();
         assert!(
             matches!(e, logit_adjust::Error::ShapeMismatch { .. }),
@@ -589,5 +592,51 @@ fn top_k_with_ties_and_infinities() {
             }
             assert!(ph.top_k(&logits, 0, c + 1).is_err());
         }
+    }
+}
+
+#[test]
+fn one_upload_serves_predict_top_k_and_corrected() {
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, c) = (300, 40);
+    let logits = nasty_logits(&mut rng, n, c);
+    let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+    let taus = taus(5);
+    for ctx in contexts() {
+        let what = format!("{} seed={seed}", name(ctx));
+        let ph = ctx.posthoc(&prior, &taus).unwrap();
+        let uploaded = ph.upload(&logits).unwrap();
+        assert_eq!(uploaded.rows(), n, "{what}");
+        assert_eq!(
+            ph.predict_on(&uploaded).unwrap(),
+            reference::predict(&prior, &taus, &logits).unwrap(),
+            "{what}"
+        );
+        assert_eq!(
+            ph.top_k_on(&uploaded, 2, 3).unwrap(),
+            reference::top_k(&prior, taus[2], &logits, 3).unwrap(),
+            "{what}"
+        );
+        let got = ph.corrected_on(&uploaded, 1).unwrap();
+        let want = reference::corrected(&prior, taus[1], &logits).unwrap();
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: corrected logits differ"
+        );
+        // Logits uploaded for another C are refused, naming the mismatch.
+        let other = ctx
+            .posthoc(
+                &ClassPrior::from_counts(&rng.counts(c + 1, 100.0)).unwrap(),
+                &taus,
+            )
+            .unwrap();
+        let e = other.predict_on(&uploaded).unwrap_err();
+        assert!(
+            matches!(e, logit_adjust::Error::ShapeMismatch { .. }),
+            "{what}: {e}"
+        );
     }
 }

@@ -109,10 +109,12 @@ fn bad_inputs_are_named_errors() {
         Error::LabelOutOfRange {
             row: 1,
             label: 3,
-            classes: 3
+            classes: 3,
+            ignore_index: Some(logit_adjust::DEFAULT_IGNORE_INDEX),
         }
     );
     assert!(e.to_string().contains("label out of range"));
+    assert!(e.to_string().contains("or the ignore index -100"), "{e}");
     let e = reference::forward(&spec, &f, &[0, -1]).unwrap_err();
     assert!(matches!(e, Error::LabelOutOfRange { label: -1, .. }), "{e}");
     let e = reference::forward(&spec, &f[..5], &[0, 1]).unwrap_err();

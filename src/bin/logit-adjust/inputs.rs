@@ -31,6 +31,12 @@ pub fn prior(
     probabilities: Option<&Path>,
     c: usize,
 ) -> Result<ClassPrior, String> {
+    if let Some(k) = counts.and_then(|n| n.iter().position(|&x| x + smoothing == 0.0)) {
+        return Err(format!(
+            "invalid prior: class {k} has a zero count in training, so log(prior) = -inf; \
+             pass --count-smoothing 1 to add one to every count"
+        ));
+    }
     let prior = match (counts, probabilities) {
         (Some(counts), _) => ClassPrior::from_counts_smoothed(counts, smoothing),
         (None, Some(path)) => {

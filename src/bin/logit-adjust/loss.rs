@@ -52,7 +52,29 @@ pub struct LossArgs {
     cpu: bool,
 }
 
+/// No output over an input or over another output, before any work.
+fn check_paths(a: &LossArgs) -> Result<(), String> {
+    let inputs: Vec<&std::path::Path> = [
+        Some(&a.logits),
+        Some(&a.labels),
+        a.class_counts.as_ref(),
+        a.prior.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::as_path)
+    .collect();
+    let outputs: Vec<(&str, &std::path::Path)> =
+        [("--out-loss", &a.out_loss), ("--out-grad", &a.out_grad)]
+            .into_iter()
+            .filter_map(|(what, p)| p.as_deref().map(|p| (what, p)))
+            .collect();
+    npy::check_outputs(&inputs, &outputs)?;
+    Ok(())
+}
+
 pub fn run(a: &LossArgs) -> Result<(), String> {
+    check_paths(a)?;
     let (n, c, logits, labels) = inputs::read_batch(&a.logits, &a.labels)?;
     let counts = match &a.class_counts {
         Some(path) => Some(npy::read_vector(path, "class counts", true)?),
@@ -105,14 +127,17 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
     };
 
     // Everything computed and checked: only now write files.
+    // All of them or none.
+    let mut files = npy::Outputs::default();
     if let Some(path) = &a.out_loss {
         let rows: Vec<f32> = out.per_row.iter().map(|&x| x as f32).collect();
-        npy::write(path, &[n as u64], &rows)?;
+        files.stage(path, &[n as u64], &rows)?;
     }
     if let (Some(path), Some(grad)) = (&a.out_grad, &out.grad) {
         let grad: Vec<f32> = grad.iter().map(|&x| x as f32).collect();
-        npy::write(path, &[n as u64, c as u64], &grad)?;
+        files.stage(path, &[n as u64, c as u64], &grad)?;
     }
+    files.commit()?;
 
     let per_row_sum: f64 = out.per_row.iter().sum();
     if a.json {

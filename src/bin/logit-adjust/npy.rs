@@ -9,19 +9,83 @@ use npyz::{DType, NpyFile, Order, TypeChar, WriterBuilder};
 
 type Npy = NpyFile<BufReader<File>>;
 
-fn open(path: &Path, what: &str) -> Result<Npy, String> {
-    let file = File::open(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    NpyFile::new(BufReader::new(file))
-        .map_err(|e| format!("{what} {}: not a valid .npy file: {e}", path.display()))
+/// numpy's own cap on a header's length (`max_header_size` of
+/// `numpy.load`): a longer header is refused before it is read.
+const MAX_HEADER_BYTES: u64 = 10_000;
+
+/// An opened file and the bytes of data after its header.
+struct Opened {
+    npy: Npy,
+    payload: u64,
 }
 
-/// `(type char, bytes)` of a plain dtype, or a one-line error.
-fn plain(npy: &Npy, path: &Path, what: &str) -> Result<(TypeChar, u64), String> {
-    match npy.dtype() {
-        DType::Plain(t) => Ok((t.type_char(), t.size_field())),
-        other => Err(format!(
+fn open(path: &Path, what: &str) -> Result<Opened, String> {
+    use std::io::Read;
+    let io = |e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let bad = |why: String| format!("{what} {}: not a valid .npy file: {why}", path.display());
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    // The preamble: magic, version, header length (2 bytes in version 1, 4
+    // after), read by hand so that the header's size is checked before
+    // anything allocates for it.
+    let mut pre = Vec::with_capacity(12);
+    (&mut file).take(12).read_to_end(&mut pre).map_err(io)?;
+    let got = pre.len();
+    pre.resize(12, 0);
+    if got < 10 || &pre[..6] != b"\x93NUMPY" {
+        return Err(bad("no .npy magic".into()));
+    }
+    let (header, start) = match pre[6] {
+        1 => (u64::from(u16::from_le_bytes([pre[8], pre[9]])), 10),
+        2 | 3 if got >= 12 => (
+            u64::from(u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]])),
+            12,
+        ),
+        v => return Err(bad(format!("unsupported format version {v}"))),
+    };
+    if header > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "a {header}-byte header (numpy allows at most {MAX_HEADER_BYTES})"
+        )));
+    }
+    let payload = len
+        .checked_sub(start + header)
+        .ok_or_else(|| bad(format!("{len} bytes, shorter than its header")))?;
+    let file = File::open(path).map_err(io)?;
+    let npy = NpyFile::new(BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
+    Ok(Opened { npy, payload })
+}
+
+/// `(type char, bytes)` of a plain dtype whose shape's element count matches
+/// the bytes present (checked arithmetic: a shape whose count overflows is
+/// refused, not wrapped), or a one-line error.
+fn plain(opened: &Opened, path: &Path, what: &str) -> Result<(TypeChar, u64), String> {
+    let npy = &opened.npy;
+    let (kind, size) = match npy.dtype() {
+        DType::Plain(t) => (t.type_char(), t.size_field()),
+        other => {
+            return Err(format!(
             "{what} {}: unsupported dtype {other:?} (structured or nested arrays are not accepted)",
             path.display()
+        ))
+        }
+    };
+    let bytes = npy
+        .shape()
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d));
+    match bytes {
+        Some(b) if b == opened.payload => Ok((kind, size)),
+        Some(b) => Err(format!(
+            "{what} {}: {} needs {b} bytes of data, the file holds {}",
+            path.display(),
+            describe(npy),
+            opened.payload
+        )),
+        None => Err(format!(
+            "{what} {}: {}: the element count overflows",
+            path.display(),
+            describe(npy)
         )),
     }
 }
@@ -40,12 +104,23 @@ fn read_err(path: &Path, what: &str, e: std::io::Error) -> String {
 
 /// A float32 `(N, C)` C-order matrix: `(n, c, data)`.
 pub fn read_logits(path: &Path, what: &str) -> Result<(usize, usize, Vec<f32>), String> {
-    let npy = open(path, what)?;
-    let (kind, size) = plain(&npy, path, what)?;
+    read_matrix(path, what, "(N, C)")
+}
+
+/// A float32 C-order matrix whose shape the messages call `shape` (e.g.
+/// `(N, D)` for features): `(rows, columns, data)`.
+pub fn read_matrix(
+    path: &Path,
+    what: &str,
+    shape_name: &str,
+) -> Result<(usize, usize, Vec<f32>), String> {
+    let opened = open(path, what)?;
+    let (kind, size) = plain(&opened, path, what)?;
+    let npy = opened.npy;
     let shape = npy.shape().to_vec();
     if kind != TypeChar::Float || size != 4 || shape.len() != 2 {
         return Err(format!(
-            "{what} {}: expected float32 of shape (N, C), got {}",
+            "{what} {}: expected float32 of shape {shape_name}, got {}",
             path.display(),
             describe(&npy)
         ));
@@ -63,8 +138,9 @@ pub fn read_logits(path: &Path, what: &str) -> Result<(usize, usize, Vec<f32>), 
 
 /// Integer labels `(N,)`, int32 or int64.
 pub fn read_labels(path: &Path, what: &str) -> Result<Vec<i64>, String> {
-    let npy = open(path, what)?;
-    let (kind, size) = plain(&npy, path, what)?;
+    let opened = open(path, what)?;
+    let (kind, size) = plain(&opened, path, what)?;
+    let npy = opened.npy;
     if npy.shape().len() != 1 || kind != TypeChar::Int || !(size == 4 || size == 8) {
         return Err(format!(
             "{what} {}: expected int32 or int64 of shape (N,), got {}",
@@ -82,8 +158,9 @@ pub fn read_labels(path: &Path, what: &str) -> Result<Vec<i64>, String> {
 
 /// A 1-D vector `(C,)` of integers (when `integers_ok`) or floats, as f64.
 pub fn read_vector(path: &Path, what: &str, integers_ok: bool) -> Result<Vec<f64>, String> {
-    let npy = open(path, what)?;
-    let (kind, size) = plain(&npy, path, what)?;
+    let opened = open(path, what)?;
+    let (kind, size) = plain(&opened, path, what)?;
+    let npy = opened.npy;
     let wrong = || {
         let accepted = if integers_ok {
             "an integer or float"
@@ -136,27 +213,263 @@ pub fn read_vector(path: &Path, what: &str, integers_ok: bool) -> Result<Vec<f64
     }
 }
 
-/// Write `data` with `shape` to `path` atomically: a temporary file renamed
-/// into place, so a failed run leaves no partial output.
-pub fn write<T: npyz::AutoSerialize + Copy>(
+/// Refuse, before any work, an output that names an input or another
+/// output (the same file, whatever the spelling of its path).
+pub fn check_outputs(inputs: &[&Path], outputs: &[(&str, &Path)]) -> Result<(), String> {
+    let ident = |p: &Path| -> std::path::PathBuf {
+        // An existing file by its canonical path; a new one by its
+        // directory's canonical path and its name.
+        if let Ok(c) = p.canonicalize() {
+            return c;
+        }
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match (dir.canonicalize(), p.file_name()) {
+            (Ok(d), Some(name)) => d.join(name),
+            _ => p.to_path_buf(),
+        }
+    };
+    for (k, (what, out)) in outputs.iter().enumerate() {
+        let id = ident(out);
+        if let Some(input) = inputs.iter().find(|i| ident(i) == id) {
+            return Err(format!(
+                "{what} {} is also an input ({}): refusing to overwrite an input",
+                out.display(),
+                input.display()
+            ));
+        }
+        if let Some((other, _)) = outputs[..k].iter().find(|(_, o)| ident(o) == id) {
+            return Err(format!(
+                "{what} and {other} name the same file {}",
+                out.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The outputs of one run, written as a transaction: each goes to a
+/// temporary file of its own (a unique name beside its target, created
+/// new, so no file of the user's is touched) and all are renamed into place
+/// only by [`Outputs::commit`], after every one was written. Dropped
+/// without a commit (an error on the way), it deletes its temporary files:
+/// a failed run leaves no output, and parallel runs writing one path each
+/// rename a complete file of their own (the last rename wins).
+#[derive(Default)]
+pub struct Outputs {
+    staged: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Outputs {
+    /// Write `data` with `shape` to a temporary file for `path`.
+    pub fn stage<T: npyz::AutoSerialize + Copy>(
+        &mut self,
+        path: &Path,
+        shape: &[u64],
+        data: &[T],
+    ) -> Result<(), String> {
+        let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
+        let (tmp, file) = unique_temp(path).map_err(err)?;
+        // Registered first, so that a failed write is cleaned up on drop.
+        self.staged.push((tmp, path.to_path_buf()));
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(std::io::BufWriter::new(file))
+            .begin_nd()
+            .map_err(err)?;
+        writer.extend(data.iter().copied()).map_err(err)?;
+        writer.finish().map_err(err)
+    }
+
+    /// Rename every staged file into place.
+    pub fn commit(mut self) -> Result<(), String> {
+        for k in 0..self.staged.len() {
+            let (tmp, path) = &self.staged[k];
+            std::fs::rename(tmp, path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            self.staged[k].0 = std::path::PathBuf::new();
+        }
+        self.staged.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            if !tmp.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+/// A run's single output, written as a transaction of one.
+pub fn write_one<T: npyz::AutoSerialize + Copy>(
     path: &Path,
     shape: &[u64],
     data: &[T],
 ) -> Result<(), String> {
-    let tmp = path.with_extension("npy.partial");
-    let result = (|| -> std::io::Result<()> {
-        let file = std::io::BufWriter::new(File::create(&tmp)?);
-        let mut writer = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(shape)
-            .writer(file)
-            .begin_nd()?;
-        writer.extend(data.iter().copied())?;
-        writer.finish()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("writing {}: {e}", path.display())
-    })
+    let mut files = Outputs::default();
+    files.stage(path, shape, data)?;
+    files.commit()
+}
+
+/// A new file beside `path`, named `.<name>.<pid>.<n>.tmp`, created with
+/// `create_new` so that it is this run's alone.
+fn unique_temp(path: &Path) -> std::io::Result<(std::path::PathBuf, File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let dir = path.parent().unwrap_or(Path::new(""));
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (the test prints its seed).
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            // splitmix64
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    fn npy_bytes(descr: &str, shape: &str, payload: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// One mutation of a valid file: a byte of the header changed, the file
+    /// cut short, a shape entry made huge, the header length field set large,
+    /// or bytes appended.
+    fn mutate(g: &mut Gen, valid: &[u8]) -> Vec<u8> {
+        let mut b = valid.to_vec();
+        match g.below(6) {
+            0 => {
+                let at = g.below(b.len().min(128));
+                b[at] = g.next() as u8;
+            }
+            1 => b.truncate(g.below(b.len())),
+            2 => {
+                let huge = [
+                    "(64, 288230376151711744)",
+                    "(18446744073709551615,)",
+                    "(4294967296, 4294967296)",
+                    "(3, -1)",
+                    "(0, 7)",
+                    "()",
+                ][g.below(6)];
+                let text = String::from_utf8_lossy(&b).into_owned();
+                if let (Some(s), Some(e)) = (text.find("'shape': "), text.find(", }")) {
+                    let mut t = text.clone();
+                    t.replace_range(s + 9..e, huge);
+                    b = t.into_bytes();
+                }
+            }
+            3 => {
+                b[6] = 2;
+                b.splice(8..10, (g.next() as u32).to_le_bytes());
+            }
+            4 => b[8..10].copy_from_slice(&(g.next() as u16).to_le_bytes()),
+            _ => b.extend((0..g.below(9)).map(|_| g.next() as u8)),
+        }
+        b
+    }
+
+    #[test]
+    fn mutated_files_are_errors_never_panics() {
+        let seed = if std::env::var_os("LOGIT_ADJUST_FRESH_SEEDS").is_some() {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        } else {
+            0x5eed
+        };
+        let mut g = Gen(seed);
+        let dir =
+            std::env::temp_dir().join(format!("logit-adjust-npy-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let valid = [
+            npy_bytes("<f4", "(3, 5)", &[0u8; 60]),
+            npy_bytes("<i8", "(6,)", &[0u8; 48]),
+            npy_bytes("<f8", "(4,)", &[0u8; 32]),
+        ];
+        let path = dir.join("case.npy");
+        for case in 0..3000 {
+            let bytes = mutate(&mut g, &valid[case % 3]);
+            std::fs::write(&path, &bytes).unwrap();
+            let len = bytes.len();
+            // Whatever the reader accepts fits in the file's own bytes.
+            if let Ok((n, c, data)) = read_logits(&path, "logits") {
+                assert!(
+                    data.len() == n * c && 4 * data.len() <= len,
+                    "seed {seed:#x} case {case}"
+                );
+            }
+            if let Ok(v) = read_labels(&path, "labels") {
+                assert!(4 * v.len() <= len, "seed {seed:#x} case {case}");
+            }
+            if let Ok(v) = read_vector(&path, "prior", true) {
+                assert!(v.len() <= len, "seed {seed:#x} case {case}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_overflowing_shape_and_a_huge_header_are_refused() {
+        let dir = std::env::temp_dir().join(format!("logit-adjust-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("overflow.npy");
+        // (64, 2^58) f4: 2^64 * 4 bytes wraps to 0 in unchecked arithmetic.
+        std::fs::write(&path, npy_bytes("<f4", "(64, 288230376151711744)", &[])).unwrap();
+        let e = read_logits(&path, "logits").unwrap_err();
+        assert!(e.contains("overflows"), "{e}");
+        let mut big = b"\x93NUMPY\x02\x00".to_vec();
+        big.extend_from_slice(&50_000_000u32.to_le_bytes());
+        big.extend_from_slice(b"{'descr': '<f4'");
+        std::fs::write(&path, &big).unwrap();
+        let e = read_logits(&path, "logits").unwrap_err();
+        assert!(e.contains("header"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

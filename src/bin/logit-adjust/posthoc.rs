@@ -25,6 +25,10 @@ pub struct PostHocArgs {
     /// Training labels, int32 or int64; counted per class on the GPU.
     #[arg(long)]
     train_labels: Option<PathBuf>,
+    /// Additive smoothing of the training counts (a zero count is an error
+    /// without it).
+    #[arg(long, default_value_t = 0.0)]
+    count_smoothing: f64,
     /// Class prior, float (C,). Without training counts the shot groups are absent.
     #[arg(long)]
     prior: Option<PathBuf>,
@@ -63,13 +67,20 @@ fn parse_range(text: &str) -> Result<Vec<f64>, String> {
     if !(a.is_finite() && b.is_finite() && s.is_finite() && s > 0.0 && b >= a) {
         return Err(bad());
     }
-    let steps = ((b - a) / s + 1e-9).floor() as usize;
-    if steps >= MAX_TAUS {
+    // Counted in f64: a tiny step gives more taus than any integer type holds.
+    let steps = ((b - a) / s + 1e-9).floor();
+    if steps >= MAX_TAUS as f64 {
+        let count = steps + 1.0;
+        let count = if count < 1e15 {
+            format!("{count:.0}")
+        } else {
+            format!("{count:.3e}")
+        };
         return Err(format!(
-            "--tau-range {text:?} gives {} taus; at most {MAX_TAUS}",
-            steps + 1
+            "--tau-range {text:?} gives {count} taus; at most {MAX_TAUS}"
         ));
     }
+    let steps = steps as usize;
     // Rounded to 12 decimals, so 0:3:0.05 lists 2.55, not 2.5500000000000003.
     Ok((0..=steps)
         .map(|k| ((a + k as f64 * s) * 1e12).round() / 1e12)
@@ -80,7 +91,27 @@ fn opt(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
+/// No output over an input, before any work.
+fn check_paths(a: &PostHocArgs) -> Result<(), String> {
+    if let Some(out) = &a.out_pred {
+        let inputs: Vec<&std::path::Path> = [
+            Some(&a.logits),
+            Some(&a.labels),
+            a.class_counts.as_ref(),
+            a.train_labels.as_ref(),
+            a.prior.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
+        npy::check_outputs(&inputs, &[("--out-pred", out.as_path())])?;
+    }
+    Ok(())
+}
+
 pub fn run(a: &PostHocArgs) -> Result<(), String> {
+    check_paths(a)?;
     let taus = match (&a.tau, &a.taus, &a.tau_range) {
         (Some(t), _, _) => vec![*t],
         (_, Some(ts), _) => ts.clone(),
@@ -119,7 +150,12 @@ pub fn run(a: &PostHocArgs) -> Result<(), String> {
         }
         (None, None) => None,
     };
-    let prior = inputs::prior(train_counts.as_deref(), 0.0, a.prior.as_deref(), c)?;
+    let prior = inputs::prior(
+        train_counts.as_deref(),
+        a.count_smoothing,
+        a.prior.as_deref(),
+        c,
+    )?;
 
     let (predictions, counts, adapter, backend) = match &ctx {
         Some(ctx) => {
@@ -156,7 +192,7 @@ pub fn run(a: &PostHocArgs) -> Result<(), String> {
 
     if let Some(path) = &a.out_pred {
         let pred: Vec<i64> = predictions.by_tau[best].iter().map(|&p| p as i64).collect();
-        npy::write(path, &[n as u64], &pred)?;
+        npy::write_one(path, &[n as u64], &pred)?;
     }
 
     let device = (adapter.as_str(), backend.as_str());

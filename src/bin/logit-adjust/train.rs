@@ -34,7 +34,7 @@ pub struct TrainArgs {
     tau: f64,
     /// Passes over the training set (default: enough for about 3000 SGD
     /// steps, between 30 and 1000 epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     epochs: Option<usize>,
     /// Rows per mini-batch.
     #[arg(long, default_value_t = 128)]
@@ -63,7 +63,36 @@ pub struct TrainArgs {
     json: bool,
 }
 
+/// The trainer's settings from the flags, for `n` training rows.
+fn config_for(a: &TrainArgs, n: usize) -> TrainConfig {
+    TrainConfig {
+        epochs: a
+            .epochs
+            .unwrap_or_else(|| TrainConfig::epochs_for(n, a.batch_size)),
+        batch_size: a.batch_size,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+    }
+}
+
+/// No output over an input, before any work.
+fn check_paths(a: &TrainArgs) -> Result<(), String> {
+    if let Some(out) = &a.out_logits {
+        let inputs = [
+            a.train_features.as_path(),
+            a.train_labels.as_path(),
+            a.test_features.as_path(),
+            a.test_labels.as_path(),
+        ];
+        npy::check_outputs(&inputs, &[("--out-logits", out.as_path())])?;
+    }
+    Ok(())
+}
+
 pub fn run(a: &TrainArgs) -> Result<(), String> {
+    check_paths(a)?;
     let e = |e: logit_adjust::Error| e.to_string();
     let Sets {
         n,
@@ -82,17 +111,8 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         x = s.apply(&x).map_err(e)?;
         xt = s.apply(&xt).map_err(e)?;
     }
-    let epochs = a
-        .epochs
-        .unwrap_or_else(|| TrainConfig::epochs_for(n, a.batch_size));
-    let config = TrainConfig {
-        epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
-        seed: a.seed,
-    };
+    let config = config_for(a, n);
+    let epochs = config.epochs;
 
     let ctx = Context::new().map_err(e)?;
     let mut trainer = LinearTrainer::new(&ctx, &spec, &x, &y, d, config).map_err(e)?;
@@ -127,7 +147,7 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
         .map_err(e)?;
 
     if let Some(path) = &a.out_logits {
-        npy::write(path, &[m as u64, c as u64], &logits)?;
+        npy::write_one(path, &[m as u64, c as u64], &logits)?;
     }
     if a.json {
         println!(
@@ -181,11 +201,21 @@ struct Sets {
     c: usize,
 }
 
+/// `--epochs`: a count of at least 1 (0 epochs train nothing and have no
+/// loss to report).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("at least 1 epoch is needed".into()),
+        Ok(k) => Ok(k),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn read_sets(a: &TrainArgs) -> Result<Sets, String> {
     let e = |e: logit_adjust::Error| e.to_string();
-    let (n, d, x) = npy::read_logits(&a.train_features, "training features")?;
+    let (n, d, x) = npy::read_matrix(&a.train_features, "training features", "(N, D)")?;
     let y = npy::read_labels(&a.train_labels, "training labels")?;
-    let (m, dt, xt) = npy::read_logits(&a.test_features, "test features")?;
+    let (m, dt, xt) = npy::read_matrix(&a.test_features, "test features", "(N, D)")?;
     let yt = npy::read_labels(&a.test_labels, "test labels")?;
     if y.len() != n {
         return Err(format!(
@@ -213,7 +243,16 @@ fn read_sets(a: &TrainArgs) -> Result<Sets, String> {
             y.iter().chain(&yt).nth(i).unwrap_or(&0)
         ));
     }
-    let c = y.iter().chain(&yt).max().map_or(0, |&v| v as usize + 1);
+    // The classes are the training set's: a test label past them is a class
+    // the model never saw, not a class with a zero prior.
+    let c = y.iter().max().map_or(0, |&v| v as usize + 1);
+    if let Some(i) = yt.iter().position(|&v| v as usize >= c) {
+        return Err(format!(
+            "label out of range: test label {} at row {i} is a class the training labels never \
+             show (they have {c} classes, 0..{c})",
+            yt[i]
+        ));
+    }
     check_labels(&yt, c).map_err(e)?;
     for (what, v) in [("training features", &x), ("test features", &xt)] {
         if let Some(i) = v.iter().position(|f| !f.is_finite()) {
