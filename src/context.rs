@@ -1,7 +1,7 @@
 //! The device context: a wgpu device and queue the library owns or borrows,
 //! what the adapter can do, and the pipeline cache.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
@@ -49,6 +49,56 @@ struct Inner {
     tuning: RwLock<Option<Tuning>>,
     /// Why the device was lost, once it was (set by its lost callback).
     lost: Arc<Mutex<Option<String>>>,
+    /// GL only: one thread at a time in the library's device work.
+    turn: Option<Turn>,
+}
+
+/// A reentrant turn: wgpu's GL backend guards its one GL context with a lock
+/// that gives up (and panics) after a timeout, so a thread compiling a large
+/// pipeline or waiting on a long submission makes other threads' calls
+/// panic. On GL every host operation and every bind takes this turn first,
+/// so the library's threads queue here, without a timeout, instead.
+#[derive(Default)]
+struct Turn {
+    /// The thread holding the turn, and how many times it has taken it.
+    owner: Mutex<(Option<std::thread::ThreadId>, usize)>,
+    freed: Condvar,
+}
+
+struct TurnGuard<'a>(&'a Turn);
+
+impl Turn {
+    fn take(&self) -> TurnGuard<'_> {
+        let me = std::thread::current().id();
+        let mut owner = self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match owner.0 {
+                None => {
+                    *owner = (Some(me), 1);
+                    break;
+                }
+                Some(t) if t == me => {
+                    owner.1 += 1;
+                    break;
+                }
+                Some(_) => {
+                    owner = self.freed.wait(owner).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+        TurnGuard(self)
+    }
+}
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        let mut owner = self.0.owner.lock().unwrap_or_else(|p| p.into_inner());
+        owner.1 -= 1;
+        if owner.1 == 0 {
+            owner.0 = None;
+            self.0.freed.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -161,8 +211,10 @@ impl Context {
             *on_lost.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(format!("{reason:?}: {message}"));
         });
+        let turn = (info.backend == wgpu::Backend::Gl).then(Turn::default);
         Ok(Self {
             inner: Arc::new(Inner {
+                turn,
                 device,
                 queue,
                 info,
@@ -239,7 +291,9 @@ impl Context {
     /// Run `work` inside validation and out-of-memory error scopes, so that a
     /// wgpu error becomes an [`Error::Gpu`] instead of the default handler's
     /// panic, or [`Error::DeviceLost`] once the device is gone.
+    /// On GL it first takes the context's turn (see `Turn`).
     pub(crate) fn scoped<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _turn = self.inner.turn.as_ref().map(Turn::take);
         self.check_alive()?;
         let oom = self
             .device()

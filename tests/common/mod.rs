@@ -125,6 +125,11 @@ impl Rng {
         Rng(logit_adjust::synthetic::Rng::new(seed), seed)
     }
 
+    /// A generator for a given seed (a thread's share of a test's seed).
+    pub fn with_seed(seed: u64) -> Self {
+        Rng(logit_adjust::synthetic::Rng::new(seed), seed)
+    }
+
     pub fn seed(&self) -> u64 {
         self.1
     }
