@@ -1025,3 +1025,16 @@ fn messages_say_what_is_true() {
         "NaN",
     );
 }
+
+#[test]
+fn stderr_holds_only_the_tools_own_lines() {
+    // Without XDG_RUNTIME_DIR, opening the adapters prints nothing on
+    // stderr (no lines of the graphics stack's own).
+    let out = Command::new(BIN)
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+}

@@ -47,8 +47,39 @@ enum Command {
     Tune(tune::TuneArgs),
 }
 
+/// Without `XDG_RUNTIME_DIR`, libwayland (loaded by the graphics stack when
+/// a device opens) prints two "XDG_RUNTIME_DIR is invalid" lines of its own
+/// on stderr, before any of ours. A private, empty runtime folder (this
+/// user's, mode 0700) keeps stderr to the tool's own messages; nothing is
+/// ever placed in it.
+#[cfg(unix)]
+fn quiet_runtime_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::path::Path;
+    let valid = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).is_dir());
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    if valid {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("logit-adjust-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    // Only a folder of this user's that no one else can write.
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o077 == 0);
+    if ours {
+        // Single-threaded here: no other thread reads the environment yet.
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_runtime_dir() {}
+
 fn main() {
     let cli = Cli::parse();
+    quiet_runtime_dir();
     let result = match cli.command.unwrap_or(Command::Demo) {
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),
