@@ -135,3 +135,50 @@ fn two_thousand_mixed_calls_from_four_threads() {
         );
     }
 }
+
+#[test]
+fn a_large_op_beside_small_ones_from_other_threads() {
+    // On GL one context serves every thread; a long op must make the others
+    // wait their turn, not fail. 1024 x 16384 f32 (64 MiB) fused with its
+    // gradient takes llvmpipe a good fraction of a second.
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    for ctx in contexts() {
+        let what = format!("{} seed={seed}", name(ctx));
+        let ops = ops(ctx, &mut rng);
+        let (n, c) = (1024, 16384);
+        let prior = ClassPrior::from_counts(&rng.counts(c, 100.0)).unwrap();
+        let spec = LossSpec::logit_adjusted(&prior, 1.0)
+            .unwrap()
+            .with_reduction(Reduction::Mean);
+        let large = ctx.softmax_xent(&spec).unwrap();
+        let logits = rng.logits(n * c, 8.0);
+        let labels = rng.labels(n, c, 0.0, -100);
+        let want = reference::forward(&spec, &logits, &labels)
+            .unwrap()
+            .loss
+            .unwrap();
+        let mut rngs: Vec<Rng> = (0..3).map(|_| Rng::with_seed(rng.next_u64())).collect();
+        std::thread::scope(|s| {
+            let (large, logits, labels, what) = (&large, &logits, &labels, &what);
+            s.spawn(move || {
+                for _ in 0..3 {
+                    let got = large.forward_backward(logits, labels).unwrap();
+                    let g = f64::from(got.loss.unwrap());
+                    assert!(
+                        (g - want).abs() <= 1e-5 * want.abs(),
+                        "{what}: large loss {g} vs {want}"
+                    );
+                }
+            });
+            for (t, rng) in rngs.iter_mut().enumerate() {
+                let (ops, what) = (&ops, what);
+                s.spawn(move || {
+                    for k in 0..60 {
+                        one_call(ctx, ops, rng, k, &format!("{what} small thread {t}"));
+                    }
+                });
+            }
+        });
+    }
+}

@@ -51,9 +51,47 @@ fn open(path: &Path, what: &str) -> Result<Opened, String> {
     let payload = len
         .checked_sub(start + header)
         .ok_or_else(|| bad(format!("{len} bytes, shorter than its header")))?;
+    // The shape's element count, checked here: npyz multiplies it out
+    // unchecked (a panic in debug builds, a wrapped count in release).
+    let mut text = vec![0u8; header as usize];
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(io)?;
+    file.read_exact(&mut text).map_err(io)?;
+    if shape_overflows(&String::from_utf8_lossy(&text)) {
+        return Err(bad("the shape's element count overflows".into()));
+    }
     let file = File::open(path).map_err(io)?;
     let npy = NpyFile::new(BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
     Ok(Opened { npy, payload })
+}
+
+/// Whether the header's `'shape': (a, b, ...)` (its nonzero dimensions)
+/// multiplies out past `u64`.
+/// A shape it cannot read is left to npyz, which refuses it.
+fn shape_overflows(header: &str) -> bool {
+    let Some(at) = header.find("'shape'").or_else(|| header.find("\"shape\"")) else {
+        return false;
+    };
+    let rest = &header[at..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else {
+        return false;
+    };
+    if close < open {
+        return false;
+    }
+    let mut count = Some(1u64);
+    for d in rest[open + 1..close].split(',') {
+        let d = d.trim().trim_end_matches('L');
+        if d.is_empty() {
+            continue;
+        }
+        let Ok(d) = d.parse::<u64>() else {
+            return false;
+        };
+        // Zeros skipped: npyz's strides multiply the other dimensions out
+        // even when the count is 0.
+        count = count.and_then(|c| c.checked_mul(d.max(1)));
+    }
+    count.is_none()
 }
 
 /// `(type char, bytes)` of a plain dtype whose shape's element count matches
@@ -394,7 +432,7 @@ mod tests {
                     "(18446744073709551615,)",
                     "(4294967296, 4294967296)",
                     "(3, -1)",
-                    "(0, 7)",
+                    "(0, 9223372036854775808, 4)",
                     "()",
                 ][g.below(6)];
                 let text = String::from_utf8_lossy(&b).into_owned();
