@@ -1,11 +1,12 @@
 //! The loss layouts for CPU adapters only (lavapipe, llvmpipe):
 //! `shaders/cpu_xent.wgsl`'s row segments and row groups on vec4 views of
-//! the logits and the gradient. A CPU adapter runs a workgroup's threads as SIMD lanes and
-//! pays a loop over the lanes for every storage access, so whole-vec4
-//! accesses and a contiguous stretch per thread matter there and nowhere
-//! else. The plan offers these layouts only when the adapter is a CPU; its
-//! limits never refuse input, since the generic layouts take what it
-//! cannot (docs/PERFORMANCE.md has the measurements that keep it).
+//! the logits and the gradient. A CPU adapter runs a workgroup's threads as
+//! SIMD lanes and pays a loop over the lanes for every storage access, so
+//! whole-vec4 accesses, `b` from a uniform table and a contiguous stretch
+//! per thread matter there and nowhere else. The plan offers these layouts
+//! only when the adapter is a CPU; their limits never refuse input, since
+//! the generic layouts take what they cannot (docs/PERFORMANCE.md has the
+//! measurements that keep them).
 
 use super::bind::{Builder, Mode, SlotFn, Step};
 use super::plan::{Caps, Layout, Shape};
@@ -28,20 +29,6 @@ pub(crate) struct Kernels {
     pub(super) table: wgpu::Buffer,
 }
 
-/// Bindings of cpu_xent.wgsl: softmax_xent.wgsl's, then the `b` table.
-const BINDINGS: [Binding; 10] = [
-    Binding::Uniform,   // params
-    Binding::ReadWrite, // logits
-    Binding::ReadWrite, // labels
-    Binding::ReadOnly,  // class_vecs
-    Binding::ReadWrite, // grad
-    Binding::ReadWrite, // row_loss
-    Binding::ReadWrite, // lse
-    Binding::ReadWrite, // work
-    Binding::ReadWrite, // upstream
-    Binding::Uniform,   // bias
-];
-
 impl Kernels {
     pub(super) fn new(ctx: &Context, class_vecs: &[f32]) -> Result<Self> {
         let mut table = vec![0f32; TABLE_CLASSES];
@@ -52,7 +39,8 @@ impl Kernels {
                 ctx.device(),
                 "cpu_xent.wgsl",
                 include_str!("../../shaders/cpu_xent.wgsl"),
-                &BINDINGS,
+                // softmax_xent.wgsl's bindings, then the `b` table.
+                &[&super::XENT_BINDINGS[..], &[Binding::Uniform]].concat(),
             ),
             table: buffers::upload(
                 ctx,
@@ -73,11 +61,11 @@ const MIN_WG: usize = 64;
 /// Classes below which the plan keeps the generic row-resident layout on
 /// CPU adapters: with a few vec4s per row, the per-row work of the vec4
 /// views (the shifted b, the shared first and last vec4s) costs more than
-/// they save (lavapipe: 2.7x slower at C = 10, 2.1x faster at C = 100).
+/// they save (docs/PERFORMANCE.md, the lavapipe section).
 const AUTO_MIN_CLASSES: usize = 64;
 
-/// Classes of a row-groups row at most (`C_MAX` in cpu_xent.wgsl), and
-/// floats of a thread's rows at most (`4 * V_MAX`).
+/// Classes of a row-groups row at most, and floats of a thread's rows at
+/// most: the `C_MAX` floats of the thread's array in cpu_xent.wgsl.
 const GROUP_MAX_CLASSES: usize = 32;
 const GROUP_MAX_FLOATS: usize = 32;
 

@@ -184,7 +184,7 @@ impl Context {
     }
 }
 
-const XENT_BINDINGS: [Binding; 9] = [
+pub(super) const XENT_BINDINGS: [Binding; 9] = [
     Binding::Uniform,   // params
     Binding::ReadWrite, // logits
     Binding::ReadWrite, // labels
