@@ -54,7 +54,7 @@ impl ClassPrior {
                 return Err(Error::InvalidPrior {
                     class,
                     value: n,
-                    reason: "zero count gives log(prior) = -inf; smooth the counts (ClassPrior::from_counts_smoothed)",
+                    reason: "zero count gives log(prior) = -inf; use additive smoothing (ClassPrior::from_counts_smoothed)",
                 });
             }
         }

@@ -1174,3 +1174,36 @@ fn more_rows_than_one_binding_of_per_row_values_holds() {
         compare(&what, &got, &want, Tolerance::Ordinary);
     }
 }
+
+#[test]
+fn random_shapes_in_every_layout() {
+    // Short and odd rows, padded or not, in every layout that takes them:
+    // on CPU adapters, the vec4 layouts' rows that start inside a vec4 and
+    // their shared first and last vec4s.
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    // Few cases per run (each new shape compiles its pipelines); CI draws
+    // fresh ones every run.
+    for case in 0..8 {
+        let (n, c) = (1 + rng.below(150), 1 + rng.below(700));
+        let prior = ClassPrior::from_counts(&rng.counts(c, 50.0)).unwrap();
+        let spec = LossSpec::logit_adjusted(&prior, 1.0)
+            .unwrap()
+            .with_reduction(Reduction::Mean)
+            .with_label_smoothing(0.1);
+        let logits = rng.logits(n * c, 8.0);
+        let labels = rng.labels(n, c, 0.1, -100);
+        let want = reference::forward_backward(&spec, &logits, &labels).unwrap();
+        for ctx in contexts() {
+            for variant in variants_for(ctx, n, c) {
+                let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
+                let what = format!(
+                    "{} {variant:?} case {case} N={n} C={c} seed={seed}",
+                    name(ctx)
+                );
+                let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
+                compare_device(&what, &got, &want, Tolerance::Ordinary);
+            }
+        }
+    }
+}
