@@ -92,14 +92,32 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
         .with_ignore_index(a.ignore_index);
     let with_grad = a.out_grad.is_some();
 
-    let (out, adapter, backend): (LossOutput<f64>, String, String) = if a.cpu {
+    // The files hold f32 whichever path ran; the loss and the per-row sum
+    // are reported in f64 from what that path computed. GPU results are
+    // written as they came back, with no widened copy.
+    let (out, loss, per_row_sum, adapter, backend) = if a.cpu {
         let out = if with_grad {
             reference::forward_backward(&spec, &logits, &labels)
         } else {
             reference::forward(&spec, &logits, &labels)
         }
         .map_err(|e| e.to_string())?;
-        (out, "cpu-reference".into(), "cpu".into())
+        let sum: f64 = out.per_row.iter().sum();
+        let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let loss = out.loss;
+        let out = LossOutput {
+            loss: loss.map(|l| l as f32),
+            per_row: narrow(out.per_row),
+            lse: Vec::new(),
+            grad: out.grad.map(narrow),
+        };
+        (
+            out,
+            loss,
+            sum,
+            "cpu-reference".to_string(),
+            "cpu".to_string(),
+        )
     } else {
         // Validate before touching the GPU, so bad input never needs a device.
         spec.check_batch(&logits, &labels, Default::default())
@@ -112,39 +130,35 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
             op.forward(&logits, &labels)
         }
         .map_err(|e| e.to_string())?;
-        let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
-        let out = LossOutput {
-            loss: out.loss.map(f64::from),
-            per_row: widen(out.per_row),
-            lse: widen(out.lse),
-            grad: out.grad.map(widen),
-        };
+        let sum: f64 = out.per_row.iter().map(|&x| f64::from(x)).sum();
+        let loss = out.loss.map(f64::from);
+        let info = ctx.info();
         (
             out,
-            ctx.info().name.clone(),
-            format!("{:?}", ctx.info().backend),
+            loss,
+            sum,
+            info.name.clone(),
+            format!("{:?}", info.backend),
         )
     };
+    drop(logits);
 
-    // Everything computed and checked: only now write files.
-    // All of them or none.
+    // Everything computed and checked: only now write files, all of them
+    // or none.
     let mut files = npy::Outputs::default();
     if let Some(path) = &a.out_loss {
-        let rows: Vec<f32> = out.per_row.iter().map(|&x| x as f32).collect();
-        files.stage(path, &[n as u64], &rows)?;
+        files.stage(path, &[n as u64], &out.per_row)?;
     }
     if let (Some(path), Some(grad)) = (&a.out_grad, &out.grad) {
-        let grad: Vec<f32> = grad.iter().map(|&x| x as f32).collect();
-        files.stage(path, &[n as u64, c as u64], &grad)?;
+        files.stage(path, &[n as u64, c as u64], grad)?;
     }
     files.commit()?;
 
-    let per_row_sum: f64 = out.per_row.iter().sum();
     if a.json {
         println!(
             "{}",
             json!({
-                "loss": out.loss,
+                "loss": loss,
                 "per_row_sum": per_row_sum,
                 "reduction": a.reduction,
                 "tau": a.tau,
@@ -156,7 +170,7 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
             })
         );
     } else {
-        match out.loss {
+        match loss {
             Some(loss) => println!("loss ({}): {loss:.9}", a.reduction),
             None => println!("loss (none): {n} per-row values, sum {per_row_sum:.9}"),
         }
