@@ -285,8 +285,9 @@ impl SoftmaxXent {
                 steps.extend(builder.backward_steps(&slot, false)?)
             }
             Layout::Rows { .. } => steps.extend(builder.row_steps(&slot)?),
-            Layout::Segments { .. } => steps.extend(builder.segment_steps(&slot)?),
-            Layout::RowGroups { .. } => steps.extend(builder.row_group_steps(&slot)?),
+            Layout::Segments { .. } | Layout::RowGroups { .. } => {
+                steps.extend(builder.cpu_steps(&slot)?)
+            }
             Layout::Split { .. } => steps.extend(builder.split_steps(&slot)?),
         }
         if reduced {

@@ -13,7 +13,7 @@ use super::plan::{Caps, Layout, Shape};
 use super::SoftmaxXent;
 use crate::buffers;
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pipelines::{Binding, Shader};
 
 /// Classes of the uniform `b` table (`TABLE_VEC4S * 4` in cpu_xent.wgsl:
@@ -125,63 +125,46 @@ pub(crate) fn segments_layout(shape: &Shape, caps: &Caps) -> Option<Layout> {
 }
 
 impl Builder<'_, '_> {
-    /// The segments layout's row pass, one dispatch per row chunk.
-    pub(super) fn segment_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
-        let Layout::Segments { wg, p, l4, shifted } = self.plan.layout else {
-            return Ok(Vec::new());
-        };
+    /// The row pass of a CPU layout (segments or row groups), one dispatch
+    /// per row chunk.
+    pub(super) fn cpu_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
         let Some(cpu) = self.op.cpu_xent.as_ref() else {
-            return Ok(Vec::new());
+            // The plan picks a CPU layout only where cpu_xent.wgsl is built.
+            return Err(Error::InvalidArgument(
+                "a CPU adapter layout on an op without its kernels".into(),
+            ));
         };
         let c = self.op.spec.classes();
-        let pipeline = cpu.shader.pipeline(
-            self.op.ctx.device(),
-            "xent_segments",
-            &[
-                ("WG", f64::from(wg)),
-                ("P", f64::from(p)),
-                ("L4", f64::from(l4)),
-                (
-                    "WRITE_GRAD",
-                    f64::from(u8::from(self.run.mode == Mode::Fused)),
-                ),
-                ("SHIFTED", f64::from(u8::from(shifted))),
-                ("TABLE", f64::from(u8::from(c <= TABLE_CLASSES))),
-                ("TABLE_ALL", f64::from(u8::from(3 * c <= TABLE_CLASSES))),
-                SoftmaxXent::label_constant(self.run.label_type),
-            ],
-        );
-        Ok(self.chunk_steps_on(Some(cpu), &pipeline, slot, |rows| {
-            self.plan.grid(1, self.plan.row_groups(rows))
-        }))
-    }
-}
-
-impl Builder<'_, '_> {
-    /// The row-groups layout's pass, one dispatch per row chunk.
-    pub(super) fn row_group_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
-        let Layout::RowGroups { wg, r } = self.plan.layout else {
-            return Ok(Vec::new());
+        let (entry, mut constants) = match self.plan.layout {
+            Layout::Segments { wg, p, l4, shifted } => (
+                "xent_segments",
+                vec![
+                    ("WG", f64::from(wg)),
+                    ("P", f64::from(p)),
+                    ("L4", f64::from(l4)),
+                    ("SHIFTED", f64::from(u8::from(shifted))),
+                    ("TABLE", f64::from(u8::from(c <= TABLE_CLASSES))),
+                    ("TABLE_ALL", f64::from(u8::from(3 * c <= TABLE_CLASSES))),
+                ],
+            ),
+            Layout::RowGroups { wg, r } => (
+                "xent_row_groups",
+                vec![
+                    ("WG", f64::from(wg)),
+                    ("ROW_C", c as f64),
+                    ("ROW_R", f64::from(r)),
+                    ("TABLE", 1.0),
+                    ("TABLE_ALL", 1.0),
+                ],
+            ),
+            _ => return Ok(Vec::new()),
         };
-        let Some(cpu) = self.op.cpu_xent.as_ref() else {
-            return Ok(Vec::new());
-        };
-        let pipeline = cpu.shader.pipeline(
-            self.op.ctx.device(),
-            "xent_row_groups",
-            &[
-                ("WG", f64::from(wg)),
-                ("ROW_C", self.op.spec.classes() as f64),
-                ("ROW_R", f64::from(r)),
-                ("TABLE", 1.0),
-                ("TABLE_ALL", 1.0),
-                (
-                    "WRITE_GRAD",
-                    f64::from(u8::from(self.run.mode == Mode::Fused)),
-                ),
-                SoftmaxXent::label_constant(self.run.label_type),
-            ],
-        );
+        constants.push((
+            "WRITE_GRAD",
+            f64::from(u8::from(self.run.mode == Mode::Fused)),
+        ));
+        constants.push(SoftmaxXent::label_constant(self.run.label_type));
+        let pipeline = cpu.shader.pipeline(self.op.ctx.device(), entry, &constants);
         Ok(self.chunk_steps_on(Some(cpu), &pipeline, slot, |rows| {
             self.plan.grid(1, self.plan.row_groups(rows))
         }))
