@@ -42,6 +42,7 @@ mod prior;
 pub mod reference;
 mod region;
 mod softmax_xent;
+mod split;
 pub mod synthetic;
 mod train;
 pub mod tuning;
@@ -60,5 +61,8 @@ pub use softmax_xent::{
     BackwardBuffers, BoundLoss, GradOutput, LabelType, LossBuffers, SoftmaxXent, UpstreamBuffer,
     Variant,
 };
-pub use train::{LinearTrainer, Standardizer, TrainConfig, MAX_BATCH};
+pub use split::{stratified_split, Split};
+pub use train::{
+    EpochRecord, FitReport, LinearTrainer, Progress, Standardizer, TrainConfig, MAX_BATCH,
+};
 pub use tuning::Tuning;

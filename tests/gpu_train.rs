@@ -96,7 +96,7 @@ fn the_same_seed_gives_the_same_weights() {
                 config.clone(),
             )
             .unwrap();
-            t.fit(|_, _| {}).unwrap();
+            t.fit(|_| {}).unwrap();
             t.weights().unwrap()
         };
         let (a, b) = (run(&config), run(&config));
@@ -172,7 +172,7 @@ fn logit_adjustment_beats_erm_on_a_long_tail_and_reaches_bayes_on_two_gaussians(
                 config.clone(),
             )
             .unwrap();
-            t.fit(|_, _| {}).unwrap();
+            t.fit(|_| {}).unwrap();
             let logits = t.logits(&test.features).unwrap();
             (balanced_error(ctx, &logits, &test.labels, c), logits)
         };
@@ -234,6 +234,7 @@ fn two_sgd_steps_match_a_cpu_implementation() {
         momentum: 0.9,
         weight_decay: 0.01,
         seed: 5,
+        ..TrainConfig::default()
     };
     let d = dim + 1;
     let gradient = |w: &[f64]| -> Vec<f64> {
@@ -284,7 +285,7 @@ fn two_sgd_steps_match_a_cpu_implementation() {
         .collect();
     for ctx in contexts() {
         let mut trainer = LinearTrainer::new(ctx, &spec, &x, &labels, dim, config.clone()).unwrap();
-        trainer.fit(|_, _| {}).unwrap();
+        trainer.fit(|_| {}).unwrap();
         let got = trainer.weights().unwrap();
         let bad = common::worst(&got, &want, |w| 1e-5 + 1e-4 * w.abs());
         assert!(bad.is_none(), "{} seed={seed}: weight {bad:?}", name(ctx));

@@ -12,6 +12,8 @@ use logit_adjust::{
 struct Row {
     method: String,
     report: Report,
+    /// The epoch kept (chosen on the validation set).
+    epoch: usize,
 }
 
 fn err(e: logit_adjust::Error) -> String {
@@ -38,12 +40,15 @@ fn evaluate(
         .collect()
 }
 
+/// Train with early stopping on the validation set's balanced error;
+/// returns the trainer holding the best evaluation's weights, and its epoch.
 fn train(
     ctx: &Context,
     spec: &LossSpec,
     train: &Sample,
+    val: &Sample,
     config: &TrainConfig,
-) -> Result<LinearTrainer, String> {
+) -> Result<(LinearTrainer, usize), String> {
     let mut trainer = LinearTrainer::new(
         ctx,
         spec,
@@ -52,9 +57,10 @@ fn train(
         train.dim,
         config.clone(),
     )
+    .and_then(|t| t.with_validation(&val.features, &val.labels))
     .map_err(err)?;
-    trainer.fit(|_, _| {}).map_err(err)?;
-    Ok(trainer)
+    let report = trainer.fit(|_| {}).map_err(err)?;
+    Ok((trainer, report.best.map_or(report.epochs_run(), |b| b.0)))
 }
 
 /// Standardise all three sets by the training set's statistics.
@@ -81,7 +87,7 @@ fn run_problem(
         .map_err(err)?;
     let mut rows = Vec::new();
 
-    let erm = train(ctx, &LossSpec::cross_entropy(c), &tr, config)?;
+    let (erm, erm_epoch) = train(ctx, &LossSpec::cross_entropy(c), &tr, &val, config)?;
     let test_logits = erm.logits(&test.features).map_err(err)?;
     let val_logits = erm.logits(&val.features).map_err(err)?;
     let taus: Vec<f64> = (0..=12).map(|k| k as f64 * 0.25).collect();
@@ -98,14 +104,17 @@ fn run_problem(
     rows.push(Row {
         method: "ERM (cross-entropy)".into(),
         report: test_reports[0].clone(),
+        epoch: erm_epoch,
     });
     rows.push(Row {
         method: "ERM + post-hoc, tau = 1".into(),
         report: test_reports[4].clone(),
+        epoch: erm_epoch,
     });
     rows.push(Row {
         method: format!("ERM + post-hoc, tau = {} (val.)", taus[best]),
         report: test_reports.swap_remove(best),
+        epoch: erm_epoch,
     });
 
     let mut methods = vec![(
@@ -117,12 +126,13 @@ fn run_problem(
         methods.push(("LDAM", LossSpec::ldam(&prior)));
     }
     for (name, spec) in methods {
-        let model = train(ctx, &spec, &tr, config)?;
+        let (model, epoch) = train(ctx, &spec, &tr, &val, config)?;
         let logits = model.logits(&test.features).map_err(err)?;
         let report = evaluate(ctx, &prior, &[0.0], &logits, &test.labels)?.remove(0);
         rows.push(Row {
             method: name.into(),
             report,
+            epoch,
         });
     }
     Ok(rows)
@@ -131,18 +141,19 @@ fn run_problem(
 fn print_rows(rows: &[Row], bayes: (&str, f64)) {
     let opt = |x: Option<f64>| x.map_or("     -".into(), |v| format!("{:>6.1}", 100.0 * v));
     println!(
-        "  {:<42} {:>8} {:>7} {:>6} {:>6} {:>6}",
-        "method", "bal.err%", "worst%", "many%", "med.%", "few%"
+        "  {:<42} {:>8} {:>7} {:>6} {:>6} {:>6} {:>6}",
+        "method", "bal.err%", "worst%", "many%", "med.%", "few%", "epoch"
     );
     for r in rows {
         println!(
-            "  {:<42} {:>8.2} {:>7.1} {} {} {}",
+            "  {:<42} {:>8.2} {:>7.1} {} {} {} {:>6}",
             r.method,
             100.0 * r.report.balanced_error,
             100.0 * r.report.worst_class_recall,
             opt(r.report.many),
             opt(r.report.medium),
-            opt(r.report.few)
+            opt(r.report.few),
+            r.epoch
         );
     }
     println!("  {:<42} {:>8.2}", bayes.0, 100.0 * bayes.1);
@@ -157,10 +168,12 @@ pub fn run() -> Result<(), String> {
         ctx.info().name,
         ctx.info().backend
     );
+    // Up to 60 epochs; the stopping point is chosen on the validation set.
     let config = TrainConfig {
-        epochs: 20,
+        epochs: 60,
         batch_size: 256,
         lr: 0.1,
+        patience: Some(10),
         ..TrainConfig::default()
     };
 
@@ -226,8 +239,12 @@ pub fn run() -> Result<(), String> {
         100.0 * (rows[0].report.balanced_error - bayes)
     );
     println!(
-        "\n(bal.err: balanced error; worst: worst-class recall; many/med./few: mean recall of classes with >100 / 20-100 / <20 training rows.)\n\
+        "\n(bal.err: balanced error; worst: worst-class recall; many/med./few: mean recall of classes with >100 / 20-100 / <20 training rows;\n \
+         epoch: the weights kept, those of the lowest balanced error on the validation set, with training stopped after {} evaluations\n \
+         without improvement (at most {} epochs); post-hoc tau (val.) is chosen on the same validation set.)\n\
          done in {:.1} s on {} ({:?}, {})",
+        config.patience.unwrap_or(0),
+        config.epochs,
         start.elapsed().as_secs_f64(),
         ctx.info().name,
         ctx.info().backend,

@@ -6,8 +6,10 @@ mod info;
 mod inputs;
 mod loss;
 mod npy;
+mod plot;
 mod posthoc;
 mod train;
+mod train_report;
 mod tune;
 
 use clap::{Parser, Subcommand};

@@ -152,6 +152,18 @@ pub fn read_matrix(
     what: &str,
     shape_name: &str,
 ) -> Result<(usize, usize, Vec<f32>), String> {
+    let (npy, n, c) = open_matrix(path, what, shape_name)?;
+    let data = npy.into_vec::<f32>().map_err(|e| read_err(path, what, e))?;
+    Ok((n, c, data))
+}
+
+/// The shape of a float32 matrix as [`read_matrix`] checks it, from its
+/// header alone: the data are not read.
+pub fn matrix_shape(path: &Path, what: &str, shape_name: &str) -> Result<(usize, usize), String> {
+    open_matrix(path, what, shape_name).map(|(_, n, c)| (n, c))
+}
+
+fn open_matrix(path: &Path, what: &str, shape_name: &str) -> Result<(Npy, usize, usize), String> {
     let opened = open(path, what)?;
     let (kind, size) = plain(&opened, path, what)?;
     let npy = opened.npy;
@@ -170,12 +182,27 @@ pub fn read_matrix(
         ));
     }
     let (n, c) = (shape[0] as usize, shape[1] as usize);
-    let data = npy.into_vec::<f32>().map_err(|e| read_err(path, what, e))?;
-    Ok((n, c, data))
+    Ok((npy, n, c))
 }
 
 /// Integer labels `(N,)`, int32 or int64.
 pub fn read_labels(path: &Path, what: &str) -> Result<Vec<i64>, String> {
+    let (npy, size) = open_labels(path, what)?;
+    if size == 4 {
+        let v = npy.into_vec::<i32>().map_err(|e| read_err(path, what, e))?;
+        Ok(v.into_iter().map(i64::from).collect())
+    } else {
+        npy.into_vec::<i64>().map_err(|e| read_err(path, what, e))
+    }
+}
+
+/// The length of a labels file as [`read_labels`] checks it, from its
+/// header alone.
+pub fn labels_len(path: &Path, what: &str) -> Result<usize, String> {
+    open_labels(path, what).map(|(npy, _)| npy.shape()[0] as usize)
+}
+
+fn open_labels(path: &Path, what: &str) -> Result<(Npy, u64), String> {
     let opened = open(path, what)?;
     let (kind, size) = plain(&opened, path, what)?;
     let npy = opened.npy;
@@ -186,12 +213,7 @@ pub fn read_labels(path: &Path, what: &str) -> Result<Vec<i64>, String> {
             describe(&npy)
         ));
     }
-    if size == 4 {
-        let v = npy.into_vec::<i32>().map_err(|e| read_err(path, what, e))?;
-        Ok(v.into_iter().map(i64::from).collect())
-    } else {
-        npy.into_vec::<i64>().map_err(|e| read_err(path, what, e))
-    }
+    Ok((npy, size))
 }
 
 /// A 1-D vector `(C,)` of integers (when `integers_ok`) or floats, as f64.
@@ -320,6 +342,15 @@ impl Outputs {
             .map_err(err)?;
         writer.extend(data.iter().copied()).map_err(err)?;
         writer.finish().map_err(err)
+    }
+
+    /// Write `text` (a picture, say) to a temporary file for `path`.
+    pub fn stage_text(&mut self, path: &Path, text: &str) -> Result<(), String> {
+        use std::io::Write;
+        let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
+        let (tmp, mut file) = unique_temp(path).map_err(err)?;
+        self.staged.push((tmp, path.to_path_buf()));
+        file.write_all(text.as_bytes()).map_err(err)
     }
 
     /// Rename every staged file into place.

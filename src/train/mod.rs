@@ -18,6 +18,14 @@ use crate::region::Region;
 use crate::softmax_xent::{BoundLoss, GradOutput, LossBuffers, SoftmaxXent};
 use crate::synthetic::Rng;
 
+mod fit;
+mod standardize;
+mod validation;
+
+pub use fit::{EpochRecord, FitReport, Progress};
+pub use standardize::Standardizer;
+use validation::ValidationSet;
+
 const WG: usize = 64;
 const FLAG_WRITE_GRAD: u32 = 1;
 /// The update loops over the batch's rows, and llvmpipe and lavapipe end an
@@ -50,6 +58,19 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Seed of the shuffling; the same seed gives the same weights on the same adapter.
     pub seed: u64,
+    /// With a validation set: evaluate after every `eval_every` epochs (and
+    /// after the last).
+    pub eval_every: usize,
+    /// With a validation set: stop when the validation balanced error has
+    /// not improved for this many evaluations (`None`: run every epoch).
+    /// Either way the weights of the best evaluation are the ones kept.
+    pub patience: Option<usize>,
+    /// With a validation set: evaluations before this epoch are recorded
+    /// but neither kept nor counted toward `patience` (`None`: a tenth of
+    /// `epochs`). An evaluation's balanced error moves in steps of
+    /// `1 / (C n_c)`, and a few lucky rows of the rarest classes must not
+    /// end a run that has only begun to learn.
+    pub warmup: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -61,11 +82,19 @@ impl Default for TrainConfig {
             momentum: 0.9,
             weight_decay: 5e-4,
             seed: 0,
+            eval_every: 1,
+            patience: None,
+            warmup: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// The first epoch whose evaluation may be kept: `warmup`, or a tenth of `epochs`.
+    pub fn warmup_epochs(&self) -> usize {
+        self.warmup.unwrap_or(self.epochs / 10)
+    }
+
     /// Epochs that give at least about 3000 SGD steps (and at least 30
     /// epochs, at most 1000): small training sets need more passes to
     /// converge, large ones fewer.
@@ -82,6 +111,11 @@ struct GatherParams {
     dim: u32,
     start: u32,
     _pad: u32,
+}
+
+/// Workgroups of a grid-stride pass over `elements` outputs.
+fn dispatch_groups(elements: usize) -> u32 {
+    elements.div_ceil(WG).clamp(1, 65_535) as u32
 }
 
 #[repr(C)]
@@ -229,7 +263,7 @@ impl BatchBuffers {
                 ctx,
                 "velocity",
                 bytemuck::cast_slice(&zeros),
-                U::STORAGE | U::COPY_DST,
+                U::STORAGE | U::COPY_SRC | U::COPY_DST,
             )?,
             unused: buffers::storage(ctx, "unused", 4, U::STORAGE)?,
             dim,
@@ -368,6 +402,8 @@ pub struct LinearTrainer {
     rng: Rng,
     data: TrainingData,
     batch: BatchBuffers,
+    /// The held-out set [`LinearTrainer::fit`] evaluates and stops on.
+    validation: Option<ValidationSet>,
     _params: Vec<buffers::ParamSlots>,
 }
 
@@ -451,6 +487,7 @@ impl LinearTrainer {
                 rows: n,
                 data,
                 batch: batch_buffers,
+                validation: None,
                 _params: params,
             })
         })
@@ -461,11 +498,47 @@ impl LinearTrainer {
         &self.config
     }
 
+    /// Hold out `features` (`N x D`) and `labels` (each in `[0, C)`):
+    /// [`LinearTrainer::fit`] then evaluates the validation balanced error
+    /// on the device every `eval_every` epochs, stops by `patience`, and
+    /// keeps the weights of the best evaluation.
+    pub fn with_validation(mut self, features: &[f32], labels: &[i64]) -> Result<Self> {
+        let ctx = self.ctx.clone();
+        let set = ctx.scoped(|| ValidationSet::new(&ctx, &self.batch, features, labels))?;
+        self.validation = Some(set);
+        Ok(self)
+    }
+
+    /// The validation balanced error of the current weights, computed on
+    /// the device (only the per-class counts come back).
+    pub fn validation_balanced_error(&self) -> Result<f64> {
+        let set = self
+            .validation
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("the trainer has no validation set".into()))?;
+        let ctx = &self.ctx;
+        ctx.scoped(|| {
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            set.record(ctx, &mut encoder);
+            ctx.queue().submit([encoder.finish()]);
+            let (counts, len) = set.counts();
+            let raw = buffers::read::<u32>(ctx, &[(counts, 0, len)])?;
+            set.balanced_error(&raw[0])
+        })
+    }
+
     /// One epoch: shuffle, then every full mini-batch (gather, logits, fused
     /// loss forward+backward, SGD step) recorded into one encoder and
     /// submitted once. Returns the mean of the batches' losses, the only
     /// value read back.
     pub fn epoch(&mut self) -> Result<f32> {
+        Ok(self.run_epoch(false)?.0)
+    }
+
+    /// One epoch and, when `evaluate`, the validation pass after its last
+    /// step in the same submission: the mean batch loss and the validation
+    /// balanced error, read back together.
+    fn run_epoch(&mut self, evaluate: bool) -> Result<(f32, Option<f64>)> {
         let mut order: Vec<u32> = (0..self.rows as u32).collect();
         for i in (1..order.len()).rev() {
             let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
@@ -473,55 +546,60 @@ impl LinearTrainer {
         }
         let ctx = &self.ctx;
         let batches = self.steps.len();
+        let validation = self.validation.as_ref().filter(|_| evaluate);
         ctx.scoped(|| {
             ctx.queue()
                 .write_buffer(&self.data.perm, 0, bytemuck::cast_slice(&order));
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             encoder.clear_buffer(&self.data.acc, 0, None);
-            let gather = ctx.kernels().pipeline(Entry::Gather, 0);
-            let accumulate = ctx.kernels().pipeline(Entry::Accumulate, 0);
-            let forward = ctx.kernels().pipeline(Entry::LinearForward, 0);
-            let update = ctx.kernels().pipeline(Entry::LinearUpdate, 0);
-            let groups = |elements: usize| elements.div_ceil(WG).clamp(1, 65_535) as u32;
-            let (d, c) = (self.dim + 1, self.classes);
-            for (gather_group, shape) in &self.steps {
-                let shape = &self.shapes[*shape];
-                {
-                    let mut pass = encoder.begin_compute_pass(&Default::default());
-                    pass.set_pipeline(&gather);
-                    pass.set_bind_group(0, gather_group, &[]);
-                    pass.dispatch_workgroups(groups(shape.rows * d), 1, 1);
-                    pass.set_pipeline(&forward);
-                    pass.set_bind_group(0, &shape.linear_group, &[]);
-                    pass.dispatch_workgroups(groups(shape.rows * c), 1, 1);
-                }
-                self.loss.record(&mut encoder, &shape.bound_loss);
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&update);
-                pass.set_bind_group(0, &shape.linear_group, &[]);
-                pass.dispatch_workgroups(groups(d * c), 1, 1);
-                pass.set_pipeline(&accumulate);
-                pass.set_bind_group(0, gather_group, &[]);
-                pass.dispatch_workgroups(1, 1, 1);
+            self.record_steps(&mut encoder);
+            if let Some(set) = validation {
+                set.record(ctx, &mut encoder);
             }
             ctx.queue().submit([encoder.finish()]);
-            let total = buffers::read_f32(ctx, &[(&self.data.acc, 0, 1)])?;
-            Ok(total[0][0] / batches.max(1) as f32)
+            let mut regions = vec![(&self.data.acc, 0, 1)];
+            if let Some(set) = validation {
+                let (counts, len) = set.counts();
+                regions.push((counts, 0, len));
+            }
+            let raw = buffers::read::<u32>(ctx, &regions)?;
+            let loss = f32::from_bits(raw[0][0]) / batches.max(1) as f32;
+            let balanced_error = match validation {
+                Some(set) => Some(set.balanced_error(&raw[1])?),
+                None => None,
+            };
+            Ok((loss, balanced_error))
         })
     }
 
-    /// All epochs; `progress(epoch, mean batch loss)` after each.
-    pub fn fit(&mut self, mut progress: impl FnMut(usize, f32)) -> Result<()> {
-        for epoch in 0..self.config.epochs {
-            let loss = self.epoch()?;
-            if !loss.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "training diverged at epoch {epoch} (loss {loss}); lower the learning rate"
-                )));
+    /// Every mini-batch of an epoch, in the permutation's order.
+    fn record_steps(&self, encoder: &mut wgpu::CommandEncoder) {
+        let kernels = self.ctx.kernels();
+        let gather = kernels.pipeline(Entry::Gather, 0);
+        let accumulate = kernels.pipeline(Entry::Accumulate, 0);
+        let forward = kernels.pipeline(Entry::LinearForward, 0);
+        let update = kernels.pipeline(Entry::LinearUpdate, 0);
+        let (d, c) = (self.dim + 1, self.classes);
+        for (gather_group, shape) in &self.steps {
+            let shape = &self.shapes[*shape];
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&gather);
+                pass.set_bind_group(0, gather_group, &[]);
+                pass.dispatch_workgroups(dispatch_groups(shape.rows * d), 1, 1);
+                pass.set_pipeline(&forward);
+                pass.set_bind_group(0, &shape.linear_group, &[]);
+                pass.dispatch_workgroups(dispatch_groups(shape.rows * c), 1, 1);
             }
-            progress(epoch, loss);
+            self.loss.record(encoder, &shape.bound_loss);
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&update);
+            pass.set_bind_group(0, &shape.linear_group, &[]);
+            pass.dispatch_workgroups(dispatch_groups(d * c), 1, 1);
+            pass.set_pipeline(&accumulate);
+            pass.set_bind_group(0, gather_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
         }
-        Ok(())
     }
 
     /// The weights `(D + 1) x C`, row-major; the last row is the bias.
@@ -638,70 +716,10 @@ impl LinearTrainer {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&ctx.kernels().pipeline(entry, 0));
                 pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(out_len.div_ceil(WG).clamp(1, 65_535) as u32, 1, 1);
+                pass.dispatch_workgroups(dispatch_groups(out_len), 1, 1);
             }
             ctx.queue().submit([encoder.finish()]);
             Ok(buffers::read_f32(ctx, &[(&out, 0, out_len)])?.remove(0))
         })
-    }
-}
-
-/// Per-feature standardisation fitted on training features: `(x - mean) / std`
-/// (a feature with zero spread is only centred).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Standardizer {
-    mean: Vec<f64>,
-    scale: Vec<f64>,
-}
-
-impl Standardizer {
-    /// Fit on `N x D` features.
-    pub fn fit(features: &[f32], dim: usize) -> Result<Self> {
-        let n = check_features(features, dim, "features")?;
-        if n == 0 {
-            return Err(Error::InvalidArgument(
-                "cannot standardise an empty set".into(),
-            ));
-        }
-        let mut mean = vec![0.0; dim];
-        for row in features.chunks(dim) {
-            for (m, &x) in mean.iter_mut().zip(row) {
-                *m += x as f64;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n as f64);
-        let mut var = vec![0.0; dim];
-        for row in features.chunks(dim) {
-            for ((v, &x), m) in var.iter_mut().zip(row).zip(&mean) {
-                *v += (x as f64 - m).powi(2);
-            }
-        }
-        let scale = var
-            .iter()
-            .map(|v| {
-                let sd = (v / n as f64).sqrt();
-                if sd > 0.0 {
-                    1.0 / sd
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        Ok(Self { mean, scale })
-    }
-
-    /// Apply to `N x D` features.
-    pub fn apply(&self, features: &[f32]) -> Result<Vec<f32>> {
-        let dim = self.mean.len();
-        check_features(features, dim, "features")?;
-        Ok(features
-            .chunks(dim)
-            .flat_map(|row| {
-                row.iter()
-                    .zip(&self.mean)
-                    .zip(&self.scale)
-                    .map(|((&x, m), s)| ((x as f64 - m) * s) as f32)
-            })
-            .collect())
     }
 }
