@@ -98,16 +98,15 @@ fn each_evaluation_equals_a_host_count_of_that_epochs_logits() {
             .filter_map(|r| r.validation_balanced_error)
             .fold(f64::INFINITY, f64::min);
         assert_eq!(best, lowest, "{what}");
-        let last_of_equals = report
+        let first_of_equals = report
             .curve
             .iter()
-            .rev()
             .find(|r| r.validation_balanced_error == Some(lowest))
             .unwrap()
             .epoch;
         assert_eq!(
-            epoch, last_of_equals,
-            "{what}: the latest of equals is kept"
+            epoch, first_of_equals,
+            "{what}: the earliest of equals is kept"
         );
         // What the trainer now holds is the kept evaluation's weights.
         assert_eq!(
