@@ -12,6 +12,8 @@ pub(crate) const POSTHOC_WGSL: &str = include_str!("../shaders/posthoc.wgsl");
 pub(crate) const CPU_POSTHOC_WGSL: &str = include_str!("../shaders/cpu_posthoc.wgsl");
 /// `shaders/metrics.wgsl`: exact per-class counts and label histograms.
 pub(crate) const METRICS_WGSL: &str = include_str!("../shaders/metrics.wgsl");
+/// `shaders/em.wgsl`: the EM estimate of a test prior, one step.
+pub(crate) const EM_WGSL: &str = include_str!("../shaders/em.wgsl");
 /// `shaders/gather.wgsl`: mini-batch assembly and the running loss.
 pub(crate) const GATHER_WGSL: &str = include_str!("../shaders/gather.wgsl");
 /// `shaders/linear.wgsl`: the linear classifier's forward and SGD step.
@@ -25,6 +27,7 @@ pub(crate) enum Family {
     PostHoc,
     CpuPostHoc,
     Metrics,
+    Em,
     Gather,
     Linear,
     Baseline,
@@ -36,6 +39,7 @@ impl Family {
             Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
             Family::CpuPostHoc => ("cpu_posthoc.wgsl", CPU_POSTHOC_WGSL),
             Family::Metrics => ("metrics.wgsl", METRICS_WGSL),
+            Family::Em => ("em.wgsl", EM_WGSL),
             Family::Gather => ("gather.wgsl", GATHER_WGSL),
             Family::Linear => ("linear.wgsl", LINEAR_WGSL),
             Family::Baseline => ("baseline.wgsl", BASELINE_WGSL),
@@ -73,6 +77,8 @@ impl Family {
             Family::CpuPostHoc => &[false, false, false],
             // labels, pred, counts
             Family::Metrics => &[false, false, false],
+            // logits, shift, partial, sums
+            Family::Em => &[true, true, false, false],
             // features, perm, labels, batch_features, batch_labels, status, acc
             Family::Gather => &[true, true, true, false, false, true, false],
             // a, w, velocity, g_logits, wgrad, out
@@ -105,6 +111,8 @@ pub(crate) enum Entry {
     Corrected,
     TopK,
     ClassCounts,
+    EmPartials,
+    EmReduce,
     Gather,
     Accumulate,
     LinearForward,
@@ -130,6 +138,8 @@ impl Entry {
             Entry::Corrected => "corrected",
             Entry::TopK => "topk_row_per_group",
             Entry::ClassCounts => "class_counts",
+            Entry::EmPartials => "em_partials",
+            Entry::EmReduce => "em_reduce",
             Entry::Gather => "gather",
             Entry::Accumulate => "accumulate",
             Entry::LinearForward => "forward",
@@ -154,6 +164,7 @@ impl Entry {
             | Entry::ArgmaxWindows16 { .. }
             | Entry::ArgmaxUnrolled16 { .. } => Family::CpuPostHoc,
             Entry::ClassCounts => Family::Metrics,
+            Entry::EmPartials | Entry::EmReduce => Family::Em,
             Entry::Gather | Entry::Accumulate => Family::Gather,
             Entry::LinearForward | Entry::LinearUpdate => Family::Linear,
             Entry::CopyVec4

@@ -31,7 +31,9 @@
 mod buffers;
 mod context;
 pub mod diagnostics;
+mod em;
 mod error;
+mod evaluation;
 mod kernels;
 mod layouts;
 mod loss;
@@ -48,12 +50,20 @@ mod train;
 pub mod tuning;
 
 pub use context::{adapters_from_env, instance_from_env, Capabilities, Context};
+pub use em::{EmOptions, PriorEstimate};
 pub use error::{Error, Result};
+pub use evaluation::{
+    expected_calibration_error, prior_weighted_accuracy, top_k_accuracy, Select, TauSelection,
+    ECE_BINS,
+};
 pub use loss::{LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX};
-pub use metrics::{check_labels, report, BoundCounts, ClassCounts, CountsBuffers, Report};
+pub use metrics::{
+    check_labels, report, report_with_groups, BoundCounts, ClassCounts, CountsBuffers, Report,
+    ShotGroups,
+};
 pub use posthoc::{
-    adjustments, check_logits, BoundPostHoc, DeviceLogits, PostHoc, PostHocBuffers, PostHocVariant,
-    Predictions, MAX_TAUS, MAX_TOP_K,
+    adjustments, adjustments_for_test_prior, check_logits, BoundPostHoc, DeviceLogits, PostHoc,
+    PostHocBuffers, PostHocVariant, Predictions, MAX_TAUS, MAX_TOP_K,
 };
 pub use prior::{count_labels, ClassPrior};
 pub use region::Region;

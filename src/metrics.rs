@@ -31,11 +31,11 @@ pub struct Report {
     pub balanced_error: f64,
     /// `min_c r_c` over classes with examples.
     pub worst_class_recall: f64,
-    /// Mean recall of classes with more than 100 training examples.
+    /// Mean recall of many-shot classes (more than 100 training examples by default, [`ShotGroups`]).
     pub many: Option<f64>,
-    /// Mean recall of classes with 20 to 100 training examples.
+    /// Mean recall of medium-shot classes (20 to 100 by default).
     pub medium: Option<f64>,
-    /// Mean recall of classes with fewer than 20 training examples.
+    /// Mean recall of few-shot classes (fewer than 20 by default).
     pub few: Option<f64>,
     /// `r_c = correct_c / total_c`; `None` for a class with no examples.
     pub per_class_recall: Vec<Option<f64>>,
@@ -57,10 +57,46 @@ pub fn check_labels(labels: &[i64], classes: usize) -> Result<()> {
     }
 }
 
+/// The training-count thresholds of the many/medium/few-shot groups.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShotGroups {
+    /// Many-shot: more than this many training examples (literature: 100).
+    pub many: f64,
+    /// Few-shot: fewer than this many (literature: 20); medium is between,
+    /// both ends included.
+    pub few: f64,
+}
+
+impl Default for ShotGroups {
+    fn default() -> Self {
+        Self {
+            many: 100.0,
+            few: 20.0,
+        }
+    }
+}
+
 /// The metrics from counts. `train_counts` (length C) defines the
-/// many/medium/few groups; without it the groups are absent. A group with
-/// no class that has evaluation examples is absent, not 0.
+/// many/medium/few groups (the literature's thresholds, [`ShotGroups`]);
+/// without it the groups are absent. A group with no class that has
+/// evaluation examples is absent, not 0.
 pub fn report(total: &[u64], correct: &[u64], train_counts: Option<&[f64]>) -> Result<Report> {
+    report_with_groups(total, correct, train_counts, ShotGroups::default())
+}
+
+/// [`report`] with the shot groups' thresholds given.
+pub fn report_with_groups(
+    total: &[u64],
+    correct: &[u64],
+    train_counts: Option<&[f64]>,
+    groups: ShotGroups,
+) -> Result<Report> {
+    if !(groups.many.is_finite() && groups.few.is_finite() && groups.few <= groups.many) {
+        return Err(Error::InvalidArgument(format!(
+            "shot groups need finite thresholds with few <= many, got few {} and many {}",
+            groups.few, groups.many
+        )));
+    }
     let c = total.len();
     if correct.len() != c {
         return Err(Error::ShapeMismatch {
@@ -106,9 +142,9 @@ pub fn report(total: &[u64], correct: &[u64], train_counts: Option<&[f64]>) -> R
         accuracy: correct.iter().sum::<u64>() as f64 / rows as f64,
         balanced_error: 1.0 - mean(&present).unwrap_or(0.0),
         worst_class_recall: present.iter().cloned().fold(f64::INFINITY, f64::min),
-        many: group(&|n| n > 100.0),
-        medium: group(&|n| (20.0..=100.0).contains(&n)),
-        few: group(&|n| n < 20.0),
+        many: group(&|n| n > groups.many),
+        medium: group(&|n| (groups.few..=groups.many).contains(&n)),
+        few: group(&|n| n < groups.few),
         per_class_recall,
     })
 }
@@ -116,13 +152,23 @@ pub fn report(total: &[u64], correct: &[u64], train_counts: Option<&[f64]>) -> R
 impl ClassCounts {
     /// The report for tau number `t`.
     pub fn report(&self, t: usize, train_counts: Option<&[f64]>) -> Result<Report> {
+        self.report_with_groups(t, train_counts, ShotGroups::default())
+    }
+
+    /// [`ClassCounts::report`] with the shot groups' thresholds given.
+    pub fn report_with_groups(
+        &self,
+        t: usize,
+        train_counts: Option<&[f64]>,
+        groups: ShotGroups,
+    ) -> Result<Report> {
         let correct = self.correct.get(t).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "tau index {t} out of range: {} taus",
                 self.correct.len()
             ))
         })?;
-        report(&self.total, correct, train_counts)
+        report_with_groups(&self.total, correct, train_counts, groups)
     }
 }
 

@@ -124,6 +124,8 @@ pub struct PostHoc {
     /// `f32(log pi_c)`, the table of `argmax_windows16` and
     /// `argmax_unrolled16`.
     log_prior: Vec<f32>,
+    /// `log pi_train_c - log pi_test_c` (f64), what a unit of tau subtracts.
+    offsets: Vec<f64>,
     adjust: wgpu::Buffer,
     /// Stands in for the writable binding an entry point does not use.
     unused: wgpu::Buffer,
@@ -150,6 +152,41 @@ impl Context {
 /// per class, and get the same bits (an f32 multiply is correctly rounded in
 /// WGSL, SPIR-V and GLSL alike).
 pub fn adjustments(prior: &ClassPrior, taus: &[f64]) -> Result<Vec<f32>> {
+    adjustments_for_test_prior(prior, None, taus)
+}
+
+/// `log pi_train_c - log pi_test_c` in f64, what a unit of tau subtracts;
+/// `log pi_train_c` alone for a balanced test set (the constant `log C`
+/// changes no argmax).
+fn log_offsets(prior: &ClassPrior, test: Option<&ClassPrior>) -> Result<Vec<f64>> {
+    let mut offsets = prior.log_prior();
+    if let Some(test) = test {
+        if test.classes() != prior.classes() {
+            return Err(Error::ShapeMismatch {
+                what: "test prior (classes of the training prior)".into(),
+                expected: prior.classes(),
+                got: test.classes(),
+            });
+        }
+        for (o, t) in offsets.iter_mut().zip(test.log_prior()) {
+            *o -= t;
+        }
+    }
+    Ok(offsets)
+}
+
+/// [`adjustments`] for a test set drawn from the prior `test` (docs/MATH.md
+/// section 6): `a_tc = f32(tau) * f32(log pi_train_c - log pi_test_c)`, the
+/// difference formed in f64. `None` is the balanced test set.
+pub fn adjustments_for_test_prior(
+    prior: &ClassPrior,
+    test: Option<&ClassPrior>,
+    taus: &[f64],
+) -> Result<Vec<f32>> {
+    adjustments_from(&log_offsets(prior, test)?, taus)
+}
+
+fn adjustments_from(offsets: &[f64], taus: &[f64]) -> Result<Vec<f32>> {
     if taus.is_empty() || taus.len() > MAX_TAUS {
         return Err(Error::InvalidArgument(format!(
             "need 1 to {MAX_TAUS} taus, got {}",
@@ -163,10 +200,9 @@ pub fn adjustments(prior: &ClassPrior, taus: &[f64]) -> Result<Vec<f32>> {
             value: taus[index],
         });
     }
-    let log_prior = prior.log_prior();
     Ok(taus
         .iter()
-        .flat_map(|&tau| log_prior.iter().map(move |&l| tau as f32 * l as f32))
+        .flat_map(|&tau| offsets.iter().map(move |&l| tau as f32 * l as f32))
         .collect())
 }
 
@@ -193,7 +229,34 @@ pub fn check_logits(logits: &[f32], classes: usize) -> Result<usize> {
 impl PostHoc {
     /// Validate the taus and upload the `T x C` adjustments.
     pub fn new(ctx: &Context, prior: &ClassPrior, taus: &[f64]) -> Result<Self> {
-        let adjustments = adjustments(prior, taus)?;
+        Self::for_test_prior(ctx, prior, None, taus)
+    }
+
+    /// Correction toward a test set drawn from `test` (`None`: balanced):
+    /// `argmax_c f_c - tau (log pi_train_c - log pi_test_c)`, where tau = 1
+    /// is the Bayes rule for that test distribution.
+    pub fn for_test_prior(
+        ctx: &Context,
+        prior: &ClassPrior,
+        test: Option<&ClassPrior>,
+        taus: &[f64],
+    ) -> Result<Self> {
+        Self::from_offsets(ctx, log_offsets(prior, test)?, taus)
+    }
+
+    /// The same correction at the single tau number `t`.
+    pub fn at_tau(&self, t: usize) -> Result<Self> {
+        self.check_tau_index(t)?;
+        Self::from_offsets(&self.ctx, self.offsets.clone(), &[self.taus[t]])
+    }
+
+    /// The context it runs on.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    fn from_offsets(ctx: &Context, offsets: Vec<f64>, taus: &[f64]) -> Result<Self> {
+        let adjustments = adjustments_from(&offsets, taus)?;
         let (adjust, unused, unused_state, unused_pred4) = ctx.scoped(|| {
             Ok((
                 buffers::upload(
@@ -209,10 +272,11 @@ impl PostHoc {
         })?;
         Ok(Self {
             ctx: ctx.clone(),
-            classes: prior.classes(),
+            classes: offsets.len(),
             taus: taus.to_vec(),
             adjustments,
-            log_prior: prior.log_prior().iter().map(|&l| l as f32).collect(),
+            log_prior: offsets.iter().map(|&l| l as f32).collect(),
+            offsets,
             adjust,
             unused,
             unused_state,

@@ -120,6 +120,23 @@ impl GaussianMixture {
         }
     }
 
+    /// The logits of the Bayes posterior under the class prior `prior`:
+    /// `f_c(x) = log p(x | c) + log pi_c` up to a constant per row,
+    /// `-|x - mu_c|^2 / 2 + log pi_c`, for `N x D` features (`N x C`). Their
+    /// softmax is the true posterior, for checks that need one.
+    pub fn bayes_logits(&self, features: &[f32], prior: &[f64]) -> Vec<f32> {
+        let dim = self.means.first().map_or(1, Vec::len).max(1);
+        features
+            .chunks(dim)
+            .flat_map(|x| {
+                self.means.iter().zip(prior).map(move |(m, p)| {
+                    let d2: f64 = m.iter().zip(x).map(|(a, &b)| (a - b as f64).powi(2)).sum();
+                    (-0.5 * d2 + p.ln()) as f32
+                })
+            })
+            .collect()
+    }
+
     /// The Bayes-optimal balanced prediction, `argmin_c |x - mu_c|^2`.
     pub fn balanced_bayes(&self, x: &[f32]) -> usize {
         let dist = |m: &Vec<f64>| {

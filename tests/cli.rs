@@ -455,7 +455,7 @@ fn posthoc_with_a_prior_alone(f: &Files, prior: &ClassPrior, c: usize) {
         &p("p.npy"),
     ]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("best tau: 1"), "{stdout}");
+    assert!(stdout.contains("chosen tau: 1"), "{stdout}");
 }
 
 #[test]

@@ -145,6 +145,8 @@ fn train_with_validation_files_keeps_the_best_evaluation() {
         ("--val-features", "xv.npy"),
         ("--val-labels", "yv.npy"),
         ("--out-logits", "logits.npy"),
+        ("--out-val-logits", "val_logits.npy"),
+        ("--plot-dir", "plots"),
     ] {
         args.extend([flag.to_string(), f.path(file).to_str().unwrap().into()]);
     }
@@ -166,6 +168,31 @@ fn train_with_validation_files_keeps_the_best_evaluation() {
     assert_eq!(v["validation"]["source"], "validation files");
     let (_, logits) = read_f32_npy(&f.path("logits.npy"));
     assert_eq!(logits.len(), 200 * 5);
+    let (header, val_logits) = read_f32_npy(&f.path("val_logits.npy"));
+    assert!(header.replace(' ', "").contains("(100,5"), "{header}");
+    assert_eq!(val_logits.len(), 100 * 5);
+    for (picture, texts) in [
+        (
+            "learning-curve.svg",
+            &["validation balanced error (%)", "kept: epoch"][..],
+        ),
+        (
+            "sweep.svg",
+            &["the tau sweep on the validation set", "chosen tau"][..],
+        ),
+        (
+            "classes.svg",
+            &[
+                "training examples (log scale)",
+                "trained with --loss logit-adjusted",
+            ][..],
+        ),
+    ] {
+        let svg = std::fs::read_to_string(f.path("plots").join(picture)).unwrap();
+        for text in texts {
+            assert!(svg.contains(text), "{picture}: {text:?} missing");
+        }
+    }
     // Without a validation set: the last epoch, as before.
     let mut plain = base(&f);
     plain.extend(["--epochs", "7", "--json"].map(String::from));

@@ -2,15 +2,26 @@
 
 use crate::error::Result;
 use crate::metrics::{check_labels, ClassCounts};
-use crate::posthoc::{adjustments, check_logits, Predictions};
+use crate::posthoc::{adjustments_for_test_prior, check_logits, Predictions};
 use crate::prior::ClassPrior;
 
 /// `argmax_c f_ic - a_tc` for each tau, ties to the smallest index, with the
 /// same f32 subtraction of the same `a_tc = f32(tau) * f32(log pi_c)` as the GPU.
 pub fn predict(prior: &ClassPrior, taus: &[f64], logits: &[f32]) -> Result<Predictions> {
+    predict_for_test_prior(prior, None, taus, logits)
+}
+
+/// [`predict`] toward a test set drawn from `test` (`None`: balanced), as
+/// [`crate::PostHoc::for_test_prior`].
+pub fn predict_for_test_prior(
+    prior: &ClassPrior,
+    test: Option<&ClassPrior>,
+    taus: &[f64],
+    logits: &[f32],
+) -> Result<Predictions> {
     let c = prior.classes();
     let n = check_logits(logits, c)?;
-    let a = adjustments(prior, taus)?;
+    let a = adjustments_for_test_prior(prior, test, taus)?;
     let by_tau = (0..taus.len())
         .map(|t| {
             (0..n)
@@ -39,9 +50,19 @@ pub fn predict(prior: &ClassPrior, taus: &[f64], logits: &[f32]) -> Result<Predi
 
 /// `f_ic - a_tc` for one tau.
 pub fn corrected(prior: &ClassPrior, tau: f64, logits: &[f32]) -> Result<Vec<f32>> {
+    corrected_for_test_prior(prior, None, tau, logits)
+}
+
+/// [`corrected`] toward a test set drawn from `test` (`None`: balanced).
+pub fn corrected_for_test_prior(
+    prior: &ClassPrior,
+    test: Option<&ClassPrior>,
+    tau: f64,
+    logits: &[f32],
+) -> Result<Vec<f32>> {
     let c = prior.classes();
     check_logits(logits, c)?;
-    let a = adjustments(prior, &[tau])?;
+    let a = adjustments_for_test_prior(prior, test, &[tau])?;
     Ok(logits
         .iter()
         .enumerate()
@@ -52,8 +73,19 @@ pub fn corrected(prior: &ClassPrior, tau: f64, logits: &[f32]) -> Result<Vec<f32
 /// The `k` best classes of each row under `tau`, best first, ties to the
 /// smaller index (`N x k`, row-major).
 pub fn top_k(prior: &ClassPrior, tau: f64, logits: &[f32], k: usize) -> Result<Vec<u32>> {
+    top_k_for_test_prior(prior, None, tau, logits, k)
+}
+
+/// [`top_k`] toward a test set drawn from `test` (`None`: balanced).
+pub fn top_k_for_test_prior(
+    prior: &ClassPrior,
+    test: Option<&ClassPrior>,
+    tau: f64,
+    logits: &[f32],
+    k: usize,
+) -> Result<Vec<u32>> {
     let c = prior.classes();
-    let g = corrected(prior, tau, logits)?;
+    let g = corrected_for_test_prior(prior, test, tau, logits)?;
     let mut out = Vec::with_capacity(g.len() / c.max(1) * k);
     for row in g.chunks(c) {
         let mut order: Vec<usize> = (0..c).collect();

@@ -2,7 +2,9 @@
 //! embedding the library would: `logits = X W` (bias folded into `W`), the
 //! fused loss recorded into the same command encoder, the weight gradient
 //! and an SGD step with momentum and weight decay. One host round trip per
-//! epoch, for the running loss. Shaders: `gather.wgsl`, `linear.wgsl`.
+//! epoch, for the running loss (and, with a validation set, its per-class
+//! counts: `validation.rs`; the loop, early stopping and the best weights:
+//! `fit.rs`). Shaders: `gather.wgsl`, `linear.wgsl`.
 //!
 //! This is also classifier re-training on frozen features: train a linear
 //! head with a logit-adjusted loss on embeddings from a pretrained network.

@@ -116,3 +116,7 @@ pub fn write_files(f: &Files, files: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
         write_npy(&f.path(name), descr, shape, bytes);
     }
 }
+
+pub fn f64s(v: &[f64]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}

@@ -5,8 +5,22 @@ use std::time::Instant;
 
 use logit_adjust::synthetic::{exponential_profile, normal_cdf, GaussianMixture, Rng, Sample};
 use logit_adjust::{
-    ClassPrior, Context, LinearTrainer, LossSpec, Report, Standardizer, TrainConfig,
+    ClassPrior, Context, FitReport, LinearTrainer, LossSpec, Report, ShotGroups, Standardizer,
+    TrainConfig,
 };
+
+use crate::plot::{LearningCurve, Picture};
+use crate::{npy, posthoc_report};
+
+/// Arguments of `demo`.
+#[derive(Debug, Default, clap::Args)]
+pub struct DemoArgs {
+    /// Also write pictures of the first problem into this folder:
+    /// sweep.svg (ERM's post-hoc tau sweep on validation), classes.svg
+    /// (test recall per class, head to tail) and learning-curve.svg.
+    #[arg(long)]
+    pub plot_dir: Option<std::path::PathBuf>,
+}
 
 /// One method's row of the table.
 struct Row {
@@ -41,14 +55,14 @@ fn evaluate(
 }
 
 /// Train with early stopping on the validation set's balanced error;
-/// returns the trainer holding the best evaluation's weights, and its epoch.
+/// returns the trainer holding the best evaluation's weights, and its run.
 fn train(
     ctx: &Context,
     spec: &LossSpec,
     train: &Sample,
     val: &Sample,
     config: &TrainConfig,
-) -> Result<(LinearTrainer, usize), String> {
+) -> Result<(LinearTrainer, FitReport), String> {
     let mut trainer = LinearTrainer::new(
         ctx,
         spec,
@@ -60,7 +74,22 @@ fn train(
     .and_then(|t| t.with_validation(&val.features, &val.labels))
     .map_err(err)?;
     let report = trainer.fit(|_| {}).map_err(err)?;
-    Ok((trainer, report.best.map_or(report.epochs_run(), |b| b.0)))
+    Ok((trainer, report))
+}
+
+fn kept(r: &FitReport) -> usize {
+    r.best.map_or(r.epochs_run(), |b| b.0)
+}
+
+/// What the pictures of a problem need besides the table.
+struct Extras {
+    taus: Vec<f64>,
+    /// ERM's post-hoc sweep on the validation set, and the tau it chose.
+    val_reports: Vec<Report>,
+    best: usize,
+    /// The logit-adjusted loss's run.
+    la_run: FitReport,
+    counts: Vec<f64>,
 }
 
 /// Standardise all three sets by the training set's statistics.
@@ -79,7 +108,7 @@ fn run_problem(
     sets: (Sample, Sample, Sample),
     config: &TrainConfig,
     full: bool,
-) -> Result<Vec<Row>, String> {
+) -> Result<(Vec<Row>, Extras), String> {
     let (mut tr, mut val, mut test) = sets;
     standardise([&mut tr, &mut val, &mut test])?;
     let c = counts.len();
@@ -87,7 +116,8 @@ fn run_problem(
         .map_err(err)?;
     let mut rows = Vec::new();
 
-    let (erm, erm_epoch) = train(ctx, &LossSpec::cross_entropy(c), &tr, &val, config)?;
+    let (erm, erm_run) = train(ctx, &LossSpec::cross_entropy(c), &tr, &val, config)?;
+    let erm_epoch = kept(&erm_run);
     let test_logits = erm.logits(&test.features).map_err(err)?;
     let val_logits = erm.logits(&val.features).map_err(err)?;
     let taus: Vec<f64> = (0..=12).map(|k| k as f64 * 0.25).collect();
@@ -116,6 +146,7 @@ fn run_problem(
         report: test_reports.swap_remove(best),
         epoch: erm_epoch,
     });
+    let mut la_run = None;
 
     let mut methods = vec![(
         "logit-adjusted loss, tau = 1",
@@ -126,7 +157,9 @@ fn run_problem(
         methods.push(("LDAM", LossSpec::ldam(&prior)));
     }
     for (name, spec) in methods {
-        let (model, epoch) = train(ctx, &spec, &tr, &val, config)?;
+        let (model, run) = train(ctx, &spec, &tr, &val, config)?;
+        let epoch = kept(&run);
+        la_run.get_or_insert(run);
         let logits = model.logits(&test.features).map_err(err)?;
         let report = evaluate(ctx, &prior, &[0.0], &logits, &test.labels)?.remove(0);
         rows.push(Row {
@@ -135,7 +168,69 @@ fn run_problem(
             epoch,
         });
     }
-    Ok(rows)
+    let extras = Extras {
+        taus,
+        val_reports,
+        best,
+        la_run: la_run.unwrap_or(erm_run),
+        counts: counts.iter().map(|&n| n as f64).collect(),
+    };
+    Ok((rows, extras))
+}
+
+/// `--plot-dir`: for the first problem, ERM's post-hoc sweep on the
+/// validation set, the test recall per class of ERM, ERM + post-hoc and the
+/// logit-adjusted loss, and the logit-adjusted loss's learning curve.
+fn pictures(dir: &std::path::Path, rows: &[Row], x: &Extras, warmup: usize) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("--plot-dir {}: {e}", dir.display()))?;
+    let mut files = npy::Outputs::default();
+    let path = dir.join("sweep.svg");
+    let bytes = posthoc_report::sweep_picture(
+        &path,
+        "validation",
+        &x.taus,
+        &x.val_reports,
+        x.best,
+        "lowest balanced error on validation",
+        ShotGroups::default(),
+    )?;
+    files.stage_bytes(&path, &bytes)?;
+    let path = dir.join("classes.svg");
+    let series: Vec<(String, &Report)> = [0, 2, 3]
+        .iter()
+        .map(|&k| (rows[k].method.clone(), &rows[k].report))
+        .collect();
+    let bytes = posthoc_report::classes_picture(&path, "the test set", &x.counts, &series)?;
+    files.stage_bytes(&path, &bytes)?;
+    let path = dir.join("learning-curve.svg");
+    let curve = &x.la_run.curve;
+    let loss: Vec<(f64, f64)> = curve
+        .iter()
+        .map(|e| (e.epoch as f64, e.loss as f64))
+        .collect();
+    let val = vec![(
+        "validation balanced error".to_string(),
+        curve
+            .iter()
+            .filter_map(|e| {
+                e.validation_balanced_error
+                    .map(|v| (e.epoch as f64, 100.0 * v))
+            })
+            .collect(),
+    )];
+    let bytes = LearningCurve {
+        title: "the logit-adjusted loss (tau = 1): learning curve",
+        loss: &loss,
+        validation: &val,
+        chosen: x
+            .la_run
+            .best
+            .map(|(e, v)| (e, format!("kept: epoch {e} ({:.2}%)", 100.0 * v))),
+        warmup: Some(warmup),
+    }
+    .render(&path)?;
+    files.stage_bytes(&path, &bytes)?;
+    files.commit()
 }
 
 fn print_rows(rows: &[Row], bayes: (&str, f64)) {
@@ -159,7 +254,7 @@ fn print_rows(rows: &[Row], bayes: (&str, f64)) {
     println!("  {:<42} {:>8.2}", bayes.0, 100.0 * bayes.1);
 }
 
-pub fn run() -> Result<(), String> {
+pub fn run(args: &DemoArgs) -> Result<(), String> {
     let start = Instant::now();
     println!("logit-adjust demo: long-tail learning by logit adjustment (Menon et al., ICLR 2021), trained on the GPU");
     let ctx = Context::new().map_err(err)?;
@@ -208,7 +303,10 @@ pub fn run() -> Result<(), String> {
         counts.iter().sum::<usize>(),
         test.labels.len()
     );
-    let rows = run_problem(&ctx, &counts, sets, &config, true)?;
+    let (rows, extras) = run_problem(&ctx, &counts, sets, &config, true)?;
+    if let Some(dir) = &args.plot_dir {
+        pictures(dir, &rows, &extras, config.warmup_epochs())?;
+    }
     print_rows(&rows, ("Bayes-optimal (balanced), on the test set", bayes));
     let erm = rows[0].report.balanced_error;
     let la = rows[3].report.balanced_error;
@@ -231,7 +329,7 @@ pub fn run() -> Result<(), String> {
     // The balanced-optimal separator is x1 + x2 = 0: error Phi(-sqrt 2).
     let bayes = normal_cdf(-std::f64::consts::SQRT_2);
     println!("\n[2/2] two Gaussians at +-(1, 1), identity covariance, P(y = +1) = 5% (10,000 training rows), balanced test set of 40,000 rows:");
-    let rows = run_problem(&ctx, &counts, sets, &config, false)?;
+    let (rows, _) = run_problem(&ctx, &counts, sets, &config, false)?;
     print_rows(&rows, ("Bayes-optimal (balanced), Phi(-sqrt 2)", bayes));
     println!(
         "  logit-adjusted loss: {:.2} points from the Bayes-optimal balanced error; ERM: {:.2}",

@@ -2,12 +2,14 @@
 
 mod bench;
 mod demo;
+mod engine;
 mod info;
 mod inputs;
 mod loss;
 mod npy;
 mod plot;
 mod posthoc;
+mod posthoc_report;
 mod train;
 mod train_report;
 mod tune;
@@ -26,7 +28,7 @@ struct Cli {
 enum Command {
     /// The paper end to end on built-in synthetic long-tailed data, trained
     /// on the GPU (the default when no command is given).
-    Demo,
+    Demo(demo::DemoArgs),
     /// Time the kernels against a shader copy, the driver's copy and the
     /// unfused sequence, on the current adapter.
     Bench(bench::BenchArgs),
@@ -82,8 +84,11 @@ fn quiet_runtime_dir() {}
 fn main() {
     let cli = Cli::parse();
     quiet_runtime_dir();
-    let result = match cli.command.unwrap_or(Command::Demo) {
-        Command::Demo => demo::run(),
+    let result = match cli
+        .command
+        .unwrap_or(Command::Demo(demo::DemoArgs::default()))
+    {
+        Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Info { json } => info::run(json),
         Command::Loss(args) => loss::run(&args),

@@ -344,13 +344,13 @@ impl Outputs {
         writer.finish().map_err(err)
     }
 
-    /// Write `text` (a picture, say) to a temporary file for `path`.
-    pub fn stage_text(&mut self, path: &Path, text: &str) -> Result<(), String> {
+    /// Write `bytes` (a picture, say) to a temporary file for `path`.
+    pub fn stage_bytes(&mut self, path: &Path, bytes: &[u8]) -> Result<(), String> {
         use std::io::Write;
         let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
         let (tmp, mut file) = unique_temp(path).map_err(err)?;
         self.staged.push((tmp, path.to_path_buf()));
-        file.write_all(text.as_bytes()).map_err(err)
+        file.write_all(bytes).map_err(err)
     }
 
     /// Rename every staged file into place.
@@ -373,17 +373,6 @@ impl Drop for Outputs {
             }
         }
     }
-}
-
-/// A run's single output, written as a transaction of one.
-pub fn write_one<T: npyz::AutoSerialize + Copy>(
-    path: &Path,
-    shape: &[u64],
-    data: &[T],
-) -> Result<(), String> {
-    let mut files = Outputs::default();
-    files.stage(path, shape, data)?;
-    files.commit()
 }
 
 /// A new file beside `path`, named `.<name>.<pid>.<n>.tmp`, created with

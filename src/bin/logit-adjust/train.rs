@@ -97,10 +97,18 @@ pub struct TrainArgs {
     /// indices into the training files) here.
     #[arg(long, requires = "val_fraction")]
     pub out_split: Option<PathBuf>,
+    /// Write the validation logits (V, C) float32 of the kept model here.
+    #[arg(long)]
+    pub out_val_logits: Option<PathBuf>,
     /// Draw the learning curve (training loss, validation balanced error,
-    /// the kept epoch) as SVG.
+    /// the kept epoch): SVG, or PNG for a .png name.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Write learning-curve.svg, sweep.svg (the kept model's post-hoc tau
+    /// sweep, on validation when there is one) and classes.svg (test recall
+    /// per class, head to tail) into this folder.
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -141,6 +149,9 @@ impl TrainArgs {
 fn check_args(a: &TrainArgs) -> Result<(), String> {
     let need_validation =
         "needs a validation set: --val-fraction, or --val-features with --val-labels";
+    if a.out_val_logits.is_some() && !a.validating() {
+        return Err(format!("--out-val-logits {need_validation}"));
+    }
     if a.early_stop.is_some() && !a.validating() {
         return Err(format!("--early-stop {need_validation}"));
     }
@@ -175,14 +186,23 @@ fn check_args(a: &TrainArgs) -> Result<(), String> {
     ];
     inputs.extend(a.val_features.as_deref());
     inputs.extend(a.val_labels.as_deref());
-    let outputs: Vec<(&str, &std::path::Path)> = [
+    let in_dir = |name: &str| a.plot_dir.as_ref().map(|d| d.join(name));
+    let pictures = crate::train_report::PICTURES.map(in_dir);
+    let mut outputs: Vec<(&str, &std::path::Path)> = [
         ("--out-logits", &a.out_logits),
+        ("--out-val-logits", &a.out_val_logits),
         ("--out-split", &a.out_split),
         ("--plot", &a.plot),
     ]
     .into_iter()
     .filter_map(|(what, p)| p.as_deref().map(|p| (what, p)))
     .collect();
+    outputs.extend(
+        pictures
+            .iter()
+            .flatten()
+            .map(|p| ("--plot-dir", p.as_path())),
+    );
     npy::check_outputs(&inputs, &outputs)
 }
 

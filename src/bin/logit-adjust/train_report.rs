@@ -2,12 +2,14 @@
 //! chosen run only, the validation figures of every run, the learning
 //! curve, and the files asked for (written together or not at all).
 
-use logit_adjust::{ClassPrior, Context, FitReport, LinearTrainer, Report, TrainConfig};
+use logit_adjust::{
+    ClassPrior, Context, FitReport, LinearTrainer, Report, Select, ShotGroups, TrainConfig,
+};
 use serde_json::{json, Value};
 
-use crate::npy;
-use crate::plot::LearningCurve;
+use crate::plot::{LearningCurve, Picture};
 use crate::train::{read_test, Data, TrainArgs};
+use crate::{npy, posthoc_report};
 
 /// One trained model.
 pub struct Run {
@@ -84,7 +86,15 @@ pub fn finish(a: &TrainArgs, ctx: &Context, data: &Data, s: &Selection) -> Resul
         files.stage(path, &[rows.len() as u64], &rows)?;
     }
     if let Some(path) = &a.plot {
-        files.stage_text(path, &plot(a, s)?)?;
+        files.stage_bytes(path, &plot(a, s, path)?)?;
+    }
+    if let (Some(path), Some((vx, _))) = (&a.out_val_logits, &data.validation) {
+        let val = run.trainer.logits(vx).map_err(err)?;
+        files.stage(path, &[(val.len() / c) as u64, c as u64], &val)?;
+    }
+    if let Some(dir) = &a.plot_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--plot-dir {}: {e}", dir.display()))?;
+        plot_dir(a, ctx, data, s, dir, (&logits, &yt), &mut files)?;
     }
     files.commit()?;
     if a.json {
@@ -95,7 +105,70 @@ pub fn finish(a: &TrainArgs, ctx: &Context, data: &Data, s: &Selection) -> Resul
     Ok(())
 }
 
-fn plot(a: &TrainArgs, s: &Selection) -> Result<String, String> {
+/// The pictures `--plot-dir` writes.
+pub const PICTURES: [&str; 3] = ["learning-curve.svg", "sweep.svg", "classes.svg"];
+
+/// `--plot-dir`: the learning curve, the kept model's post-hoc sweep (on
+/// validation when there is one) and the test recall per class at tau = 0
+/// and at the sweep's tau.
+fn plot_dir(
+    a: &TrainArgs,
+    ctx: &Context,
+    data: &Data,
+    s: &Selection,
+    dir: &std::path::Path,
+    test: (&[f32], &[i64]),
+    files: &mut npy::Outputs,
+) -> Result<(), String> {
+    let run = &s.runs[s.chosen];
+    let c = data.c;
+    let path = dir.join(PICTURES[0]);
+    files.stage_bytes(&path, &plot(a, s, &path)?)?;
+    let smoothing = if s.counts.contains(&0.0) { 1.0 } else { 0.0 };
+    let prior = ClassPrior::from_counts_smoothed(&s.counts, smoothing).map_err(err)?;
+    let taus: Vec<f64> = (0..=8).map(|k| k as f64 * 0.25).collect();
+    let reports = |logits: &[f32], labels: &[i64], taus: &[f64]| -> Result<Vec<Report>, String> {
+        let p = ctx
+            .posthoc(&prior, taus)
+            .map_err(err)?
+            .predict(logits)
+            .map_err(err)?;
+        let counts = ctx.class_counts(labels, c, &p).map_err(err)?;
+        (0..taus.len())
+            .map(|t| counts.report(t, Some(&s.counts)).map_err(err))
+            .collect()
+    };
+    let (on, sweep) = match &data.validation {
+        Some((vx, vy)) => {
+            let logits = run.trainer.logits(vx).map_err(err)?;
+            ("validation", reports(&logits, vy, &taus)?)
+        }
+        None => ("test", reports(test.0, test.1, &taus)?),
+    };
+    let chosen = Select::BalancedError.best(&sweep);
+    let path = dir.join(PICTURES[1]);
+    let how = format!("lowest balanced error on {on}");
+    let bytes = posthoc_report::sweep_picture(
+        &path,
+        on,
+        &taus,
+        &sweep,
+        chosen,
+        &how,
+        ShotGroups::default(),
+    )?;
+    files.stage_bytes(&path, &bytes)?;
+    let at = reports(test.0, test.1, &[0.0, taus[chosen]])?;
+    let mut series = vec![(format!("trained with --loss {}", a.loss), &at[0])];
+    if chosen != 0 {
+        series.push((format!("+ post-hoc tau = {}", taus[chosen]), &at[1]));
+    }
+    let path = dir.join(PICTURES[2]);
+    let bytes = posthoc_report::classes_picture(&path, "the test set", &s.counts, &series)?;
+    files.stage_bytes(&path, &bytes)
+}
+
+fn plot(a: &TrainArgs, s: &Selection, path: &std::path::Path) -> Result<Vec<u8>, String> {
     let run = &s.runs[s.chosen];
     let loss: Vec<(f64, f64)> = run
         .report
@@ -146,7 +219,7 @@ fn plot(a: &TrainArgs, s: &Selection) -> Result<String, String> {
         chosen,
         warmup,
     }
-    .svg()
+    .render(path)
 }
 
 fn validation_json(a: &TrainArgs, data: &Data) -> Value {
