@@ -30,12 +30,20 @@ impl Select {
         }
     }
 
-    /// The index of the best report, the first of equals.
+    /// The index of the best report, the first of equals ([`first_best`]).
     pub fn best(self, reports: &[Report]) -> usize {
-        (0..reports.len())
-            .min_by(|&a, &b| self.loss(&reports[a]).total_cmp(&self.loss(&reports[b])))
-            .unwrap_or(0)
+        first_best(&reports.iter().map(|r| self.loss(r)).collect::<Vec<_>>())
     }
+}
+
+/// The first index whose value is within `1e-12 * max(1, |min|)` of the
+/// smallest. Metrics from integer counts that are equal as fractions can
+/// differ in the last bit with the order of a float sum, so "equal" allows
+/// for that, and the first of equals wins in every implementation.
+pub fn first_best(values: &[f64]) -> usize {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let tol = 1e-12 * min.abs().max(1.0);
+    values.iter().position(|&v| v <= min + tol).unwrap_or(0)
 }
 
 /// A tau chosen on validation and scored on test.

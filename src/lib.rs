@@ -53,8 +53,8 @@ pub use context::{adapters_from_env, instance_from_env, Capabilities, Context};
 pub use em::{EmOptions, PriorEstimate};
 pub use error::{Error, Result};
 pub use evaluation::{
-    expected_calibration_error, prior_weighted_accuracy, top_k_accuracy, Select, TauSelection,
-    ECE_BINS,
+    expected_calibration_error, first_best, prior_weighted_accuracy, top_k_accuracy, Select,
+    TauSelection, ECE_BINS,
 };
 pub use loss::{LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX};
 pub use metrics::{

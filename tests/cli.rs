@@ -381,13 +381,7 @@ fn posthoc_sweep_matches_the_reference_exactly() {
     let reports: Vec<_> = (0..taus.len())
         .map(|t| want.report(t, Some(&counts)).unwrap())
         .collect();
-    let best = (0..taus.len())
-        .min_by(|&a, &b| {
-            reports[a]
-                .balanced_error
-                .total_cmp(&reports[b].balanced_error)
-        })
-        .unwrap();
+    let best = logit_adjust::Select::BalancedError.best(&reports);
 
     let p = |x: &str| f.path(x).to_str().unwrap().to_string();
     for (source, file) in [("--class-counts", "n.npy"), ("--train-labels", "t.npy")] {

@@ -18,10 +18,13 @@ struct Shifted {
     logits: Vec<f32>,
 }
 
-fn shifted(seed: u64, n: usize) -> Shifted {
+/// `spread`: how far apart the class means are (standard deviations): EM's
+/// own error shrinks with it, what a known prior can correct grows as it
+/// falls.
+fn shifted(seed: u64, n: usize, spread: f64) -> Shifted {
     let c = 6;
     let mut rng = DataRng::new(seed);
-    let mixture = GaussianMixture::random(c, 6, 1.5, &mut rng);
+    let mixture = GaussianMixture::random(c, 6, spread, &mut rng);
     let counts: Vec<f64> = exponential_profile(c, 1000, 50.0)
         .iter()
         .map(|&k| k as f64)
@@ -53,7 +56,7 @@ fn total_variation(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn em_recovers_a_shifted_prior_on_the_gpu_and_the_cpu() {
     let seed = Rng::fresh().seed();
-    let s = shifted(seed, 20_000);
+    let s = shifted(seed, 20_000, 2.0);
     let cpu = reference::estimate_test_prior(&s.logits, &s.train, EmOptions::default()).unwrap();
     let tv = total_variation(&cpu.prior, &s.test_prior);
     assert!(
@@ -92,7 +95,7 @@ fn em_takes_rows_past_one_workgroup_and_a_single_class() {
             .unwrap();
         assert_eq!(e.prior, vec![1.0], "{what}");
         // 70,001 rows (more than one group's share, a ragged last block).
-        let s = shifted(3, 70_001);
+        let s = shifted(3, 70_001, 2.0);
         let gpu = ctx
             .estimate_test_prior(&s.logits, &s.train, EmOptions::default())
             .unwrap();
@@ -142,7 +145,7 @@ fn em_refuses_what_it_cannot_use() {
 #[test]
 fn a_known_test_prior_beats_the_balanced_correction_on_its_own_test_set() {
     let seed = Rng::fresh().seed();
-    let s = shifted(seed, 6_000);
+    let s = shifted(seed, 6_000, 1.0);
     let test = ClassPrior::from_probabilities(&s.test_prior).unwrap();
     let accuracy = |pred: &[u32]| {
         pred.iter()

@@ -41,6 +41,10 @@ def balanced_error(labels, pred, c):
 
 
 def long_tailed_digits(rng):
+    """Digits (float32 features, int64 labels), the row indices of a
+    long-tailed training half (n_c = floor(n_max rho^(-rank/(C-1))), random
+    class ranks, at least 2 rows), of a balanced test half (the same number
+    of rows per class), of the test half's other rows, and C."""
     x, y = load_digits(return_X_y=True)
     x = x.astype(np.float32)
     order = rng.permutation(len(y))

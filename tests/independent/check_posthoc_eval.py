@@ -189,7 +189,10 @@ def main():
                       "--val-labels", t.save("vy", yv), "--class-counts", n_path,
                       "--taus", ",".join(map(str, TAUS)), "--top-k", "8", "--out-pred", pred_path)
         val = [metrics(adjust(vl, offsets, tau).argmax(axis=1), yv) for tau in TAUS]
-        best = min(range(len(TAUS)), key=lambda k: (val[k]["balanced_error"], k))
+        # The first tau within 1e-12 of the lowest (equal fractions can
+        # differ in the last bit with the order of a float sum).
+        low = min(v["balanced_error"] for v in val)
+        best = next(k for k, v in enumerate(val) if v["balanced_error"] <= low + 1e-12 * max(1.0, abs(low)))
         tau = TAUS[best]
         z = adjust(tl, offsets, tau)
         want = metrics(z.argmax(axis=1), yt)
@@ -227,9 +230,14 @@ def main():
         # 4. EM on noise-free Bayes logits of a larger set from the shifted
         # prior (20,000 rows: the estimate's own sampling error is then well
         # inside 0.02).
+        # Its own, better separated mixture (means spread 2 standard
+        # deviations): over 60 draws the estimate's distance from the
+        # sample's prior stayed under 0.008 (under 0.018 at the spread of
+        # the other checks, 1.1).
+        mu_em = rng.normal(size=(C, D)) * 2.0
         per = np.round(20000 * shifted).astype(int)
-        xs, ys = sample(rng, mu, per)
-        clean = bayes_logits(xs, mu, prior)
+        xs, ys = sample(rng, mu_em, per)
+        clean = bayes_logits(xs, mu_em, prior)
         e = t.posthoc("--logits", t.save("clean", clean), "--labels", t.save("sy2", ys), "--class-counts", n_path,
                       "--tau", "1", "--estimate-test-prior")
         est = np.array(e["test_prior"]["prior"])

@@ -19,36 +19,22 @@ import sys
 import tempfile
 
 import numpy as np
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 
-RHO = float(os.environ.get("RHO", "100"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_early_stop import long_tailed_digits  # noqa: E402
 
 
 def main():
     tool = sys.argv[1] if len(sys.argv) > 1 else "target/release/logit-adjust"
     seed = int(os.environ.get("SEED", int.from_bytes(os.urandom(4), "little")))
     rng = np.random.default_rng(seed)
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    order = rng.permutation(len(y))
-    half = len(y) // 2
-    tr, te = order[:half], order[half:]
-    # Long-tailed training half: n_c = floor(n_max * rho^(-rank/(C-1))), random class ranks.
-    c = 10
-    ranks = rng.permutation(c)
-    keep = []
-    for k in range(c):
-        idx = tr[y[tr] == k]
-        n_k = int(np.floor(len(idx) * RHO ** (-ranks[k] / (c - 1))))
-        keep.extend(idx[: max(n_k, 2)])
-    keep = np.array(keep)
-    # A balanced test half: the same number of rows per class.
-    per = min(np.bincount(y[te], minlength=c))
-    test = np.concatenate([te[y[te] == k][:per] for k in range(c)])
+    # The long-tailed training half and the balanced test half, as
+    # check_early_stop.py draws them.
+    x, y, keep, test, _, c = long_tailed_digits(rng)
     print(f"seed {seed}: {len(keep)} long-tailed training rows, counts {np.bincount(y[keep], minlength=c).tolist()}, {len(test)} balanced test rows")
 
     scaler = StandardScaler().fit(x[keep])

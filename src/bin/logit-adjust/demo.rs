@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use logit_adjust::synthetic::{exponential_profile, normal_cdf, GaussianMixture, Rng, Sample};
 use logit_adjust::{
-    ClassPrior, Context, FitReport, LinearTrainer, LossSpec, Report, ShotGroups, Standardizer,
-    TrainConfig,
+    ClassPrior, Context, FitReport, LinearTrainer, LossSpec, Report, Select, ShotGroups,
+    Standardizer, TrainConfig,
 };
 
 use crate::plot::{LearningCurve, Picture};
@@ -123,13 +123,7 @@ fn run_problem(
     let taus: Vec<f64> = (0..=12).map(|k| k as f64 * 0.25).collect();
     // tau chosen on a balanced validation set, reported on the test set.
     let val_reports = evaluate(ctx, &prior, &taus, &val_logits, &val.labels)?;
-    let best = (0..taus.len())
-        .min_by(|&a, &b| {
-            val_reports[a]
-                .balanced_error
-                .total_cmp(&val_reports[b].balanced_error)
-        })
-        .unwrap_or(0);
+    let best = Select::BalancedError.best(&val_reports);
     let mut test_reports = evaluate(ctx, &prior, &taus, &test_logits, &test.labels)?;
     rows.push(Row {
         method: "ERM (cross-entropy)".into(),

@@ -175,12 +175,13 @@ impl Picture for LearningCurve<'_> {
                 .label(what.clone())
                 .legend(line_legend(RED));
         }
-        legend(&mut chart)
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
     }
 }
 
 fn legend<'a, DB: DrawingBackend + 'a, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    at: SeriesLabelPosition,
 ) -> DrawResult<DB>
 where
     X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
@@ -188,7 +189,7 @@ where
 {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(at)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
@@ -265,7 +266,7 @@ impl Picture for Sweep<'_> {
             ))?
             .label(what.clone())
             .legend(line_legend(RED));
-        legend(&mut chart)
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
     }
 }
 
@@ -341,12 +342,6 @@ impl Picture for Classes<'_> {
                 .legend(line_legend(colour));
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
+        legend(&mut chart, SeriesLabelPosition::LowerLeft)
     }
 }

@@ -388,12 +388,11 @@ pub fn run(a: &TrainArgs) -> Result<(), String> {
     }
     // The lowest validation balanced error, the first of equals; without a
     // validation set there is one run.
-    let chosen = (0..runs.len())
-        .min_by(|&i, &j| {
-            let e = |k: usize| runs[k].report.best.map_or(0.0, |b| b.1);
-            e(i).total_cmp(&e(j))
-        })
-        .unwrap_or(0);
+    let errors: Vec<f64> = runs
+        .iter()
+        .map(|r| r.report.best.map_or(0.0, |b| b.1))
+        .collect();
+    let chosen = logit_adjust::first_best(&errors);
     let selection = Selection {
         runs,
         chosen,
