@@ -179,6 +179,28 @@ impl Picture for LearningCurve<'_> {
     }
 }
 
+/// A line through `points` with a dot at each, in the legend as `name`.
+fn marked_line<'a, DB: DrawingBackend + 'a, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    points: &[(f64, f64)],
+    colour: RGBColor,
+    name: &str,
+) -> DrawResult<DB>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            colour.stroke_width(2),
+        ))?
+        .label(name)
+        .legend(line_legend(colour));
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+    Ok(())
+}
+
 fn legend<'a, DB: DrawingBackend + 'a, X, Y>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
     at: SeriesLabelPosition,
@@ -247,14 +269,7 @@ impl Picture for Sweep<'_> {
             if points.is_empty() {
                 continue;
             }
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    colour.stroke_width(2),
-                ))?
-                .label(name.clone())
-                .legend(line_legend(colour));
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+            marked_line(&mut chart, &points, colour, name)?;
         }
         let (tau, what) = &self.chosen;
         chart
@@ -333,14 +348,7 @@ impl Picture for Classes<'_> {
                 .enumerate()
                 .filter_map(|(i, v)| v.map(|v| (i as f64, v)))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    colour.stroke_width(2),
-                ))?
-                .label(name.clone())
-                .legend(line_legend(colour));
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+            marked_line(&mut chart, &points, colour, name)?;
         }
         legend(&mut chart, SeriesLabelPosition::LowerLeft)
     }
