@@ -1,7 +1,7 @@
 //! Per-adapter tuning: which layout (and workgroup size) is fastest for a
 //! given `C`, measured on the adapter by `diagnostics::measure_tuning` (the CLI's
 //! `tune` command) and cached per adapter and driver in a small text file.
-//! [`Context`] loads the cache when it opens a device; without one, the
+//! [`Context`](crate::Context) loads the cache when it opens a device; without one, the
 //! built-in defaults apply (see [`crate::Variant::Auto`]).
 //!
 //! The cache file holds one choice per line, for the largest `C` it covers:
