@@ -111,7 +111,9 @@ fn log_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let c_len = params.classes;
     let base = wid.x * c_len;
     let trips = (c_len + WG - 1u) / WG;
-    var m = -3.4028235e38;
+    // The lowest finite f32, written exactly (Tint rejects -3.4028235e38,
+    // which lies past it before rounding).
+    var m = -0x1.fffffep+127f;
     for (var k = 0u; k < trips; k++) {
         let c = k * WG + tid;
         if (c < c_len) {

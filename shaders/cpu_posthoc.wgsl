@@ -80,6 +80,12 @@ const MAX_TAU4: u32 = 16u;     // 64 taus at most, four per vec4
 @group(0) @binding(5) var<storage, read_write> pred4: array<vec4<u32>>;
 
 
+// -inf, computed: Tint (Chrome's WGSL compiler) folds a constant infinity
+// and rejects it, so the value depends on a uniform it cannot fold.
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xff800000u + min(params.rows, 0u));
+}
+
 // One thread per row over one window of classes, all taus at once, four per
 // vec4: a_tc comes from a uniform buffer at an index every thread shares (a
 // gather on lavapipe, see windows16, but not a loop over lanes). Plain float
@@ -103,7 +109,7 @@ fn argmax_windows(@builtin(global_invocation_id) gid: vec3<u32>) {
     var idx: array<vec4<u32>, MAX_TAU4>;
     for (var q = 0u; q < t4; q++) {
         if (w0 == 0u) {
-            best[q] = vec4(bitcast<f32>(0xff800000u));
+            best[q] = vec4(neg_inf());
             idx[q] = vec4(0u);
         } else {
             let v = state + 4u * q;
@@ -252,7 +258,7 @@ fn fold16(b: Best16, f: f32, a: Adjust16, c: u32) -> Best16 {
 }
 
 fn resume16(row: u32, t4: u32) -> Best16 {
-    let lowest = Best4(vec4(bitcast<f32>(0xff800000u)), vec4(0u));
+    let lowest = Best4(vec4(neg_inf()), vec4(0u));
     var b = Best16(lowest, lowest, lowest, lowest);
     if (params.window_start != 0u) {
         let state = row * 8u * t4;
@@ -382,7 +388,7 @@ fn argmax_unrolled16(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (row >= params.rows) {
         return;
     }
-    let lowest = Best4(vec4(bitcast<f32>(0xff800000u)), vec4(0u));
+    let lowest = Best4(vec4(neg_inf()), vec4(0u));
     var b = Best16(lowest, lowest, lowest, lowest);
     let base = row * POST_C;
     // Straight-line calls, not a loop: Mesa's NIR left a loop over C rolled
