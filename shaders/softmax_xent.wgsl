@@ -93,6 +93,7 @@ override WRITE_GRAD: bool = true; // xent_rows: fused forward+backward, else for
 override SEGMENTED: bool = false; // xent_rows: contiguous values per thread
 override FROM_NORM: bool = false; // xent_backward: p from (M, 1/S) in work, not from LSE
 override LABEL_KIND: u32 = 0u;    // 0 i32, 1 u32, 2 i64
+override GRAD_IN_LOGITS: bool = false; // in place: the gradient goes through `logits`
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Caller buffers are read_write even where only read: wgpu tracks usage per
@@ -102,8 +103,10 @@ override LABEL_KIND: u32 = 0u;    // 0 i32, 1 u32, 2 i64
 @group(0) @binding(2) var<storage, read_write> labels: array<i32>;
 // [b_0..b_{C-1}, m_0..m_{C-1}, alpha_0..alpha_{C-1}], the op's own buffer
 @group(0) @binding(3) var<storage, read> class_vecs: array<f32>;
-// The gradient, `stride` apart like the logits (the logits' own region when
-// in place: every element is read before its thread writes it).
+// The gradient, `stride` apart like the logits. In place (GRAD_IN_LOGITS) it
+// is written through `logits` instead, and this binding is a stand-in:
+// WebGPU refuses two writable bindings of overlapping ranges. Every element
+// is read before its own thread writes it.
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
 // LSE_i: written by the forward, read by xent_backward.
@@ -116,6 +119,14 @@ var<workgroup> tree: array<vec4<f32>, WG>;
 
 fn nan() -> f32 {
     return bitcast<f32>(0x7fc00000u + min(params.rows, 0u));
+}
+
+fn store_grad(e: u32, g: f32) {
+    if (GRAD_IN_LOGITS) {
+        logits[e] = g;
+    } else {
+        grad[e] = g;
+    }
 }
 
 // What a row needs to know about its label.
@@ -297,7 +308,7 @@ fn xent_rows(
             let c = start + k * step;
             if (c < c_len) {
                 let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-                grad[base + c] = scale * (z[k] * to_p - q);
+                store_grad(base + c, scale * (z[k] * to_p - q));
             }
         }
     }
@@ -380,7 +391,7 @@ fn xent_backward(
         if (c < c_len) {
             let z = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
             let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-            grad[base + c] = scale * (exp(z - m) * inv_s - q);
+            store_grad(base + c, scale * (exp(z - m) * inv_s - q));
         }
     }
 }

@@ -34,6 +34,7 @@ pub(crate) fn upload(
             ctx.queue().write_buffer(&buffer, 0, &padded);
         }
     }
+    ctx.tracer().upload(&buffer, contents);
     Ok(buffer)
 }
 
@@ -123,11 +124,13 @@ pub(crate) fn bind_group(
             resource,
         })
         .collect();
-    ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+    let group = ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(label),
         layout,
         entries: &entries,
-    })
+    });
+    ctx.tracer().group(&group, layout, &entries);
+    group
 }
 
 /// A binding of `size` bytes of `buffer` from `offset`.

@@ -5,6 +5,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
+use crate::trace::Tracer;
 use crate::tuning::Tuning;
 
 /// Optional features the kernels use when the adapter offers them.
@@ -51,6 +52,8 @@ struct Inner {
     lost: Arc<Mutex<Option<String>>>,
     /// GL only: one thread at a time in the library's device work.
     turn: Option<Turn>,
+    /// The record of pipelines, bind groups and uploads, once tracing is on.
+    tracer: Tracer,
 }
 
 /// A reentrant turn: wgpu's GL backend guards its one GL context with a lock
@@ -159,22 +162,15 @@ impl Context {
     /// Open a device on `adapter` with the adapter's own limits and the
     /// optional features the kernels use (timestamps, subgroups, f16).
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
-        let info = adapter.get_info();
-        check_adapter(adapter, &info)?;
-        let features = adapter.features() & WANTED_FEATURES;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("logit-adjust"),
-            required_features: features,
-            required_limits: adapter.limits(),
-            ..Default::default()
-        }))
-        .map_err(|e| Error::Gpu(format!("request_device on {}: {e}", info.name)))?;
-        Self::from_wgpu(device, queue, info)
+        let (device, queue) = open_device(adapter, adapter.limits())?;
+        Self::from_wgpu(device, queue, adapter.get_info())
     }
 
     /// Borrow a device and queue the caller already has (e.g. a training
     /// engine's), so that kernels read and write the engine's buffers.
-    /// `info` is used for reporting only. The context sets the device's
+    /// `info` names the adapter in reports, and its `device_type` chooses
+    /// the kernels: `Cpu` gets the layouts kept for CPU adapters, any other
+    /// type the GPU path (so a CPU adapter can run either). The context sets the device's
     /// lost callback, so that a lost device becomes [`Error::DeviceLost`]
     /// (see [`Context::lost`]).
     pub fn from_wgpu(
@@ -203,7 +199,8 @@ impl Context {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             limits,
         };
-        let kernels = Kernels::new(&device);
+        let tracer = Tracer::default();
+        let kernels = Kernels::new(&device, tracer.clone());
         let tuning = RwLock::new(Tuning::load_cached(&info));
         let lost = Arc::new(Mutex::new(None));
         let on_lost = Arc::clone(&lost);
@@ -222,8 +219,28 @@ impl Context {
                 kernels,
                 tuning,
                 lost,
+                tracer,
             }),
         })
+    }
+
+    /// Record, from now on, every pipeline, bind group and upload the
+    /// library makes on this context, so that a bound run's steps can be
+    /// read as data ([`crate::trace::Traced`]). For harnesses that replay
+    /// the kernels on another host; create the ops after this call.
+    pub fn enable_trace(&self) {
+        self.inner.tracer.enable();
+    }
+
+    /// What the library uploaded into `buffer` when it created it (tracing
+    /// only): the initial contents of an op's own buffers (parameters,
+    /// class vectors, tables). `None` for buffers it did not upload.
+    pub fn initial_contents(&self, buffer: &wgpu::Buffer) -> Option<Vec<u8>> {
+        self.inner.tracer.contents(buffer)
+    }
+
+    pub(crate) fn tracer(&self) -> &Tracer {
+        &self.inner.tracer
     }
 
     /// The wgpu device.
@@ -310,6 +327,24 @@ impl Context {
         }
         result
     }
+}
+
+/// A device on `adapter` with these limits and the optional features the
+/// kernels use.
+pub(crate) fn open_device(
+    adapter: &wgpu::Adapter,
+    limits: wgpu::Limits,
+) -> Result<(wgpu::Device, wgpu::Queue)> {
+    let info = adapter.get_info();
+    check_adapter(adapter, &info)?;
+    let features = adapter.features() & WANTED_FEATURES;
+    pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("logit-adjust"),
+        required_features: features,
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .map_err(|e| Error::Gpu(format!("request_device on {}: {e}", info.name)))
 }
 
 fn check_adapter(adapter: &wgpu::Adapter, info: &wgpu::AdapterInfo) -> Result<()> {

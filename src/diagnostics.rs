@@ -46,6 +46,18 @@ pub struct Timer {
     timing: Timing,
 }
 
+/// The `q`-quantile of `v` (`q` in [0, 1]), linear between order
+/// statistics as numpy's default; NaN when empty.
+pub fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let at = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
+}
+
 /// The median of `v` (NaN when empty).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -86,6 +98,16 @@ impl Timer {
         reps: usize,
         record: &dyn Fn(&mut wgpu::ComputePass<'_>),
     ) -> Result<f64> {
+        self.time_pass_samples(reps, record).map(median)
+    }
+
+    /// The ms of each of `reps` runs of `record` (as [`Timer::time_pass`]),
+    /// for percentiles.
+    pub fn time_pass_samples(
+        &self,
+        reps: usize,
+        record: &dyn Fn(&mut wgpu::ComputePass<'_>),
+    ) -> Result<Vec<f64>> {
         self.time(reps, &|encoder, writes| {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("timed"),
@@ -102,6 +124,15 @@ impl Timer {
         reps: usize,
         record: &dyn Fn(&mut wgpu::CommandEncoder),
     ) -> Result<f64> {
+        self.time_encoder_samples(reps, record).map(median)
+    }
+
+    /// The ms of each of `reps` runs of `record` on the encoder.
+    pub fn time_encoder_samples(
+        &self,
+        reps: usize,
+        record: &dyn Fn(&mut wgpu::CommandEncoder),
+    ) -> Result<Vec<f64>> {
         self.time(reps, &|encoder, writes| match writes {
             Some(w) => {
                 let begin = wgpu::ComputePassTimestampWrites {
@@ -132,7 +163,7 @@ impl Timer {
         &self,
         reps: usize,
         run: &dyn Fn(&mut wgpu::CommandEncoder, Option<wgpu::ComputePassTimestampWrites<'_>>),
-    ) -> Result<f64> {
+    ) -> Result<Vec<f64>> {
         let ctx = &self.ctx;
         let device = ctx.device();
         let reps = reps.max(1);
@@ -157,7 +188,7 @@ impl Timer {
                             .map_err(|e| crate::Error::Gpu(e.to_string()))?;
                         times.push(start.elapsed().as_secs_f64() * 1e3);
                     }
-                    Ok(median(times))
+                    Ok(times)
                 }
                 Timing::GpuTimestamps => {
                     let count = 2 * reps as u32;
@@ -188,12 +219,10 @@ impl Timer {
                     let ticks =
                         buffers::read::<u64>(ctx, &[(&resolve, 0, count as usize)])?.remove(0);
                     let period_ns = ctx.queue().get_timestamp_period() as f64;
-                    Ok(median(
-                        ticks
-                            .chunks(2)
-                            .map(|t| t[1].wrapping_sub(t[0]) as f64 * period_ns * 1e-6)
-                            .collect(),
-                    ))
+                    Ok(ticks
+                        .chunks(2)
+                        .map(|t| t[1].wrapping_sub(t[0]) as f64 * period_ns * 1e-6)
+                        .collect())
                 }
             }
         })

@@ -21,6 +21,28 @@ pub(crate) const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
 /// `shaders/baseline.wgsl`: the copy floor and the unfused sequence (bench only).
 pub(crate) const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
 
+/// The text wgpu compiles for shader file `label`: the file as it is. In a
+/// debug build (the tests' build), `LOGIT_ADJUST_FAULT=grad-ulp` makes
+/// softmax_xent.wgsl write its first gradient element one ulp off, so the
+/// tests can see `logit-adjust check` catch a wrong kernel; release builds
+/// never read the variable.
+pub(crate) fn wgsl(label: &str, text: &'static str) -> Cow<'static, str> {
+    #[cfg(debug_assertions)]
+    if label == "softmax_xent.wgsl"
+        && std::env::var("LOGIT_ADJUST_FAULT").is_ok_and(|f| f == "grad-ulp")
+    {
+        let at = "fn store_grad(e: u32, g: f32) {";
+        assert!(text.contains(at), "softmax_xent.wgsl: store_grad moved");
+        return Cow::Owned(text.replace(
+            at,
+            "fn store_grad(e: u32, g_true: f32) {\n    \
+             let g = bitcast<f32>(bitcast<u32>(g_true) + select(0u, 1u, e == 0u));",
+        ));
+    }
+    let _ = label;
+    Cow::Borrowed(text)
+}
+
 /// A shader file and the bind-group layout its entry points share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
@@ -44,7 +66,7 @@ impl Family {
             Family::Linear => ("linear.wgsl", LINEAR_WGSL),
             Family::Baseline => ("baseline.wgsl", BASELINE_WGSL),
         };
-        (label, Cow::Borrowed(text))
+        (label, wgsl(label, text))
     }
 
     /// Uniform bindings after the storage ones (binding numbers), besides
@@ -194,6 +216,7 @@ struct Built {
 
 pub(crate) struct Kernels {
     device: wgpu::Device,
+    tracer: crate::trace::Tracer,
     built: Mutex<Built>,
 }
 
@@ -211,7 +234,7 @@ fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLay
 }
 
 impl FamilyObjects {
-    fn new(device: &wgpu::Device, family: Family) -> Self {
+    fn new(device: &wgpu::Device, tracer: &crate::trace::Tracer, family: Family) -> Self {
         let (label, source) = family.source();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
@@ -237,6 +260,7 @@ impl FamilyObjects {
             label: Some(label),
             entries: &entries,
         });
+        tracer.layout(&layout, label, &entries);
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(label),
             bind_group_layouts: &[Some(&layout)],
@@ -251,9 +275,10 @@ impl FamilyObjects {
 }
 
 impl Kernels {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, tracer: crate::trace::Tracer) -> Self {
         Self {
             device: device.clone(),
+            tracer,
             built: Mutex::new(Built::default()),
         }
     }
@@ -265,7 +290,7 @@ impl Kernels {
         let objects = guard
             .families
             .entry(family)
-            .or_insert_with(|| FamilyObjects::new(&self.device, family));
+            .or_insert_with(|| FamilyObjects::new(&self.device, &self.tracer, family));
         f(objects)
     }
 
@@ -295,7 +320,8 @@ impl Kernels {
                 constants.push(("POST_C", classes as f64));
                 constants.push(("POST_VEC4_OUT", if vec4_out { 1.0 } else { 0.0 }));
             }
-            self.device
+            let pipeline = self
+                .device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry.name()),
                     layout: Some(&objects.pipeline_layout),
@@ -306,7 +332,11 @@ impl Kernels {
                         zero_initialize_workgroup_memory: false,
                     },
                     cache: None,
-                })
+                });
+            let (label, _) = entry.family().source();
+            self.tracer
+                .pipeline(&pipeline, label, entry.name(), &constants);
+            pipeline
         });
         self.built
             .lock()

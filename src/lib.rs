@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod buffers;
+pub mod conformance;
 mod context;
 pub mod diagnostics;
 mod em;
@@ -46,6 +47,7 @@ mod region;
 mod softmax_xent;
 mod split;
 pub mod synthetic;
+pub mod trace;
 mod train;
 pub mod tuning;
 

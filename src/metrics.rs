@@ -225,6 +225,21 @@ impl BoundCounts {
     }
 }
 
+impl crate::trace::Traced for BoundCounts {
+    fn raw_steps(&self) -> Vec<crate::trace::RawStep> {
+        let (buffer, offset, bytes) = &self.counts;
+        std::iter::once(crate::trace::RawStep::Clear(
+            buffer.clone(),
+            *offset,
+            *bytes,
+        ))
+        .chain(self.chunks.iter().map(|(group, x)| {
+            crate::trace::RawStep::Dispatch(self.pipeline.clone(), group.clone(), [*x, 1, 1])
+        }))
+        .collect()
+    }
+}
+
 impl Context {
     /// Prepare device-resident counting on the caller's buffers.
     pub fn bind_counts(&self, b: &CountsBuffers) -> Result<BoundCounts> {

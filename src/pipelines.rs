@@ -25,6 +25,7 @@ pub(crate) struct Shader {
     bind_layout: wgpu::BindGroupLayout,
     layout: wgpu::PipelineLayout,
     cache: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    tracer: crate::trace::Tracer,
 }
 
 type PipelineKey = (&'static str, Vec<(&'static str, u64)>);
@@ -32,14 +33,15 @@ type PipelineKey = (&'static str, Vec<(&'static str, u64)>);
 impl Shader {
     /// Compile `source`; binding `i` of group 0 is `bindings[i]`.
     pub(crate) fn new(
-        device: &wgpu::Device,
+        ctx: &crate::Context,
         label: &'static str,
         source: &'static str,
         bindings: &[Binding],
     ) -> Self {
+        let device = ctx.device();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
+            source: wgpu::ShaderSource::Wgsl(crate::kernels::wgsl(label, source)),
         });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()
@@ -63,6 +65,7 @@ impl Shader {
             label: Some(label),
             entries: &entries,
         });
+        ctx.tracer().layout(&bind_layout, label, &entries);
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(label),
             bind_group_layouts: &[Some(&bind_layout)],
@@ -74,6 +77,7 @@ impl Shader {
             bind_layout,
             layout,
             cache: Mutex::new(HashMap::new()),
+            tracer: ctx.tracer().clone(),
         }
     }
 
@@ -98,7 +102,7 @@ impl Shader {
         cache
             .entry(key)
             .or_insert_with(|| {
-                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
                     layout: Some(&self.layout),
                     module: &self.module,
@@ -108,7 +112,10 @@ impl Shader {
                         zero_initialize_workgroup_memory: false,
                     },
                     cache: None,
-                })
+                });
+                self.tracer
+                    .pipeline(&pipeline, self.label, entry, constants);
+                pipeline
             })
             .clone()
     }

@@ -114,6 +114,17 @@ pub struct BoundPostHoc {
     _params: buffers::ParamSlots,
 }
 
+impl crate::trace::Traced for BoundPostHoc {
+    fn raw_steps(&self) -> Vec<crate::trace::RawStep> {
+        self.chunks
+            .iter()
+            .map(|(group, x)| {
+                crate::trace::RawStep::Dispatch(self.pipeline.clone(), group.clone(), [*x, 1, 1])
+            })
+            .collect()
+    }
+}
+
 /// Batched post-hoc correction for one prior and a list of taus.
 #[derive(Debug)]
 pub struct PostHoc {

@@ -87,6 +87,15 @@ impl BoundLoss {
     }
 }
 
+impl crate::trace::Traced for BoundLoss {
+    fn raw_steps(&self) -> Vec<crate::trace::RawStep> {
+        self.steps
+            .iter()
+            .map(|s| crate::trace::RawStep::Dispatch(s.pipeline.clone(), s.group.clone(), s.grid))
+            .collect()
+    }
+}
+
 /// What a bind asks of the row pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -260,6 +269,7 @@ impl SoftmaxXent {
         let reduced = self.spec.reduction() != Reduction::None && r.mode != Mode::Backward;
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let work = scratch.work(&self.ctx, 4 * plan.work_words as u64)?;
+        let standins = scratch.standins(&self.ctx)?;
         // Per-row losses feed the reduction even when the caller wants none.
         let own_rows = (reduced && r.row_loss.is_none())
             .then(|| scratch.rows(&self.ctx, 4 * r.rows as u64))
@@ -269,6 +279,7 @@ impl SoftmaxXent {
             plan: &plan,
             run: &r,
             work: &work,
+            standins: &standins,
             own_rows: own_rows.as_ref(),
         };
         let (xent_slots, reduce_slots) = builder.params();
@@ -320,6 +331,13 @@ impl Scratch {
     /// The work buffer, grown to at least `bytes`.
     fn work(&mut self, ctx: &crate::Context, bytes: u64) -> Result<wgpu::Buffer> {
         grow(ctx, &mut self.work, "softmax_xent work", bytes.max(16))
+    }
+
+    /// The stand-in slots: one per binding number, each at its own
+    /// storage-offset-aligned place.
+    fn standins(&mut self, ctx: &crate::Context) -> Result<wgpu::Buffer> {
+        let bytes = standin_align(ctx) * STANDIN_SLOTS;
+        grow(ctx, &mut self.standins, "softmax_xent stand-ins", bytes)
     }
 
     /// The op's own per-row losses, grown to at least `bytes`.
@@ -383,6 +401,13 @@ fn grow(
     }
 }
 
+/// Binding numbers a stand-in slot exists for (the files bind at most 9).
+const STANDIN_SLOTS: u64 = 10;
+
+fn standin_align(ctx: &crate::Context) -> u64 {
+    u64::from(ctx.limits().min_storage_buffer_offset_alignment).max(16)
+}
+
 /// Whether the run's logits and gradient regions take vec4 views: 16-byte
 /// aligned, with room in their buffers for the bytes rounded up to whole
 /// vec4s (the few past the region are read and masked, never written).
@@ -411,12 +436,30 @@ pub(super) struct Builder<'a, 'r> {
     pub(super) plan: &'a Plan,
     pub(super) run: &'a Run<'r>,
     work: &'a wgpu::Buffer,
+    standins: &'a wgpu::Buffer,
     own_rows: Option<&'a wgpu::Buffer>,
 }
 
 pub(super) type SlotFn<'s> = dyn Fn(usize) -> wgpu::BindingResource<'s> + 's;
 
 impl<'a, 'r> Builder<'a, 'r> {
+    /// What binding `binding` gets when the dispatch does not use it (its
+    /// flags keep the shader from touching it): a small slot of its own.
+    /// WebGPU (Dawn) refuses a dispatch whose writable storage bindings
+    /// overlap, even unused ones, so no stand-in may share a range with
+    /// another binding, and each binding number has its own slot.
+    fn standin(&self, binding: u64) -> wgpu::BindingResource<'a> {
+        let align = standin_align(&self.op.ctx);
+        buffers::range(self.standins, binding * align, 16)
+    }
+
+    /// softmax_xent.wgsl's GRAD_IN_LOGITS: an in-place gradient is
+    /// written through the `logits` binding itself.
+    fn grad_in_logits(&self) -> (&'static str, f64) {
+        let in_place = matches!(self.run.grad, GradOutput::InPlace);
+        ("GRAD_IN_LOGITS", f64::from(u8::from(in_place)))
+    }
+
     fn ignore_words(&self) -> (i32, i32) {
         let ignore = self.op.spec.ignore_index();
         (ignore as i32, (ignore >> 32) as i32)
@@ -524,11 +567,11 @@ impl<'a, 'r> Builder<'a, 'r> {
     /// Chunk `ch`'s per-row losses: the caller's, the op's own (a reduced
     /// loss the caller wants no rows of), or none (the work buffer stands
     /// in, never written).
-    fn row_loss_of(&self, ch: &plan::Chunk) -> wgpu::BindingResource<'a> {
+    fn row_loss_of(&self, ch: &plan::Chunk, binding: u64) -> wgpu::BindingResource<'a> {
         match (self.run.row_loss, self.own_rows) {
             (Some(region), _) => Self::rows_of(region, ch, 4),
             (None, Some(own)) => Self::rows_of(Region::whole(own), ch, 4),
-            (None, None) => self.work.as_entire_binding(),
+            (None, None) => self.standin(binding),
         }
     }
 
@@ -566,10 +609,10 @@ impl<'a, 'r> Builder<'a, 'r> {
                     slot(k),
                     Self::rows_of(r.labels, ch, r.label_type.bytes()),
                     self.op.class_vecs.as_entire_binding(),
-                    self.row_loss_of(ch),
+                    self.row_loss_of(ch, 3),
                     work(),
-                    work(),
-                    work(),
+                    self.standin(5),
+                    self.standin(6),
                 ],
             );
             steps.push(Step {
@@ -578,20 +621,28 @@ impl<'a, 'r> Builder<'a, 'r> {
                 grid: [ch.groups as u32, 1, 1],
             });
         }
-        let out = |region: Option<Region<'r>>| match region {
+        let out = |region: Option<Region<'r>>, binding| match region {
             Some(region) => region.binding(0, 4),
-            None => work(),
+            None => self.standin(binding),
         };
         let group = self.group(
             shader,
             vec![
                 slot(self.plan.chunks.len()),
-                work(),
+                self.standin(1),
                 self.op.class_vecs.as_entire_binding(),
+                self.standin(3),
                 work(),
-                work(),
-                if what == 1 { out(r.loss) } else { work() },
-                if what == 0 { out(r.bad_labels) } else { work() },
+                if what == 1 {
+                    out(r.loss, 5)
+                } else {
+                    self.standin(5)
+                },
+                if what == 0 {
+                    out(r.bad_labels, 6)
+                } else {
+                    self.standin(6)
+                },
             ],
         );
         steps.push(Step {
@@ -612,20 +663,22 @@ impl<'a, 'r> Builder<'a, 'r> {
     ) -> wgpu::BindGroup {
         let r = self.run;
         let ch = &self.plan.chunks[k];
-        let work = || self.work.as_entire_binding();
         let logits = self.logits_of(r.logits, ch);
         let grad = match r.grad {
             GradOutput::Separate(g) => self.logits_of(g, ch),
-            // In place, or never written: the logits' own region.
-            _ => self.logits_of(r.logits, ch),
+            // cpu_xent.wgsl writes an in-place gradient through this
+            // binding (CPU adapters only); softmax_xent.wgsl through
+            // `logits` (GRAD_IN_LOGITS), so nothing aliases there.
+            GradOutput::InPlace if cpu.is_some() => self.logits_of(r.logits, ch),
+            _ => self.standin(4),
         };
-        let row_loss = self.row_loss_of(ch);
+        let row_loss = self.row_loss_of(ch, 5);
         let lse = match r.lse {
             Some(region) => Self::rows_of(region, ch, 4),
-            None => work(),
+            None => self.standin(6),
         };
         let upstream = match r.upstream {
-            UpstreamBuffer::One => work(),
+            UpstreamBuffer::One => self.standin(8),
             UpstreamBuffer::Scalar(g) => g.binding(0, 4),
             UpstreamBuffer::PerRow(g) => Self::rows_of(g, ch, 4),
         };
@@ -637,7 +690,7 @@ impl<'a, 'r> Builder<'a, 'r> {
             grad,
             row_loss,
             lse,
-            work(),
+            self.work.as_entire_binding(),
             upstream,
         ];
         match cpu {
@@ -671,6 +724,7 @@ impl<'a, 'r> Builder<'a, 'r> {
                     f64::from(u8::from(self.run.mode == Mode::Fused)),
                 ),
                 ("SEGMENTED", f64::from(u8::from(segmented))),
+                self.grad_in_logits(),
                 SoftmaxXent::label_constant(self.run.label_type),
             ],
         );
@@ -718,6 +772,7 @@ impl<'a, 'r> Builder<'a, 'r> {
                 ("VPT", f64::from(b.vpt)),
                 ("SEGMENTED", f64::from(u8::from(b.segmented))),
                 ("FROM_NORM", f64::from(u8::from(from_norm))),
+                self.grad_in_logits(),
                 SoftmaxXent::label_constant(self.run.label_type),
             ],
         );

@@ -36,7 +36,7 @@ impl Kernels {
         table[..n].copy_from_slice(&class_vecs[..n]);
         Ok(Self {
             shader: Shader::new(
-                ctx.device(),
+                ctx,
                 "cpu_xent.wgsl",
                 include_str!("../../shaders/cpu_xent.wgsl"),
                 // softmax_xent.wgsl's bindings, then the `b` table.

@@ -173,6 +173,9 @@ pub struct SoftmaxXent {
 #[derive(Debug, Default)]
 struct Scratch {
     work: Option<wgpu::Buffer>,
+    /// Disjoint slots that stand in for the bindings a dispatch does not
+    /// use (see `Builder::standin`).
+    standins: Option<wgpu::Buffer>,
     rows: Option<wgpu::Buffer>,
     params: std::collections::HashMap<Vec<u8>, wgpu::Buffer>,
 }
@@ -215,7 +218,6 @@ impl SoftmaxXent {
         class_vecs.resize(class_vecs.len().next_multiple_of(4), 0.0);
         let cpu = ctx.info().device_type == wgpu::DeviceType::Cpu;
         ctx.scoped(|| {
-            let device = ctx.device();
             Ok(Self {
                 ctx: ctx.clone(),
                 spec: spec.clone(),
@@ -227,7 +229,7 @@ impl SoftmaxXent {
                     wgpu::BufferUsages::STORAGE,
                 )?,
                 xent: Shader::new(
-                    device,
+                    ctx,
                     "softmax_xent.wgsl",
                     include_str!("../../shaders/softmax_xent.wgsl"),
                     &XENT_BINDINGS,
@@ -238,7 +240,7 @@ impl SoftmaxXent {
                     None
                 },
                 reduce: Shader::new(
-                    device,
+                    ctx,
                     "loss_reduce.wgsl",
                     include_str!("../../shaders/loss_reduce.wgsl"),
                     &REDUCE_BINDINGS,

@@ -2,13 +2,13 @@
 //! ratio to a shader copy of the same bytes, the driver's buffer copy, and
 //! the unfused sequence frameworks run, all measured in the same run.
 
-use logit_adjust::diagnostics::{median, CopyBaseline, Timer, Unfused};
+use logit_adjust::diagnostics::{median, quantile, CopyBaseline, Timer, Unfused};
 use logit_adjust::synthetic::Rng;
 use logit_adjust::{
     BackwardBuffers, ClassPrior, Context, GradOutput, LabelType, LossBuffers, LossSpec,
     PostHocBuffers, Region, UpstreamBuffer, Variant,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 use wgpu::util::DeviceExt;
 
 /// Arguments of `bench`.
@@ -17,9 +17,13 @@ pub struct BenchArgs {
     /// Smaller shapes (N / 8) and fewer repetitions.
     #[arg(long)]
     quick: bool,
-    /// Print one JSON object.
-    #[arg(long)]
+    /// Print one JSON object: the run's header and one row per measurement.
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print one CSV row per measurement (with a header), every row
+    /// carrying the run's build, adapter and timestamp.
+    #[arg(long)]
+    csv: bool,
     /// Timed repetitions per measurement (the median is reported).
     #[arg(long)]
     reps: Option<usize>,
@@ -39,10 +43,21 @@ const SHAPES: [(usize, usize); 5] = [
 
 struct Row {
     op: &'static str,
+    /// forward, backward or full (both).
+    mode: &'static str,
     n: usize,
     c: usize,
+    /// Percentiles of the per-run times, ms.
+    p20: f64,
     ms: f64,
+    p80: f64,
+    samples: usize,
     bytes: f64,
+    /// The run's largest error against the f64 reference: absolute for
+    /// float outputs (the gradient; the loss for forward), the number of
+    /// differing predictions for post-hoc.
+    max_err: f64,
+    err_kind: &'static str,
     vs_copy: f64,
     vs_driver: f64,
     speedup_unfused: f64,
@@ -58,7 +73,8 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     let reps = a.reps.unwrap_or(if a.quick { 5 } else { 10 });
     let mut rng = Rng::new(42);
     let mut rows = Vec::new();
-    if !a.json {
+    let table = !a.json && !a.csv;
+    if table {
         eprintln!(
             "bench on {} ({:?}), timing: {}, {reps} repetitions, median",
             ctx.info().name,
@@ -71,14 +87,18 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
             continue;
         }
         let n = if a.quick { (n / 8).max(1) } else { n };
-        if !a.json {
+        if table {
             eprintln!("  {n} x {c} ...");
         }
         let shape = Shape::new(&ctx, &mut rng, n, c)?;
-        rows.extend(shape.measure(&ctx, &timer, reps, !a.json)?);
+        rows.extend(shape.measure(&ctx, &timer, reps, table)?);
     }
+    let when = crate::record::utc_now();
     if a.json {
-        print_json(&ctx, &timer, reps, &rows);
+        print_json(&ctx, &timer, reps, &rows, &when);
+    } else if a.csv {
+        let rows = json_rows(&ctx, &timer, reps, &rows, &when);
+        print!("{}", crate::record::csv(&CSV_COLUMNS, &rows));
     } else {
         print_table(&ctx, &timer, &rows);
     }
@@ -90,6 +110,10 @@ struct Shape {
     n: usize,
     c: usize,
     prior: ClassPrior,
+    /// The inputs on the host, for the reference.
+    host_logits: Vec<f32>,
+    host_labels: Vec<i64>,
+    loss: wgpu::Buffer,
     logits: wgpu::Buffer,
     labels: wgpu::Buffer,
     grad: wgpu::Buffer,
@@ -108,7 +132,7 @@ impl Shape {
             .map(|k| (1000.0 * 100f64.powf(-(k as f64) / c as f64)).max(1.0))
             .collect();
         let device = ctx.device();
-        let usage = wgpu::BufferUsages::STORAGE;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let init = |data: &[u8]| {
             device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: None,
@@ -130,6 +154,9 @@ impl Shape {
             prior: ClassPrior::from_counts(&counts).map_err(err)?,
             logits: init(bytemuck::cast_slice(&logits)),
             labels: init(bytemuck::cast_slice(&labels)),
+            loss: empty(16),
+            host_labels: labels.iter().map(|&y| i64::from(y)).collect(),
+            host_logits: logits,
             grad: empty(n * c * 4),
             lse: empty(n * 4),
             pred: empty(n * 16 * 4),
@@ -158,7 +185,12 @@ impl Shape {
                 ..LossBuffers::new(logits, labels, n)
             })
             .map_err(err)?;
-        let forward = op.bind(&LossBuffers::new(logits, labels, n)).map_err(err)?;
+        let forward = op
+            .bind(&LossBuffers {
+                loss: Some(Region::whole(&self.loss)),
+                ..LossBuffers::new(logits, labels, n)
+            })
+            .map_err(err)?;
         let generic = self.generic_fused(ctx, &op)?;
         let backward = op
             .bind_backward(&BackwardBuffers {
@@ -186,7 +218,6 @@ impl Shape {
         // N*C is the post-hoc floor (each the faster of two layouts).
         let full = CopyBaseline::new(ctx, n * c).map_err(err)?;
         let half = CopyBaseline::new(ctx, n * c / 2).map_err(err)?;
-        type Pass<'a> = Box<dyn Fn(&mut wgpu::ComputePass<'_>) + 'a>;
         let passes: Vec<Pass> = vec![
             Box::new(|p| fused.record_in_pass(p)),
             Box::new(|p| forward.record_in_pass(p)),
@@ -203,35 +234,31 @@ impl Shape {
         if let Some(g) = &generic {
             passes.push(Box::new(|p| g.record_in_pass(p)));
         }
-        let rounds = 3;
-        let per_round = reps.div_ceil(rounds).max(1);
-        let mut samples = vec![Vec::new(); passes.len() + 2];
-        for _ in 0..rounds {
-            for (k, pass) in passes.iter().enumerate() {
-                samples[k].push(timer.time_pass(per_round, pass.as_ref()).map_err(err)?);
-            }
-            for (k, copy) in [&full, &half].into_iter().enumerate() {
-                let ms = timer
-                    .time_encoder(per_round, &|enc| copy.record_driver_copy(enc))
-                    .map_err(err)?;
-                samples[passes.len() + k].push(ms);
-            }
-        }
+        let samples = sample_rounds(timer, reps, &passes, [&full, &half])?;
+        let stats: Vec<Stat> = samples.iter().map(|s| Stat::of(s)).collect();
         let m: Vec<f64> = samples.into_iter().map(median).collect();
         let np = passes.len();
         drop(passes);
         let t = Times {
-            fused: m[0],
-            forward: m[1],
-            posthoc: m[2],
-            backward: m[3],
+            fused: stats[0],
+            forward: stats[1],
+            posthoc: stats[2],
+            backward: stats[3],
             copy: m[4].min(m[5]),
             read: m[6].min(m[7]),
             copy_half: m[8].min(m[9]),
             driver: m[np],
             driver_half: m[np + 1],
-            fused_generic: generic.as_ref().map(|_| m[10]),
+            fused_generic: generic.as_ref().map(|_| stats[10]),
         };
+        let errors = self.errors(
+            ctx,
+            &op,
+            [&fused, &forward, &backward],
+            &ph16,
+            &bound16,
+            &taus,
+        )?;
         drop((full, half));
         let unfused = self.unfused(ctx, timer, reps.min(3), &op_posthoc1(ctx, self)?)?;
         if verbose {
@@ -240,7 +267,36 @@ impl Shape {
                 t.copy, t.read, t.driver, unfused.0
             );
         }
-        Ok(t.rows(n, c, unfused))
+        Ok(t.rows(n, c, unfused, &errors))
+    }
+
+    /// Each kernel run once more and compared with the reference.
+    fn errors(
+        &self,
+        ctx: &Context,
+        op: &logit_adjust::SoftmaxXent,
+        [fused, forward, backward]: [&logit_adjust::BoundLoss; 3],
+        ph16: &logit_adjust::PostHoc,
+        bound16: &logit_adjust::BoundPostHoc,
+        taus: &[f64],
+    ) -> Result<crate::bench_errors::Errors, String> {
+        crate::bench_errors::measure(
+            ctx,
+            &crate::bench_errors::Run {
+                spec: op.spec(),
+                prior: &self.prior,
+                taus,
+                logits: &self.host_logits,
+                labels: &self.host_labels,
+                grad: &self.grad,
+                loss: &self.loss,
+                pred: &self.pred,
+            },
+            &|enc| op.record(enc, fused),
+            &|enc| op.record(enc, forward),
+            &|enc| op.record(enc, backward),
+            &|enc| ph16.record(enc, bound16),
+        )
     }
 
     /// On CPU adapters the plan picks a layout of their own; the generic
@@ -302,6 +358,38 @@ impl Shape {
     }
 }
 
+type Pass<'a> = Box<dyn Fn(&mut wgpu::ComputePass<'_>) + 'a>;
+
+/// Every pass's per-run times and the two driver copies' medians, taking
+/// turns in three rounds so that a slow spell of a shared machine falls on
+/// all of them alike.
+fn sample_rounds(
+    timer: &Timer,
+    reps: usize,
+    passes: &[Pass],
+    copies: [&CopyBaseline; 2],
+) -> Result<Vec<Vec<f64>>, String> {
+    let rounds = 3;
+    let per_round = reps.div_ceil(rounds).max(1);
+    let mut samples = vec![Vec::new(); passes.len() + 2];
+    for _ in 0..rounds {
+        for (k, pass) in passes.iter().enumerate() {
+            samples[k].extend(
+                timer
+                    .time_pass_samples(per_round, pass.as_ref())
+                    .map_err(err)?,
+            );
+        }
+        for (k, copy) in copies.into_iter().enumerate() {
+            let ms = timer
+                .time_encoder(per_round, &|enc| copy.record_driver_copy(enc))
+                .map_err(err)?;
+            samples[passes.len() + k].push(ms);
+        }
+    }
+    Ok(samples)
+}
+
 /// A one-tau post-hoc sweep bound to a shape's logits.
 struct OneTau(logit_adjust::PostHoc, logit_adjust::BoundPostHoc);
 
@@ -317,109 +405,206 @@ fn op_posthoc1(ctx: &Context, s: &Shape) -> Result<OneTau, String> {
     Ok(OneTau(ph, bound))
 }
 
-/// Median ms of each kernel and baseline of one shape.
+/// p20, p50 and p80 of one measurement's per-run times, ms, and how many.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    p20: f64,
+    p50: f64,
+    p80: f64,
+    samples: usize,
+}
+
+impl Stat {
+    fn of(v: &[f64]) -> Self {
+        Self {
+            p20: quantile(v.to_vec(), 0.2),
+            p50: quantile(v.to_vec(), 0.5),
+            p80: quantile(v.to_vec(), 0.8),
+            samples: v.len(),
+        }
+    }
+}
+
+/// Each kernel's times (percentiles) and the baselines' medians, ms, of
+/// one shape.
 struct Times {
-    fused: f64,
-    forward: f64,
-    posthoc: f64,
-    backward: f64,
+    fused: Stat,
+    forward: Stat,
+    posthoc: Stat,
+    backward: Stat,
     copy: f64,
     read: f64,
     copy_half: f64,
     driver: f64,
     driver_half: f64,
     /// CPU adapters: the fused run in the generic layout.
-    fused_generic: Option<f64>,
+    fused_generic: Option<Stat>,
 }
 
 impl Times {
     /// The table's rows; `unfused` is (forward+backward, forward, post-hoc).
-    fn rows(&self, n: usize, c: usize, unfused: (f64, f64, f64)) -> Vec<Row> {
+    fn rows(
+        &self,
+        n: usize,
+        c: usize,
+        unfused: (f64, f64, f64),
+        e: &crate::bench_errors::Errors,
+    ) -> Vec<Row> {
         let b = (n * c * 4) as f64;
-        let row = |op, ms: f64, bytes, floor: f64, driver: f64, slow: f64| Row {
-            op,
-            n,
-            c,
-            ms,
-            bytes,
-            vs_copy: ms / floor,
-            vs_driver: ms / driver,
-            speedup_unfused: slow / ms,
-        };
         let per_row = (n * 8) as f64;
-        let mut rows = vec![
-            row(
+        let (abs, mismatches) = ("abs", "mismatches");
+        // (op, mode, times, bytes, copy floor, driver copy, unfused, error)
+        let mut specs = vec![
+            (
                 "fused",
+                "full",
                 self.fused,
                 2.0 * b + per_row,
                 self.copy,
                 self.driver,
                 unfused.0,
+                (e.fused, abs),
             ),
-            row(
+            (
+                "forward",
                 "forward",
                 self.forward,
                 b + per_row,
                 self.copy_half,
                 self.driver_half,
                 unfused.1,
+                (e.forward, abs),
             ),
         ];
-        if let Some(ms) = self.fused_generic {
-            rows.push(row(
+        if let Some(t) = self.fused_generic {
+            specs.push((
                 "fused-gen",
-                ms,
+                "full",
+                t,
                 2.0 * b + per_row,
                 self.copy,
                 self.driver,
                 unfused.0,
+                (f64::NAN, abs),
             ));
         }
-        rows.extend([
-            row(
+        specs.extend([
+            (
+                "backward",
                 "backward",
                 self.backward,
                 2.0 * b + per_row,
                 self.copy,
                 self.driver,
                 f64::NAN,
+                (e.backward, abs),
             ),
-            row(
+            (
                 "posthoc16",
+                "forward",
                 self.posthoc,
                 b + (n * 64) as f64,
                 self.read,
                 self.driver_half,
                 unfused.2,
+                (e.posthoc, mismatches),
             ),
         ]);
-        rows
+        specs
+            .into_iter()
+            .map(
+                |(op, mode, t, bytes, floor, driver, slow, (max_err, err_kind))| Row {
+                    op,
+                    mode,
+                    n,
+                    c,
+                    p20: t.p20,
+                    ms: t.p50,
+                    p80: t.p80,
+                    samples: t.samples,
+                    bytes,
+                    max_err,
+                    err_kind,
+                    vs_copy: t.p50 / floor,
+                    vs_driver: t.p50 / driver,
+                    speedup_unfused: slow / t.p50,
+                },
+            )
+            .collect()
     }
 }
 
-fn print_json(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row]) {
-    let out: Vec<_> = rows
-        .iter()
+/// Every row's columns, in CSV order.
+const CSV_COLUMNS: [&str; 24] = [
+    "timestamp",
+    "version",
+    "git_commit",
+    "adapter",
+    "backend",
+    "driver",
+    "device_type",
+    "timing",
+    "op",
+    "dtype",
+    "mode",
+    "n",
+    "c",
+    "p20_ms",
+    "p50_ms",
+    "p80_ms",
+    "samples",
+    "bytes",
+    "gb_per_s",
+    "max_err",
+    "err_kind",
+    "time_vs_shader_copy",
+    "time_vs_driver_copy",
+    "speedup_vs_unfused",
+];
+
+/// One JSON object per row, each carrying the run's build, adapter and
+/// timestamp, so that rows of many runs can be pooled.
+fn json_rows(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str) -> Vec<Value> {
+    let finite = |x: f64| x.is_finite().then_some(x);
+    rows.iter()
         .map(|r| {
-            json!({
-                "op": r.op, "n": r.n, "c": r.c, "median_ms": r.ms,
+            let mut row = crate::record::adapter_fields(ctx.info());
+            let fields = json!({
+                "timestamp": when,
+                "version": crate::record::VERSION,
+                "git_commit": crate::record::COMMIT,
+                "timing": timer.timing().name(),
+                "reps": reps,
+                "op": r.op, "dtype": "f32", "mode": r.mode, "n": r.n, "c": r.c,
+                "p20_ms": r.p20, "p50_ms": r.ms, "p80_ms": r.p80, "samples": r.samples,
+                "bytes": r.bytes as u64,
                 "gb_per_s": r.bytes / (r.ms * 1e-3) / 1e9,
+                "max_err": if r.err_kind == "mismatches" { json!(r.max_err as u64) } else { json!(finite(r.max_err)) }, "err_kind": r.err_kind,
                 "time_vs_shader_copy": r.vs_copy, "time_vs_driver_copy": r.vs_driver,
-                "speedup_vs_unfused": if r.speedup_unfused.is_nan() { None } else { Some(r.speedup_unfused) },
-            })
+                "speedup_vs_unfused": finite(r.speedup_unfused),
+            });
+            if let (Value::Object(a), Value::Object(b)) = (&mut row, fields) {
+                a.extend(b);
+            }
+            row
         })
-        .collect();
-    println!(
-        "{}",
-        json!({
-            "adapter": ctx.info().name,
-            "backend": format!("{:?}", ctx.info().backend),
-            "driver": ctx.info().driver_info,
-            "timing": timer.timing().name(),
-            "reps": reps,
-            "rows": out,
-        })
-    );
+        .collect()
+}
+
+fn print_json(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str) {
+    let mut head = crate::record::adapter_fields(ctx.info());
+    let fields = json!({
+        "timestamp": when,
+        "version": crate::record::VERSION,
+        "git_commit": crate::record::COMMIT,
+        "timing": timer.timing().name(),
+        "reps": reps,
+        "rows": json_rows(ctx, timer, reps, rows, when),
+    });
+    if let (Value::Object(a), Value::Object(b)) = (&mut head, fields) {
+        a.extend(b);
+    }
+    println!("{head}");
 }
 
 fn print_table(ctx: &Context, timer: &Timer, rows: &[Row]) {

@@ -1,6 +1,8 @@
 //! `logit-adjust`: the command-line tool over the library.
 
 mod bench;
+mod bench_errors;
+mod check;
 mod demo;
 mod engine;
 mod info;
@@ -10,9 +12,11 @@ mod npy;
 mod plot;
 mod posthoc;
 mod posthoc_report;
+mod record;
 mod train;
 mod train_report;
 mod tune;
+mod webgpu_export;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +36,10 @@ enum Command {
     /// Time the kernels against a shader copy, the driver's copy and the
     /// unfused sequence, on the current adapter.
     Bench(bench::BenchArgs),
+    /// Certify adapters: every kernel x dtype x shape class against the f64
+    /// reference, with errors, tolerances and timings (exit code 1 when a
+    /// supported cell fails).
+    Check(check::CheckArgs),
     /// List every adapter wgpu sees and what the kernels can use on it.
     Info {
         /// Print one JSON object.
@@ -90,6 +98,11 @@ fn main() {
     {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Check(args) => match check::run(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
         Command::Info { json } => info::run(json),
         Command::Loss(args) => loss::run(&args),
         Command::Posthoc(args) => posthoc::run(&args),
