@@ -24,7 +24,8 @@ pub struct Outcome {
     pub message: String,
     /// The largest `|got - ref|` over the outputs.
     pub max_abs_err: f64,
-    /// The largest `|got - ref| / |ref|` over elements with `ref != 0`.
+    /// The largest `|got - ref| / |ref|` over elements whose reference is
+    /// nonzero and above the absolute tolerance.
     pub max_rel_err: f64,
     /// The tolerances, in words.
     pub tolerance: String,
@@ -319,7 +320,10 @@ fn judge(e: &Expect, got: &[u8]) -> (bool, f64, f64, Option<String>) {
                 let err = (g - w).abs();
                 if g.is_finite() {
                     max_abs = max_abs.max(err);
-                    if w != 0.0 {
+                    // Relative error only where the reference stands above
+                    // the absolute tolerance: below it, any f32 rounding of
+                    // a tiny value is a large ratio and means nothing.
+                    if w != 0.0 && w.abs() > e.abs {
                         max_rel = max_rel.max(err / w.abs());
                     }
                 }
