@@ -3,11 +3,13 @@
 // (docs/MATH.md sections 1-5).
 //
 // Math, per row i with label y (ignored when y == ignore_index):
-//   z_c  = f_c + b_c - m_y [c == y]
+//   z_c  = s (f_c + b_c - m_y [c == y])     (logit scale s, 1 by default)
 //   LSE  = M + log S,  M = max_c z_c,  S = sum_c exp(z_c - M)
 //   l_i  = alpha_y ((1 - eps)(LSE - z_y) + eps (LSE - mean_c z_c))
-//   dl/df_c = scale_i alpha_y (p_c - q_c),  p_c = exp(z_c - M) / S
-//   q_c  = (1 - eps)[c == y] + eps / C,     scale_i = g_i / denom
+//          + lambda LSE^2                   (z-loss, lambda = 0 by default)
+//   dl/df_c = s scale_i (alpha_y (p_c - q_c) + 2 lambda LSE p_c),
+//   p_c = exp(z_c - M) / S,  q_c = (1 - eps)[c == y] + eps / C,
+//   scale_i = g_i / denom
 // `denom` (1, #valid rows or the sum of valid alpha_y) is written into
 // `work` by loss_reduce.wgsl's normalizer before any gradient is formed;
 // g_i is the upstream gradient (1, one scalar, or one per row).
@@ -70,9 +72,13 @@ struct Params {
     smoothing: f32,     // eps in [0, 1)
     span: u32,          // xent_split_*: classes per chunk
     chunks: u32,        // xent_split_*: chunks per row
-    _pad: u32,
+    logit_scale: f32,   // s in z = s (f + b - m [c = y]); 1 leaves z as it was
     split_base: u32,    // word offset of the split partials in `work`
     norm_base: u32,     // word offset of the per-row (M, 1/S) in `work`
+    z_loss: f32,        // lambda of the z-loss lambda LSE^2; 0: none
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const FLAG_UPSTREAM_SCALAR: u32 = 1u;   // one g in upstream[0]
@@ -94,6 +100,10 @@ override SEGMENTED: bool = false; // xent_rows: contiguous values per thread
 override FROM_NORM: bool = false; // xent_backward: p from (M, 1/S) in work, not from LSE
 override LABEL_KIND: u32 = 0u;    // 0 i32, 1 u32, 2 i64
 override GRAD_IN_LOGITS: bool = false; // in place: the gradient goes through `logits`
+// The options, off in the pipelines of a spec without them, so that those
+// compile to exactly the code without them; their values come from params.
+override SCALED: bool = false;    // a logit scale s != 1
+override Z_LOSS: bool = false;    // a z-loss lambda != 0
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Caller buffers are read_write even where only read: wgpu tracks usage per
@@ -180,12 +190,18 @@ fn row_loss_of(t: Target, total: vec4<f32>) -> f32 {
     let eps = params.smoothing;
     let log_z = total.x + log(total.y);
     let mean_z = total.z / f32(params.classes);
-    let l = t.alpha * ((1.0 - eps) * (log_z - total.w) + eps * (log_z - mean_z));
+    var l = t.alpha * ((1.0 - eps) * (log_z - total.w) + eps * (log_z - mean_z));
+    if (Z_LOSS) {
+        l += params.z_loss * log_z * log_z;
+    }
     return select(select(l, 0.0, t.ignored), nan(), t.bad);
 }
 
-// scale_i alpha_y: 0 for ignored rows, NaN for bad ones.
-fn grad_scale(row: u32, t: Target) -> f32 {
+// The gradient dl/df_c = s g/denom (alpha_y (p_c - q_c) + 2 lambda LSE_i p_c)
+// as `x.x (p_c - q_c) + x.y p_c`: x = s g/denom (alpha_y, 2 lambda LSE_i).
+// 0 for ignored rows, NaN for bad ones. With s = 1 and lambda = 0 it is
+// alpha_y g/denom (p_c - q_c) to the bit.
+fn grad_scales(row: u32, t: Target, lse_i: f32) -> vec2<f32> {
     let denom = work[WORK_DENOM];
     var g = 1.0;
     if ((params.flags & FLAG_UPSTREAM_SCALAR) != 0u) {
@@ -193,8 +209,15 @@ fn grad_scale(row: u32, t: Target) -> f32 {
     } else if ((params.flags & FLAG_UPSTREAM_PER_ROW) != 0u) {
         g = upstream[row];
     }
-    let scale = select(t.alpha * g / denom, 0.0, t.ignored || denom == 0.0);
-    return select(scale, nan(), t.bad);
+    let off = t.ignored || denom == 0.0;
+    var x = vec2<f32>(select(t.alpha * g / denom, 0.0, off), 0.0);
+    if (Z_LOSS) {
+        x.y = select(2.0 * params.z_loss * lse_i * g / denom, 0.0, off);
+    }
+    if (SCALED) {
+        x *= params.logit_scale;
+    }
+    return select(x, vec2<f32>(nan()), t.bad);
 }
 
 fn write_row(row: u32, t: Target, total: vec4<f32>) {
@@ -253,6 +276,9 @@ fn thread_partial(
         var v = LOWEST;
         if (c < limit) {
             v = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
+            if (SCALED) {
+                v *= params.logit_scale;
+            }
             z_sum += v;
             z_y += select(0.0, v, c == label.y);
         }
@@ -301,14 +327,19 @@ fn xent_rows(
     if (WRITE_GRAD) {
         // p_c = exp(z_c - m) exp(m - M) / S.
         let to_p = exp(m - total.x) / total.y;
-        let scale = grad_scale(row, label);
+        let scales = grad_scales(row, label, select(0.0, total.x + log(total.y), Z_LOSS));
         let eps = params.smoothing;
         let q_rest = eps / f32(c_len);
         for (var k = 0u; k < VPT; k++) {
             let c = start + k * step;
             if (c < c_len) {
                 let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-                store_grad(base + c, scale * (z[k] * to_p - q));
+                let p = z[k] * to_p;
+                var g = scales.x * (p - q);
+                if (Z_LOSS) {
+                    g += scales.y * p;
+                }
+                store_grad(base + c, g);
             }
         }
     }
@@ -373,15 +404,18 @@ fn xent_backward(
     let t = lid % TPR;
     let c_len = params.classes;
     let label = target_of(row);
-    let scale = grad_scale(row, label);
     var m: f32;
     var inv_s = 1.0;
+    var lse_i: f32;
     if (FROM_NORM) {
         m = work[params.norm_base + 2u * row];
         inv_s = work[params.norm_base + 2u * row + 1u];
+        lse_i = select(m, m - log(inv_s), Z_LOSS);
     } else {
         m = lse[row];
+        lse_i = m;
     }
+    let scales = grad_scales(row, label, lse_i);
     let eps = params.smoothing;
     let q_rest = eps / f32(c_len);
     let base = row * params.stride;
@@ -389,9 +423,17 @@ fn xent_backward(
     for (var k = 0u; k < VPT; k++) {
         let c = first + first_class(t) + k * class_step();
         if (c < c_len) {
-            let z = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
+            var z = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
+            if (SCALED) {
+                z *= params.logit_scale;
+            }
             let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-            store_grad(base + c, scale * (exp(z - m) * inv_s - q));
+            let p = exp(z - m) * inv_s;
+            var g = scales.x * (p - q);
+            if (Z_LOSS) {
+                g += scales.y * p;
+            }
+            store_grad(base + c, g);
         }
     }
 }

@@ -68,10 +68,13 @@ impl Default for Upstream<'_> {
 
 /// The loss: per-class bias `b`, true-label margin `m` and weight `alpha`,
 ///
-/// `z_ic = f_ic + b_c - m_{y_i} [c == y_i]`,
-/// `l_i = alpha_{y_i} ((1-eps)(LSE_i - z_{i,y_i}) + eps (LSE_i - mean_c z_ic))`,
+/// `z_ic = s (f_ic + b_c - m_{y_i} [c == y_i])`,
+/// `l_i = alpha_{y_i} ((1-eps)(LSE_i - z_{i,y_i}) + eps (LSE_i - mean_c z_ic)) + lambda LSE_i^2`,
 ///
-/// plus `ignore_index` and the [`Reduction`]. The class vectors are stored
+/// plus `ignore_index` and the [`Reduction`]. The logit scale `s` (1 by
+/// default; LDAM as published uses 30) and the z-loss weight `lambda` (0 by
+/// default) are set with [`LossSpec::with_logit_scale`] and
+/// [`LossSpec::with_z_loss`]. The class vectors are stored
 /// in f32, exactly as the GPU sees them, so the CPU reference computes the
 /// same function of the same numbers.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +85,8 @@ pub struct LossSpec {
     label_smoothing: f32,
     ignore_index: i64,
     reduction: Reduction,
+    logit_scale: f32,
+    z_loss: f32,
 }
 
 impl LossSpec {
@@ -94,6 +99,8 @@ impl LossSpec {
             label_smoothing: 0.0,
             ignore_index: DEFAULT_IGNORE_INDEX,
             reduction: Reduction::Mean,
+            logit_scale: 1.0,
+            z_loss: 0.0,
         }
     }
 
@@ -200,6 +207,33 @@ impl LossSpec {
         self
     }
 
+    /// Scale every adjusted logit by `s > 0`: `z = s (f + b - m [c = y])`
+    /// (checked when the spec is used). LDAM as published (Cao et al.,
+    /// 2019) trains with `s = 30`; without it the margins barely act.
+    pub fn with_logit_scale(mut self, s: f32) -> Self {
+        self.logit_scale = s;
+        self
+    }
+
+    /// Add the z-loss `lambda LSE_i^2` to every row that is not ignored
+    /// (`lambda >= 0`, checked when the spec is used; PaLM uses 1e-4). It
+    /// keeps the log-partition function near 0; it is not weighted by
+    /// `alpha`, and the reductions divide it as they divide the rest.
+    pub fn with_z_loss(mut self, lambda: f32) -> Self {
+        self.z_loss = lambda;
+        self
+    }
+
+    /// The logit scale `s`.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    /// The z-loss weight `lambda`.
+    pub fn z_loss(&self) -> f32 {
+        self.z_loss
+    }
+
     /// Set the label value whose rows are ignored (loss 0, zero gradient).
     pub fn with_ignore_index(mut self, ignore_index: i64) -> Self {
         self.ignore_index = ignore_index;
@@ -283,6 +317,18 @@ impl LossSpec {
             return Err(Error::InvalidArgument(format!(
                 "label smoothing must be in [0, 1), got {}",
                 self.label_smoothing
+            )));
+        }
+        if !(self.logit_scale.is_finite() && self.logit_scale > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "the logit scale must be finite and positive, got {}",
+                self.logit_scale
+            )));
+        }
+        if !(self.z_loss.is_finite() && self.z_loss >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "the z-loss weight must be finite and non-negative, got {}",
+                self.z_loss
             )));
         }
         if i32::try_from(self.ignore_index).is_err() {

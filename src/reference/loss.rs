@@ -37,6 +37,8 @@ fn run(
     let n = spec.check_batch(logits, labels, upstream)?;
     let c = spec.classes();
     let eps = spec.label_smoothing() as f64;
+    let s = spec.logit_scale() as f64;
+    let lambda = spec.z_loss() as f64;
     let b: Vec<f64> = spec.bias().iter().map(|&x| x as f64).collect();
 
     let valid = |label: i64| label != spec.ignore_index();
@@ -60,8 +62,8 @@ fn run(
     let mut z = vec![0.0f64; c];
     for (i, &label) in labels.iter().enumerate() {
         if !valid(label) {
-            // l_i = 0, a zero gradient row; LSE of f + b.
-            let z = (0..c).map(|k| logits[i * c + k] as f64 + b[k]);
+            // l_i = 0, a zero gradient row; LSE of s (f + b).
+            let z = (0..c).map(|k| s * (logits[i * c + k] as f64 + b[k]));
             let max = z.clone().fold(f64::NEG_INFINITY, f64::max);
             lse_rows[i] = max + z.map(|zk| (zk - max).exp()).sum::<f64>().ln();
             continue;
@@ -70,14 +72,15 @@ fn run(
         let alpha = spec.weight()[y] as f64;
         let margin = spec.margin()[y] as f64;
         for (k, zk) in z.iter_mut().enumerate() {
-            *zk = logits[i * c + k] as f64 + b[k] - if k == y { margin } else { 0.0 };
+            *zk = s * (logits[i * c + k] as f64 + b[k] - if k == y { margin } else { 0.0 });
         }
         let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let sum_exp: f64 = z.iter().map(|&zk| (zk - max).exp()).sum();
         let lse = max + sum_exp.ln();
         lse_rows[i] = lse;
         let mean_z = z.iter().sum::<f64>() / c as f64;
-        per_row[i] = alpha * ((1.0 - eps) * (lse - z[y]) + eps * (lse - mean_z));
+        per_row[i] =
+            alpha * ((1.0 - eps) * (lse - z[y]) + eps * (lse - mean_z)) + lambda * lse * lse;
 
         if with_grad {
             let g = match upstream {
@@ -88,7 +91,7 @@ fn run(
             for (k, &zk) in z.iter().enumerate() {
                 let p = (zk - lse).exp();
                 let q = (1.0 - eps) * if k == y { 1.0 } else { 0.0 } + eps / c as f64;
-                grad[i * c + k] = scale * alpha * (p - q);
+                grad[i * c + k] = scale * s * (alpha * (p - q) + 2.0 * lambda * lse * p);
             }
         }
     }

@@ -34,10 +34,15 @@ struct XentParams {
     smoothing: f32,
     span: u32,
     chunks: u32,
-    _pad: u32,
+    logit_scale: f32,
     split_base: u32,
     norm_base: u32,
+    z_loss: f32,
+    _pad: [u32; 3],
 }
+
+/// Bytes of `XentParams` (a multiple of 16, as a uniform struct is).
+const XENT_PARAMS_BYTES: u64 = std::mem::size_of::<XentParams>() as u64;
 
 /// `Params` of loss_reduce.wgsl.
 #[repr(C)]
@@ -285,7 +290,7 @@ impl SoftmaxXent {
         let (xent_slots, reduce_slots) = builder.params();
         let stride = self.param_stride();
         let params = scratch.params(&self.ctx, stride, &xent_slots, &reduce_slots)?;
-        let slot = |k: usize| buffers::range(&params, stride * k as u64, 48);
+        let slot = |k: usize| buffers::range(&params, stride * k as u64, XENT_PARAMS_BYTES);
         let reduce_slot =
             |k: usize| buffers::range(&params, stride * (xent_slots.len() + k) as u64, 32);
         let mut steps = builder.reduce_steps(0, &reduce_slot)?;
@@ -319,7 +324,7 @@ impl SoftmaxXent {
                 .min_uniform_buffer_offset_alignment
                 .max(16),
         );
-        48u64.next_multiple_of(align)
+        XENT_PARAMS_BYTES.next_multiple_of(align)
     }
 
     pub(super) fn label_constant(label_type: LabelType) -> (&'static str, f64) {
@@ -362,7 +367,8 @@ impl Scratch {
         let stride = stride as usize;
         let mut bytes = vec![0u8; stride * (xent.len() + reduce.len()).max(1)];
         for (k, p) in xent.iter().enumerate() {
-            bytes[stride * k..][..48].copy_from_slice(bytemuck::bytes_of(p));
+            bytes[stride * k..][..XENT_PARAMS_BYTES as usize]
+                .copy_from_slice(bytemuck::bytes_of(p));
         }
         for (k, p) in reduce.iter().enumerate() {
             bytes[stride * (xent.len() + k)..][..32].copy_from_slice(bytemuck::bytes_of(p));
@@ -500,7 +506,9 @@ impl<'a, 'r> Builder<'a, 'r> {
                 smoothing: self.op.spec.label_smoothing(),
                 span,
                 chunks,
-                _pad: 0,
+                logit_scale: self.op.spec.logit_scale(),
+                z_loss: self.op.spec.z_loss(),
+                _pad: [0; 3],
                 split_base: plan.split_base as u32,
                 norm_base: plan.norm_base as u32,
             })
@@ -539,6 +547,18 @@ impl<'a, 'r> Builder<'a, 'r> {
         entry: &'static str,
         constants: &[(&'static str, f64)],
     ) -> wgpu::ComputePipeline {
+        // softmax_xent.wgsl's options, set only where the spec uses them,
+        // so a spec without them gets the pipelines it always had.
+        let spec = &self.op.spec;
+        let options = [
+            ("SCALED", spec.logit_scale() != 1.0),
+            ("Z_LOSS", spec.z_loss() != 0.0),
+        ];
+        if std::ptr::eq(shader, &self.op.xent) && options.iter().any(|o| o.1) {
+            let mut all = constants.to_vec();
+            all.extend(options.iter().filter(|o| o.1).map(|&(k, _)| (k, 1.0)));
+            return shader.pipeline(self.op.ctx.device(), entry, &all);
+        }
         shader.pipeline(self.op.ctx.device(), entry, constants)
     }
 

@@ -234,7 +234,9 @@ impl SoftmaxXent {
                     include_str!("../../shaders/softmax_xent.wgsl"),
                     &XENT_BINDINGS,
                 ),
-                cpu_xent: if cpu {
+                // The CPU layouts implement neither a logit scale nor the
+                // z-loss: such a spec takes the GPU path's layouts there.
+                cpu_xent: if cpu && spec.logit_scale() == 1.0 && spec.z_loss() == 0.0 {
                     Some(cpu::Kernels::new(ctx, &class_vecs)?)
                 } else {
                     None

@@ -16,21 +16,23 @@ import tempfile
 import numpy as np
 
 
-def la_loss(f, y, log_prior, tau, reduction, ignore_index, eps):
-    """Per-row losses, reduced loss and gradient of the reduced loss."""
+def la_loss(f, y, log_prior, tau, reduction, ignore_index, eps, s=1.0, lam=0.0):
+    """Per-row losses, reduced loss and gradient of the reduced loss, with
+    the logits scaled by s (z = s (f + tau log pi)) and the z-loss lam LSE^2."""
     n, c = f.shape
-    z = f.astype(np.float64) + (tau * log_prior).astype(np.float32).astype(np.float64)
+    z = s * (f.astype(np.float64) + (tau * log_prior).astype(np.float32).astype(np.float64))
     valid = y != ignore_index
     yv = np.where(valid, y, 0)
     m = z.max(axis=1, keepdims=True)
     lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
     z_y = z[np.arange(n), yv]
-    per_row = (1 - eps) * (lse - z_y) + eps * (lse - z.mean(axis=1))
+    per_row = (1 - eps) * (lse - z_y) + eps * (lse - z.mean(axis=1)) + lam * lse**2
     per_row = np.where(valid, per_row, 0.0)
     p = np.exp(z - lse[:, None])
     q = np.full((n, c), eps / c)
     q[np.arange(n), yv] += 1 - eps
-    grad = np.where(valid[:, None], p - q, 0.0)
+    # d/df = s d/dz; d(lam LSE^2)/dz_c = 2 lam LSE p_c
+    grad = np.where(valid[:, None], s * (p - q + 2 * lam * lse[:, None] * p), 0.0)
     count = valid.sum()
     if reduction == "none":
         return per_row, None, grad
@@ -129,7 +131,11 @@ def main():
             tau = float(rng.choice([0.0, 1.0, 2.5]))
             reduction = str(rng.choice(["none", "sum", "mean", "weighted-mean"]))
             eps = float(rng.choice([0.0, 0.1]))
+            # Half the rounds with a logit scale and a z-loss.
+            s, lam = (1.0, 0.0) if r % 2 == 0 else (float(rng.choice([0.5, 30.0])), float(rng.choice([0.0, 1e-4])))
             f = (rng.uniform(-50, 50, size=(n, c))).astype(np.float32)
+            if s != 1.0:
+                f = (f / 10).astype(np.float32)
             counts = np.floor(1000 * 100.0 ** (-np.arange(c) / max(c - 1, 1))).astype(np.int64)
             counts = np.maximum(counts, 1)
             y = rng.integers(0, c, size=n).astype(rng.choice([np.int32, np.int64]))
@@ -139,14 +145,15 @@ def main():
             np.save(paths["y"], y)
             np.save(paths["n"], counts)
             log_prior = np.log(counts / counts.sum())
-            want_rows, want_loss, want_grad = la_loss(f, y.astype(np.int64), log_prior, tau, reduction, -100, eps)
+            want_rows, want_loss, want_grad = la_loss(f, y.astype(np.int64), log_prior, tau, reduction, -100, eps, s, lam)
             for cpu in [False, True]:
                 cmd = [tool, "loss", "--logits", paths["l"], "--labels", paths["y"],
                        "--class-counts", paths["n"], "--tau", str(tau), "--reduction", reduction,
-                       "--label-smoothing", str(eps), "--out-loss", paths["ol"],
+                       "--label-smoothing", str(eps), "--logit-scale", str(s), "--z-loss", str(lam),
+                       "--out-loss", paths["ol"],
                        "--out-grad", paths["og"], "--json"] + (["--cpu"] if cpu else [])
                 out = subprocess.run(cmd, capture_output=True, text=True)
-                what = f"round {r}: N={n} C={c} tau={tau} {reduction} eps={eps} cpu={cpu}"
+                what = f"round {r}: N={n} C={c} tau={tau} {reduction} eps={eps} s={s} z-loss={lam} cpu={cpu}"
                 if out.returncode != 0:
                     print(f"FAIL {what}: exit {out.returncode}: {out.stderr.strip()}")
                     failures += 1
@@ -156,12 +163,17 @@ def main():
                 rows = np.load(paths["ol"])
                 grad = np.load(paths["og"])
                 ok = rows.shape == (n,) and grad.shape == (n, c) and rows.dtype == np.float32
+                # f32 rounding of z = s (f + b), |z| <= max_z, carries into
+                # LSE and every p_c (a few ulps of max_z).
+                max_z = s * (np.abs(f).max() + np.abs(tau * log_prior).max()) if f.size else 0.0
+                ztol = 4e-7 * max_z * (1 + 2 * lam * max_z)
                 if want_loss is None:
                     ok &= got["loss"] is None
                 else:
-                    ok &= abs(got["loss"] - want_loss) <= 1e-5 * max(1.0, abs(want_loss))
-                ok &= bool(np.all(np.abs(rows - want_rows) <= 1e-5 * np.maximum(1.0, np.abs(want_rows))))
-                gtol = 1e-6 + 1e-5 * np.abs(want_grad).max()
+                    ok &= abs(got["loss"] - want_loss) <= 1e-5 * max(1.0, abs(want_loss)) + ztol
+                ok &= bool(np.all(np.abs(rows - want_rows) <= 1e-5 * np.maximum(1.0, np.abs(want_rows)) + ztol))
+                gmax = np.abs(want_grad).max() if want_grad.size else 0.0
+                gtol = 1e-6 + 1e-5 * gmax + 4e-7 * max_z * gmax
                 ok &= bool(np.all(np.abs(grad - want_grad) <= gtol))
                 status = "ok  " if ok else "FAIL"
                 print(f"{status} {what} on {got['adapter']} ({got['backend']}): loss {got['loss']} vs {want_loss}")

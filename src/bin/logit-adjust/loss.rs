@@ -38,6 +38,12 @@ pub struct LossArgs {
     /// PyTorch-style label smoothing eps in [0, 1).
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
+    /// Scale the adjusted logits: z = s (f + b - m [c = y]) (LDAM uses 30).
+    #[arg(long, default_value_t = 1.0)]
+    logit_scale: f32,
+    /// Add the z-loss lambda LSE^2 to every row that is not ignored.
+    #[arg(long, default_value_t = 0.0)]
+    z_loss: f32,
     /// Write the per-row losses (N,) float32 here.
     #[arg(long)]
     out_loss: Option<PathBuf>,
@@ -73,6 +79,23 @@ fn check_paths(a: &LossArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The loss the flags describe.
+fn spec_of(a: &LossArgs, prior: &logit_adjust::ClassPrior) -> Result<LossSpec, String> {
+    let reduction: Reduction = a
+        .reduction
+        .parse()
+        .map_err(|e: logit_adjust::Error| e.to_string())?;
+    let spec = LossSpec::logit_adjusted(prior, a.tau)
+        .map_err(|e| e.to_string())?
+        .with_reduction(reduction)
+        .with_label_smoothing(a.label_smoothing)
+        .with_ignore_index(a.ignore_index)
+        .with_logit_scale(a.logit_scale)
+        .with_z_loss(a.z_loss);
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
 pub fn run(a: &LossArgs) -> Result<(), String> {
     check_paths(a)?;
     let (n, c, logits, labels) = inputs::read_batch(&a.logits, &a.labels)?;
@@ -81,15 +104,7 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
         None => None,
     };
     let prior = inputs::prior(counts.as_deref(), a.count_smoothing, a.prior.as_deref(), c)?;
-    let reduction: Reduction = a
-        .reduction
-        .parse()
-        .map_err(|e: logit_adjust::Error| e.to_string())?;
-    let spec = LossSpec::logit_adjusted(&prior, a.tau)
-        .map_err(|e| e.to_string())?
-        .with_reduction(reduction)
-        .with_label_smoothing(a.label_smoothing)
-        .with_ignore_index(a.ignore_index);
+    let spec = spec_of(a, &prior)?;
     let with_grad = a.out_grad.is_some();
 
     // The files hold f32 whichever path ran; the loss and the per-row sum
@@ -163,6 +178,8 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
                 "reduction": a.reduction,
                 "tau": a.tau,
                 "label_smoothing": a.label_smoothing,
+                "logit_scale": a.logit_scale,
+                "z_loss": a.z_loss,
                 "n": n,
                 "c": c,
                 "adapter": adapter,
