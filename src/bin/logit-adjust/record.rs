@@ -11,7 +11,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit built from (`unknown` outside a checkout).
 pub const COMMIT: &str = env!("LOGIT_ADJUST_GIT_COMMIT");
 
-/// Now, as ISO 8601 UTC (`2026-12-02T21:08:47Z`).
+/// Now, as ISO 8601 UTC to the second (`YYYY-MM-DDTHH:MM:SSZ`).
 pub fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
