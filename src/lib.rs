@@ -58,7 +58,9 @@ pub use evaluation::{
     expected_calibration_error, first_best, prior_weighted_accuracy, top_k_accuracy, Select,
     TauSelection, ECE_BINS,
 };
-pub use loss::{LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX};
+pub use loss::{
+    effective_number_weights, LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX,
+};
 pub use metrics::{
     check_labels, report, report_with_groups, BoundCounts, ClassCounts, CountsBuffers, Report,
     ShotGroups,
@@ -75,6 +77,6 @@ pub use softmax_xent::{
 };
 pub use split::{stratified_split, Split};
 pub use train::{
-    EpochRecord, FitReport, LinearTrainer, Progress, Standardizer, TrainConfig, MAX_BATCH,
+    Drw, EpochRecord, FitReport, LinearTrainer, Progress, Standardizer, TrainConfig, MAX_BATCH,
 };
 pub use tuning::Tuning;

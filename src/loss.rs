@@ -207,6 +207,28 @@ impl LossSpec {
         self
     }
 
+    /// This spec with other class vectors (each of length `C`), checked.
+    pub(crate) fn with_class_vectors(
+        mut self,
+        bias: Vec<f32>,
+        margin: Vec<f32>,
+        weight: Vec<f32>,
+    ) -> Result<Self> {
+        let c = self.classes();
+        if bias.len() != c {
+            return Err(Error::ShapeMismatch {
+                what: "bias b length (classes of the op)".into(),
+                expected: c,
+                got: bias.len(),
+            });
+        }
+        self.bias = bias;
+        self.margin = margin;
+        self.weight = weight;
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Scale every adjusted logit by `s > 0`: `z = s (f + b - m [c = y])`
     /// (checked when the spec is used). LDAM as published (Cao et al.,
     /// 2019) trains with `s = 30`; without it the margins barely act.
@@ -433,4 +455,31 @@ pub struct LossOutput<T> {
     /// The gradient of the reduced loss with respect to the logits, `N x C`
     /// row-major; `None` for a forward-only call.
     pub grad: Option<Vec<T>>,
+}
+
+/// Class-balanced weights by the effective number of samples (Cui et al.,
+/// CVPR 2019), as LDAM-DRW re-weights with them: `w_c = (1 - beta) / (1 -
+/// beta^n_c)`, scaled so that they sum to `C`. Counts must be finite and
+/// positive, `beta` in `[0, 1)`.
+pub fn effective_number_weights(counts: &[f64], beta: f64) -> Result<Vec<f32>> {
+    if !(0.0..1.0).contains(&beta) {
+        return Err(Error::InvalidArgument(format!(
+            "beta must be in [0, 1), got {beta}"
+        )));
+    }
+    if counts.is_empty() {
+        return Err(Error::InvalidArgument("no class counts".into()));
+    }
+    if let Some(k) = counts.iter().position(|&n| !(n.is_finite() && n > 0.0)) {
+        return Err(Error::InvalidArgument(format!(
+            "class count [{k}] = {} is not finite and positive",
+            counts[k]
+        )));
+    }
+    let raw: Vec<f64> = counts
+        .iter()
+        .map(|&n| (1.0 - beta) / (1.0 - beta.powf(n)))
+        .collect();
+    let scale = counts.len() as f64 / raw.iter().sum::<f64>();
+    Ok(raw.iter().map(|&w| (w * scale) as f32).collect())
 }

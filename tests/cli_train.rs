@@ -227,6 +227,17 @@ fn train_flags_that_need_each_other_are_refused() {
             "--val-fraction must be in (0, 1)",
         ),
         (
+            vec!["--drw-epoch", "2", "--drw-beta", "1"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            "--drw-epoch: invalid argument: beta must be in [0, 1)",
+        ),
+        (
+            vec!["--drw-epoch".into(), "0".into()],
+            "the re-weighting epoch counts from 1",
+        ),
+        (
             vec![
                 "--val-features".into(),
                 p("xv.npy"),
@@ -291,4 +302,37 @@ fn train_flags_that_need_each_other_are_refused() {
         );
     }
     assert!(!f.path("s.npy").exists());
+}
+
+#[test]
+fn train_re_weights_from_the_drw_epoch() {
+    // LDAM-DRW from the command line: a switch after the last epoch is no
+    // switch at all (the same seed gives the same bits), one at epoch 2 of
+    // 3 changes the model.
+    let f = Files::new("train-drw");
+    files(&f, 9);
+    let logits_of = |extra: &[&str], out: &str| {
+        let mut args = base(&f);
+        let path = f.path(out).to_str().unwrap().to_string();
+        args.extend(
+            [
+                "--loss",
+                "ldam",
+                "--epochs",
+                "3",
+                "--json",
+                "--out-logits",
+                &path,
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        train_json(&args, &extra.join(" "));
+        read_f32_npy(&f.path(out)).1
+    };
+    let plain = logits_of(&[], "plain.npy");
+    let late = logits_of(&["--drw-epoch", "4"], "late.npy");
+    let drw = logits_of(&["--drw-epoch", "2"], "drw.npy");
+    assert_eq!(plain, late);
+    assert_ne!(plain, drw);
 }

@@ -216,3 +216,141 @@ fn a_bad_scale_or_z_loss_is_refused() {
         assert!(err.contains(expect), "reference: {err}");
     }
 }
+
+/// Read `len` f32 of `buffer` back.
+fn read_f32(ctx: &Context, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    let stage = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (4 * len) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &stage, 0, (4 * len) as u64);
+    ctx.queue().submit([encoder.finish()]);
+    stage
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
+    let out = bytemuck::pod_collect_to_vec(&stage.slice(..).get_mapped_range().unwrap());
+    out
+}
+
+#[test]
+fn class_vectors_change_on_the_device_without_a_new_op() {
+    // LDAM-DRW: the same op, alpha switched to effective-number weights
+    // mid-training. A run bound before the switch computes the new loss.
+    use wgpu::util::DeviceExt;
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    for (n, c) in [(40, 7), (5, 20_000)] {
+        let counts = rng.counts(c, 100.0);
+        let prior = ClassPrior::from_counts(&counts).unwrap();
+        let before = LossSpec::ldam(&prior).with_reduction(Reduction::WeightedMean);
+        let alpha = logit_adjust::effective_number_weights(&counts, 0.999).unwrap();
+        let after = LossSpec::custom(
+            before.bias().to_vec(),
+            before.margin().to_vec(),
+            alpha.clone(),
+        )
+        .unwrap()
+        .with_reduction(Reduction::WeightedMean);
+        let logits = rng.logits(n * c, 5.0);
+        let labels = rng.labels(n, c, 0.1, -100);
+        let want = reference::forward_backward(&after, &logits, &labels).unwrap();
+        let big = max_abs(want.grad.as_ref().unwrap());
+        for ctx in contexts() {
+            let what = format!("{} {n}x{c} seed={seed}", name(ctx));
+            let mut op = ctx.softmax_xent(&before).unwrap();
+            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+            let init = |bytes: &[u8]| {
+                ctx.device()
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: None,
+                        contents: bytes,
+                        usage,
+                    })
+            };
+            let labels32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+            let (lb, yb) = (
+                init(bytemuck::cast_slice(&logits)),
+                init(bytemuck::cast_slice(&labels32)),
+            );
+            let (gb, loss_b) = (init(&vec![0xff; 4 * n * c]), init(&[0xff; 4]));
+            let bound = op
+                .bind(&logit_adjust::LossBuffers {
+                    grad: logit_adjust::GradOutput::Separate(logit_adjust::Region::whole(&gb)),
+                    loss: Some(logit_adjust::Region::whole(&loss_b)),
+                    ..logit_adjust::LossBuffers::new(
+                        logit_adjust::Region::whole(&lb),
+                        logit_adjust::Region::whole(&yb),
+                        n,
+                    )
+                })
+                .unwrap();
+            // A wrong length is refused and changes nothing.
+            let err = op
+                .set_class_vectors(vec![0.0; c + 1], vec![0.0; c + 1], vec![1.0; c + 1])
+                .unwrap_err();
+            assert!(err.to_string().contains("classes"), "{what}: {err}");
+            assert_eq!(op.spec(), &before);
+            op.set_class_vectors(
+                after.bias().to_vec(),
+                after.margin().to_vec(),
+                alpha.clone(),
+            )
+            .unwrap();
+            assert_eq!(op.spec().weight(), &alpha[..]);
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            op.record(&mut encoder, &bound);
+            ctx.queue().submit([encoder.finish()]);
+            let loss = read_f32(ctx, &loss_b, 1)[0];
+            let w = want.loss.unwrap();
+            assert!(
+                (f64::from(loss) - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{what}: loss {loss} vs {w}"
+            );
+            let grad = read_f32(ctx, &gb, n * c);
+            if let Some((i, g, r)) =
+                worst(&grad, want.grad.as_ref().unwrap(), |_| 1e-6 + 1e-5 * big)
+            {
+                panic!("{what}: grad [{i}] = {g}, reference {r}");
+            }
+            // And the host path of the same op.
+            let host = op.forward_backward(&logits, &labels).unwrap();
+            assert!(
+                (f64::from(host.loss.unwrap()) - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn effective_number_weights_follow_cui_et_al() {
+    // w_c = (1 - beta) / (1 - beta^n_c), scaled to sum to C.
+    let counts = [1000.0, 100.0, 10.0, 1.0];
+    let w = logit_adjust::effective_number_weights(&counts, 0.999).unwrap();
+    let raw: Vec<f64> = counts
+        .iter()
+        .map(|&n: &f64| (1.0 - 0.999) / (1.0 - 0.999f64.powf(n)))
+        .collect();
+    let sum: f64 = raw.iter().sum();
+    for (k, (&got, r)) in w.iter().zip(&raw).enumerate() {
+        let want = r / sum * 4.0;
+        assert!(
+            (f64::from(got) - want).abs() <= 1e-6 * want,
+            "class {k}: {got} vs {want}"
+        );
+    }
+    assert!(
+        w.windows(2).all(|p| p[0] < p[1]),
+        "rarer classes weigh more: {w:?}"
+    );
+    for bad in [[1.0, 0.0, 2.0, 3.0], [1.0, f64::NAN, 2.0, 3.0]] {
+        assert!(logit_adjust::effective_number_weights(&bad, 0.999).is_err());
+    }
+    assert!(logit_adjust::effective_number_weights(&counts, 1.0).is_err());
+}

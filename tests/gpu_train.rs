@@ -291,3 +291,72 @@ fn two_sgd_steps_match_a_cpu_implementation() {
         assert!(bad.is_none(), "{} seed={seed}: weight {bad:?}", name(ctx));
     }
 }
+
+#[test]
+fn deferred_re_weighting_switches_alpha_at_its_epoch() {
+    // LDAM-DRW on the device: a switch at epoch 1 is training with those
+    // weights throughout, bit for bit; a switch after the last epoch
+    // changes nothing; a switch in the middle is neither.
+    let mut rng = DataRng::new(Rng::fresh().seed());
+    let counts = [300.0, 120.0, 50.0, 20.0, 9.0];
+    let mixture = GaussianMixture::random(5, 6, 1.0, &mut rng);
+    let data = mixture.sample(&[300, 120, 50, 20, 9], &mut rng);
+    let prior = ClassPrior::from_counts(&counts).unwrap();
+    let ldam = LossSpec::ldam(&prior);
+    let weights = logit_adjust::effective_number_weights(&counts, 0.999).unwrap();
+    let reweighted = LossSpec::custom(
+        ldam.bias().to_vec(),
+        ldam.margin().to_vec(),
+        weights.clone(),
+    )
+    .unwrap();
+    for ctx in contexts() {
+        let run = |spec: &LossSpec, drw: Option<usize>| {
+            let config = TrainConfig {
+                epochs: 4,
+                batch_size: 64,
+                seed: 3,
+                drw: drw.map(|epoch| logit_adjust::Drw {
+                    epoch,
+                    weights: weights.clone(),
+                }),
+                ..TrainConfig::default()
+            };
+            let mut t =
+                LinearTrainer::new(ctx, spec, &data.features, &data.labels, data.dim, config)
+                    .unwrap();
+            t.fit(|_| {}).unwrap();
+            t.weights().unwrap()
+        };
+        let bits = |w: &[f32]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let from_start = run(&reweighted, None);
+        let plain = run(&ldam, None);
+        assert_eq!(
+            bits(&run(&ldam, Some(1))),
+            bits(&from_start),
+            "{}",
+            name(ctx)
+        );
+        assert_eq!(bits(&run(&ldam, Some(5))), bits(&plain), "{}", name(ctx));
+        let middle = run(&ldam, Some(3));
+        assert_ne!(bits(&middle), bits(&plain), "{}", name(ctx));
+        assert_ne!(bits(&middle), bits(&from_start), "{}", name(ctx));
+        // A wrong number of weights is refused before training.
+        let mut t = LinearTrainer::new(
+            ctx,
+            &ldam,
+            &data.features,
+            &data.labels,
+            data.dim,
+            TrainConfig {
+                drw: Some(logit_adjust::Drw {
+                    epoch: 2,
+                    weights: vec![1.0; 4],
+                }),
+                ..TrainConfig::default()
+            },
+        )
+        .unwrap();
+        assert!(t.fit(|_| {}).is_err(), "{}", name(ctx));
+    }
+}

@@ -29,11 +29,22 @@ pub(crate) struct Kernels {
     pub(super) table: wgpu::Buffer,
 }
 
+/// The table's contents: the first 16,384 floats of `[b, m, alpha]`.
+fn table_of(class_vecs: &[f32]) -> Vec<f32> {
+    let mut table = vec![0f32; TABLE_CLASSES];
+    let n = class_vecs.len().min(TABLE_CLASSES);
+    table[..n].copy_from_slice(&class_vecs[..n]);
+    table
+}
+
 impl Kernels {
+    /// Rewrite the table for new class vectors (queued like any write).
+    pub(super) fn write_table(&self, queue: &wgpu::Queue, class_vecs: &[f32]) {
+        queue.write_buffer(&self.table, 0, bytemuck::cast_slice(&table_of(class_vecs)));
+    }
+
     pub(super) fn new(ctx: &Context, class_vecs: &[f32]) -> Result<Self> {
-        let mut table = vec![0f32; TABLE_CLASSES];
-        let n = class_vecs.len().min(TABLE_CLASSES);
-        table[..n].copy_from_slice(&class_vecs[..n]);
+        let table = table_of(class_vecs);
         Ok(Self {
             shader: Shader::new(
                 ctx,

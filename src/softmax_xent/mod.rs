@@ -263,6 +263,34 @@ impl SoftmaxXent {
         self.variant
     }
 
+    /// Replace the class vectors `b`, `m` and `alpha` (each of length `C`,
+    /// checked as [`LossSpec::custom`] checks them) on the device, keeping
+    /// the op's pipelines, scratch and bound runs: for schedules that change
+    /// them between steps, such as LDAM-DRW's switch of `alpha` to
+    /// effective-number weights. The queue writes them before its next
+    /// submission, so they apply to everything submitted after this call,
+    /// a run recorded earlier included. On error nothing changes.
+    pub fn set_class_vectors(
+        &mut self,
+        bias: Vec<f32>,
+        margin: Vec<f32>,
+        weight: Vec<f32>,
+    ) -> Result<()> {
+        let next = self.spec.clone().with_class_vectors(bias, margin, weight)?;
+        let mut class_vecs: Vec<f32> = [next.bias(), next.margin(), next.weight()].concat();
+        class_vecs.resize(class_vecs.len().next_multiple_of(4), 0.0);
+        self.ctx.scoped(|| {
+            let queue = self.ctx.queue();
+            queue.write_buffer(&self.class_vecs, 0, bytemuck::cast_slice(&class_vecs));
+            if let Some(cpu) = &self.cpu_xent {
+                cpu.write_table(queue, &class_vecs);
+            }
+            Ok(())
+        })?;
+        self.spec = next;
+        Ok(())
+    }
+
     /// The spec this operation computes.
     pub fn spec(&self) -> &LossSpec {
         &self.spec

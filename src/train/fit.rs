@@ -91,8 +91,31 @@ impl LinearTrainer {
             stopped_early: false,
         };
         let warmup = self.config.warmup_epochs();
+        let drw = self.config.drw.clone();
+        if let Some(d) = &drw {
+            // Checked before the first epoch, not at the switch.
+            let s = self.loss.spec();
+            s.clone().with_class_vectors(
+                s.bias().to_vec(),
+                s.margin().to_vec(),
+                d.weights.clone(),
+            )?;
+            if d.epoch == 0 {
+                return Err(Error::InvalidArgument(
+                    "the re-weighting epoch counts from 1".into(),
+                ));
+            }
+        }
         let mut since_best = 0;
         for epoch in 1..=epochs {
+            if let Some(d) = drw.as_ref().filter(|d| d.epoch == epoch) {
+                let s = self.loss.spec().clone();
+                self.loss.set_class_vectors(
+                    s.bias().to_vec(),
+                    s.margin().to_vec(),
+                    d.weights.clone(),
+                )?;
+            }
             let evaluate = self.validation.is_some() && (epoch % every == 0 || epoch == epochs);
             let (loss, balanced_error) = self.run_epoch(evaluate)?;
             if !loss.is_finite() {

@@ -73,6 +73,20 @@ pub struct TrainConfig {
     /// `1 / (C n_c)`, and a few lucky rows of the rarest classes must not
     /// end a run that has only begun to learn.
     pub warmup: Option<usize>,
+    /// Deferred re-weighting (LDAM-DRW): from this epoch on, the loss's
+    /// class weights `alpha` become these (e.g.
+    /// [`crate::effective_number_weights`]); the op is kept, only its
+    /// vectors change on the device.
+    pub drw: Option<Drw>,
+}
+
+/// A deferred re-weighting: the epoch it starts (1-based) and the weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drw {
+    /// The first epoch trained with `weights`.
+    pub epoch: usize,
+    /// The class weights `alpha` from then on (`C` of them).
+    pub weights: Vec<f32>,
 }
 
 impl Default for TrainConfig {
@@ -87,6 +101,7 @@ impl Default for TrainConfig {
             eval_every: 1,
             patience: None,
             warmup: None,
+            drw: None,
         }
     }
 }

@@ -52,6 +52,13 @@ pub struct TrainArgs {
     /// toward --early-stop (default: a tenth of --epochs).
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Deferred re-weighting (LDAM-DRW): from this epoch on, weight each
+    /// class by its effective number of samples (Cui et al. 2019).
+    #[arg(long)]
+    pub drw_epoch: Option<usize>,
+    /// beta of the effective number, (1 - beta^n_c) / (1 - beta).
+    #[arg(long, default_value_t = 0.9999)]
+    pub drw_beta: f64,
     /// ce, logit-adjusted, balanced, ldam, equalised or la-ldam.
     #[arg(long, default_value = "logit-adjusted")]
     pub loss: String,
@@ -354,8 +361,16 @@ fn read_validation(
 }
 
 /// The trainer's settings from the flags, for `n` training rows.
-fn config_for(a: &TrainArgs, n: usize) -> TrainConfig {
-    TrainConfig {
+fn config_for(a: &TrainArgs, n: usize, counts: &[f64]) -> Result<TrainConfig, String> {
+    let drw = match a.drw_epoch {
+        Some(epoch) => Some(logit_adjust::Drw {
+            epoch,
+            weights: logit_adjust::effective_number_weights(counts, a.drw_beta)
+                .map_err(|e| format!("--drw-epoch: {e}"))?,
+        }),
+        None => None,
+    };
+    Ok(TrainConfig {
         epochs: a
             .epochs
             .unwrap_or_else(|| TrainConfig::epochs_for(n, a.batch_size)),
@@ -367,14 +382,15 @@ fn config_for(a: &TrainArgs, n: usize) -> TrainConfig {
         eval_every: a.eval_every,
         patience: a.early_stop,
         warmup: a.warmup,
-    }
+        drw,
+    })
 }
 
 pub fn run(a: &TrainArgs) -> Result<(), String> {
     check_args(a)?;
     let data = read_data(a)?;
     let counts = logit_adjust::count_labels(&data.y, data.c).map_err(err)?;
-    let config = config_for(a, data.y.len());
+    let config = config_for(a, data.y.len(), &counts)?;
     let ctx = Context::new().map_err(err)?;
     let mut runs = Vec::new();
     for tau in a.taus() {
