@@ -7,7 +7,11 @@
 //   LSE  = M + log S,  M = max_c z_c,  S = sum_c exp(z_c - M)
 //   l_i  = alpha_y ((1 - eps)(LSE - z_y) + eps (LSE - mean_c z_c))
 //          + lambda LSE^2                   (z-loss, lambda = 0 by default)
+//   or, PER_CLASS (PyTorch's weighted smoothing), with W = sum_c alpha_c:
+//   l_i  = (1 - eps) alpha_y (LSE - z_y) + (eps / C)(W LSE - sum_c alpha_c z_c)
 //   dl/df_c = s scale_i (alpha_y (p_c - q_c) + 2 lambda LSE p_c),
+//     (PER_CLASS: (1-eps) alpha_y (p_c - [c = y]) + (eps/C)(W p_c - alpha_c)
+//     in place of alpha_y (p_c - q_c)),
 //   p_c = exp(z_c - M) / S,  q_c = (1 - eps)[c == y] + eps / C,
 //   scale_i = g_i / denom
 // `denom` (1, #valid rows or the sum of valid alpha_y) is written into
@@ -104,6 +108,7 @@ override GRAD_IN_LOGITS: bool = false; // in place: the gradient goes through `l
 // compile to exactly the code without them; their values come from params.
 override SCALED: bool = false;    // a logit scale s != 1
 override Z_LOSS: bool = false;    // a z-loss lambda != 0
+override PER_CLASS: bool = false; // smoothing weighted per class (PyTorch's convention)
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Caller buffers are read_write even where only read: wgpu tracks usage per
@@ -111,7 +116,8 @@ override Z_LOSS: bool = false;    // a z-loss lambda != 0
 // a read-write binding of one buffer would conflict.
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> labels: array<i32>;
-// [b_0..b_{C-1}, m_0..m_{C-1}, alpha_0..alpha_{C-1}], the op's own buffer
+// [b_0..b_{C-1}, m_0..m_{C-1}, alpha_0..alpha_{C-1}, W = sum_c alpha_c], the
+// op's own buffer
 @group(0) @binding(3) var<storage, read> class_vecs: array<f32>;
 // The gradient, `stride` apart like the logits. In place (GRAD_IN_LOGITS) it
 // is written through `logits` instead, and this binding is a stand-in:
@@ -137,6 +143,12 @@ fn store_grad(e: u32, g: f32) {
     } else {
         grad[e] = g;
     }
+}
+
+// W = sum_c alpha_c, which the host keeps after the class vectors (so it
+// changes with them).
+fn weight_sum() -> f32 {
+    return class_vecs[3u * params.classes];
 }
 
 // What a row needs to know about its label.
@@ -190,7 +202,14 @@ fn row_loss_of(t: Target, total: vec4<f32>) -> f32 {
     let eps = params.smoothing;
     let log_z = total.x + log(total.y);
     let mean_z = total.z / f32(params.classes);
-    var l = t.alpha * ((1.0 - eps) * (log_z - total.w) + eps * (log_z - mean_z));
+    var l: f32;
+    if (PER_CLASS) {
+        // (1-eps) alpha_y (LSE - z_y) + (eps/C)(W LSE - sum_c alpha_c z_c)
+        let c = f32(params.classes);
+        l = (1.0 - eps) * t.alpha * (log_z - total.w) + eps / c * (weight_sum() * log_z - total.z);
+    } else {
+        l = t.alpha * ((1.0 - eps) * (log_z - total.w) + eps * (log_z - mean_z));
+    }
     if (Z_LOSS) {
         l += params.z_loss * log_z * log_z;
     }
@@ -201,7 +220,7 @@ fn row_loss_of(t: Target, total: vec4<f32>) -> f32 {
 // as `x.x (p_c - q_c) + x.y p_c`: x = s g/denom (alpha_y, 2 lambda LSE_i).
 // 0 for ignored rows, NaN for bad ones. With s = 1 and lambda = 0 it is
 // alpha_y g/denom (p_c - q_c) to the bit.
-fn grad_scales(row: u32, t: Target, lse_i: f32) -> vec2<f32> {
+fn grad_scales(row: u32, t: Target, lse_i: f32) -> vec3<f32> {
     let denom = work[WORK_DENOM];
     var g = 1.0;
     if ((params.flags & FLAG_UPSTREAM_SCALAR) != 0u) {
@@ -210,14 +229,37 @@ fn grad_scales(row: u32, t: Target, lse_i: f32) -> vec2<f32> {
         g = upstream[row];
     }
     let off = t.ignored || denom == 0.0;
-    var x = vec2<f32>(select(t.alpha * g / denom, 0.0, off), 0.0);
+    var x = vec3<f32>(select(t.alpha * g / denom, 0.0, off), 0.0, 0.0);
     if (Z_LOSS) {
         x.y = select(2.0 * params.z_loss * lse_i * g / denom, 0.0, off);
+    }
+    if (PER_CLASS) {
+        x.z = select(g / denom, 0.0, off);
     }
     if (SCALED) {
         x *= params.logit_scale;
     }
-    return select(x, vec2<f32>(nan()), t.bad);
+    return select(x, vec3<f32>(nan()), t.bad);
+}
+
+// dl/df_c from p_c and the row's scales x (grad_scales): x.x (p_c - q_c),
+// or with PER_CLASS smoothing (1-eps) x.x (p_c - [c = y])
+// + x.z (eps/C)(W p_c - alpha_c); plus the z-loss's x.y p_c.
+fn grad_at(x: vec3<f32>, p: f32, c: u32, label: Target, q_rest: f32) -> f32 {
+    let eps = params.smoothing;
+    var g: f32;
+    if (PER_CLASS) {
+        let alpha_c = class_vecs[2u * params.classes + c];
+        let hit = select(0.0, 1.0, c == label.y);
+        g = (1.0 - eps) * x.x * (p - hit) + x.z * q_rest * (weight_sum() * p - alpha_c);
+    } else {
+        let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
+        g = x.x * (p - q);
+    }
+    if (Z_LOSS) {
+        g += x.y * p;
+    }
+    return g;
 }
 
 fn write_row(row: u32, t: Target, total: vec4<f32>) {
@@ -279,7 +321,11 @@ fn thread_partial(
             if (SCALED) {
                 v *= params.logit_scale;
             }
-            z_sum += v;
+            if (PER_CLASS) {
+                z_sum += class_vecs[2u * params.classes + c] * v; // sum_c alpha_c z_c
+            } else {
+                z_sum += v;
+            }
             z_y += select(0.0, v, c == label.y);
         }
         (*z)[k] = v;
@@ -328,18 +374,11 @@ fn xent_rows(
         // p_c = exp(z_c - m) exp(m - M) / S.
         let to_p = exp(m - total.x) / total.y;
         let scales = grad_scales(row, label, select(0.0, total.x + log(total.y), Z_LOSS));
-        let eps = params.smoothing;
-        let q_rest = eps / f32(c_len);
+        let q_rest = params.smoothing / f32(c_len);
         for (var k = 0u; k < VPT; k++) {
             let c = start + k * step;
             if (c < c_len) {
-                let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-                let p = z[k] * to_p;
-                var g = scales.x * (p - q);
-                if (Z_LOSS) {
-                    g += scales.y * p;
-                }
-                store_grad(base + c, g);
+                store_grad(base + c, grad_at(scales, z[k] * to_p, c, label, q_rest));
             }
         }
     }
@@ -416,8 +455,7 @@ fn xent_backward(
         lse_i = m;
     }
     let scales = grad_scales(row, label, lse_i);
-    let eps = params.smoothing;
-    let q_rest = eps / f32(c_len);
+    let q_rest = params.smoothing / f32(c_len);
     let base = row * params.stride;
     let first = wid.x * TPR * VPT;
     for (var k = 0u; k < VPT; k++) {
@@ -427,13 +465,7 @@ fn xent_backward(
             if (SCALED) {
                 z *= params.logit_scale;
             }
-            let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-            let p = exp(z - m) * inv_s;
-            var g = scales.x * (p - q);
-            if (Z_LOSS) {
-                g += scales.y * p;
-            }
-            store_grad(base + c, g);
+            store_grad(base + c, grad_at(scales, exp(z - m) * inv_s, c, label, q_rest));
         }
     }
 }

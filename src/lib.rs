@@ -59,7 +59,8 @@ pub use evaluation::{
     TauSelection, ECE_BINS,
 };
 pub use loss::{
-    effective_number_weights, LossOutput, LossSpec, Reduction, Upstream, DEFAULT_IGNORE_INDEX,
+    effective_number_weights, LossOutput, LossSpec, Reduction, Smoothing, Upstream,
+    DEFAULT_IGNORE_INDEX,
 };
 pub use metrics::{
     check_labels, report, report_with_groups, BoundCounts, ClassCounts, CountsBuffers, Report,

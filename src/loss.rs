@@ -87,6 +87,21 @@ pub struct LossSpec {
     reduction: Reduction,
     logit_scale: f32,
     z_loss: f32,
+    smoothing: Smoothing,
+}
+
+/// How label smoothing meets class weights `alpha` (they agree when the
+/// weights are uniform; docs/MATH.md section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Smoothing {
+    /// The row's label weight multiplies the whole smoothed loss:
+    /// `alpha_y ((1-eps)(LSE - z_y) + eps (LSE - mean_c z_c))`.
+    #[default]
+    RowWeight,
+    /// PyTorch's `F.cross_entropy(weight=alpha, label_smoothing=eps)`: the
+    /// smoothing term weighted per class inside the sum,
+    /// `(1-eps) alpha_y (LSE - z_y) + (eps/C) sum_c alpha_c (LSE - z_c)`.
+    PerClass,
 }
 
 impl LossSpec {
@@ -101,6 +116,7 @@ impl LossSpec {
             reduction: Reduction::Mean,
             logit_scale: 1.0,
             z_loss: 0.0,
+            smoothing: Smoothing::RowWeight,
         }
     }
 
@@ -244,6 +260,23 @@ impl LossSpec {
     pub fn with_z_loss(mut self, lambda: f32) -> Self {
         self.z_loss = lambda;
         self
+    }
+
+    /// Choose how label smoothing meets the class weights ([`Smoothing`]).
+    pub fn with_smoothing_convention(mut self, convention: Smoothing) -> Self {
+        self.smoothing = convention;
+        self
+    }
+
+    /// How label smoothing meets the class weights.
+    pub fn smoothing_convention(&self) -> Smoothing {
+        self.smoothing
+    }
+
+    /// Whether smoothing is weighted per class inside the sum (PyTorch's
+    /// convention with smoothing on): the kernels' PER_CLASS path.
+    pub(crate) fn per_class_smoothing(&self) -> bool {
+        self.smoothing == Smoothing::PerClass && self.label_smoothing > 0.0
     }
 
     /// The logit scale `s`.

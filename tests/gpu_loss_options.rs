@@ -8,7 +8,9 @@
 mod common;
 
 use common::{contexts, max_abs, name, worst, Rng};
-use logit_adjust::{reference, ClassPrior, Context, LossSpec, Reduction, Upstream, Variant};
+use logit_adjust::{
+    reference, ClassPrior, Context, LossSpec, Reduction, Smoothing, Upstream, Variant,
+};
 
 /// The layouts that resolve for `op`'s spec on this context (the CPU
 /// adapters' own layouts take neither option, so they drop out).
@@ -38,6 +40,8 @@ struct Case {
     lambda: f32,
     reduction: Reduction,
     smoothing: f32,
+    /// Non-uniform class weights, smoothing weighted per class (PyTorch's).
+    per_class: bool,
 }
 
 fn check(case: Case) {
@@ -50,10 +54,17 @@ fn check(case: Case) {
         lambda,
         reduction,
         smoothing,
+        per_class,
     } = case;
     let prior = ClassPrior::from_counts(&rng.counts(c, 50.0)).unwrap();
-    let spec = LossSpec::logit_adjusted(&prior, 1.0)
-        .unwrap()
+    let mut spec = LossSpec::logit_adjusted(&prior, 1.0).unwrap();
+    if per_class {
+        let weights = (0..c).map(|_| rng.range(0.2, 3.0) as f32).collect();
+        spec = LossSpec::custom(spec.bias().to_vec(), spec.margin().to_vec(), weights)
+            .unwrap()
+            .with_smoothing_convention(Smoothing::PerClass);
+    }
+    let spec = spec
         .with_reduction(reduction)
         .with_label_smoothing(smoothing)
         .with_logit_scale(s)
@@ -64,7 +75,11 @@ fn check(case: Case) {
     let g = want.grad.as_ref().unwrap();
     // f32 rounding of z (|z| up to max_z) carries into LSE and every p_c.
     let max_z = f64::from(s) * (4.0 + max_abs(&prior.log_prior()) + 1.0);
-    let big = max_abs(g);
+    let big = max_abs(g).max(if per_class {
+        3.0 * f64::from(smoothing) / c as f64
+    } else {
+        0.0
+    });
     let loss_tol =
         |r: f64| 1e-5 * r.abs().max(1.0) + 4e-7 * max_z * (1.0 + 2.0 * f64::from(lambda) * max_z);
     let grad_tol = |_: f64| 1e-6 + 1e-5 * big + 4e-7 * max_z * big;
@@ -118,6 +133,7 @@ fn a_logit_scale_matches_the_reference() {
                 lambda: 0.0,
                 reduction: [Reduction::Mean, Reduction::Sum, Reduction::WeightedMean][k % 3],
                 smoothing: [0.0, 0.1][k % 2],
+                per_class: false,
             });
         }
     }
@@ -137,7 +153,65 @@ fn the_z_loss_matches_the_reference() {
                 lambda,
                 reduction: [Reduction::Mean, Reduction::None, Reduction::Sum][k % 3],
                 smoothing: [0.1, 0.0][k % 2],
+                per_class: false,
             });
+        }
+    }
+}
+
+#[test]
+fn pytorch_weighted_smoothing_matches_the_reference() {
+    for (k, (n, c)) in [(67, 1), (67, 10), (9, 1000), (3, 40_000)]
+        .into_iter()
+        .enumerate()
+    {
+        for reduction in [Reduction::WeightedMean, Reduction::Sum, Reduction::None] {
+            check(Case {
+                n,
+                c,
+                s: [1.0, 30.0][k % 2],
+                lambda: [0.0, 1e-4][k % 2],
+                reduction,
+                smoothing: 0.1,
+                per_class: true,
+            });
+        }
+    }
+}
+
+#[test]
+fn the_two_smoothing_conventions_agree_when_the_weights_are_uniform() {
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    let (n, c) = (40, 13);
+    let logits = rng.logits(n * c, 4.0);
+    let labels = rng.labels(n, c, 0.1, -100);
+    let base = LossSpec::custom(vec![0.0; c], vec![0.0; c], vec![2.5; c])
+        .unwrap()
+        .with_label_smoothing(0.2)
+        .with_reduction(Reduction::WeightedMean);
+    let pytorch = base.clone().with_smoothing_convention(Smoothing::PerClass);
+    let a = reference::forward_backward(&base, &logits, &labels).unwrap();
+    let b = reference::forward_backward(&pytorch, &logits, &labels).unwrap();
+    assert!(
+        (a.loss.unwrap() - b.loss.unwrap()).abs() < 1e-12,
+        "seed={seed}"
+    );
+    for ctx in contexts() {
+        let x = ctx
+            .softmax_xent(&base)
+            .unwrap()
+            .forward_backward(&logits, &labels)
+            .unwrap();
+        let y = ctx
+            .softmax_xent(&pytorch)
+            .unwrap()
+            .forward_backward(&logits, &labels)
+            .unwrap();
+        let what = format!("{} seed={seed}", name(ctx));
+        assert!((x.loss.unwrap() - y.loss.unwrap()).abs() <= 1e-5, "{what}");
+        for (g, h) in x.grad.unwrap().iter().zip(y.grad.unwrap()) {
+            assert!((g - h).abs() <= 1e-6, "{what}: {g} vs {h}");
         }
     }
 }

@@ -39,6 +39,7 @@ fn run(
     let eps = spec.label_smoothing() as f64;
     let s = spec.logit_scale() as f64;
     let lambda = spec.z_loss() as f64;
+    let per_class = spec.per_class_smoothing();
     let b: Vec<f64> = spec.bias().iter().map(|&x| x as f64).collect();
 
     let valid = |label: i64| label != spec.ignore_index();
@@ -78,9 +79,14 @@ fn run(
         let sum_exp: f64 = z.iter().map(|&zk| (zk - max).exp()).sum();
         let lse = max + sum_exp.ln();
         lse_rows[i] = lse;
-        let mean_z = z.iter().sum::<f64>() / c as f64;
-        per_row[i] =
-            alpha * ((1.0 - eps) * (lse - z[y]) + eps * (lse - mean_z)) + lambda * lse * lse;
+        let w = |k: usize| spec.weight()[k] as f64;
+        let smooth = if per_class {
+            // (eps/C) sum_c alpha_c (LSE - z_c), PyTorch's weighted smoothing
+            eps / c as f64 * (0..c).map(|k| w(k) * (lse - z[k])).sum::<f64>()
+        } else {
+            alpha * eps * (lse - z.iter().sum::<f64>() / c as f64)
+        };
+        per_row[i] = alpha * (1.0 - eps) * (lse - z[y]) + smooth + lambda * lse * lse;
 
         if with_grad {
             let g = match upstream {
@@ -88,10 +94,16 @@ fn run(
                 Upstream::PerRow(g) => g[i] as f64,
             };
             let scale = if denom == 0.0 { 0.0 } else { g / denom };
+            let weight_sum: f64 = (0..c).map(w).sum();
             for (k, &zk) in z.iter().enumerate() {
                 let p = (zk - lse).exp();
-                let q = (1.0 - eps) * if k == y { 1.0 } else { 0.0 } + eps / c as f64;
-                grad[i * c + k] = scale * s * (alpha * (p - q) + 2.0 * lambda * lse * p);
+                let hit = if k == y { 1.0 } else { 0.0 };
+                let ce = if per_class {
+                    alpha * (1.0 - eps) * (p - hit) + eps / c as f64 * (weight_sum * p - w(k))
+                } else {
+                    alpha * (p - ((1.0 - eps) * hit + eps / c as f64))
+                };
+                grad[i * c + k] = scale * s * (ce + 2.0 * lambda * lse * p);
             }
         }
     }

@@ -553,6 +553,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         let options = [
             ("SCALED", spec.logit_scale() != 1.0),
             ("Z_LOSS", spec.z_loss() != 0.0),
+            ("PER_CLASS", spec.per_class_smoothing()),
         ];
         if std::ptr::eq(shader, &self.op.xent) && options.iter().any(|o| o.1) {
             let mut all = constants.to_vec();

@@ -29,6 +29,13 @@ pub(crate) struct Kernels {
     pub(super) table: wgpu::Buffer,
 }
 
+/// Whether `spec` uses an option these layouts do not implement (a logit
+/// scale, the z-loss, smoothing weighted per class): such a spec takes the
+/// GPU path's layouts on a CPU adapter too.
+pub(super) fn takes_options(spec: &crate::LossSpec) -> bool {
+    spec.logit_scale() != 1.0 || spec.z_loss() != 0.0 || spec.per_class_smoothing()
+}
+
 /// The table's contents: the first 16,384 floats of `[b, m, alpha]`.
 fn table_of(class_vecs: &[f32]) -> Vec<f32> {
     let mut table = vec![0f32; TABLE_CLASSES];

@@ -149,6 +149,16 @@ pub struct BackwardBuffers<'a> {
     pub upstream: UpstreamBuffer<'a>,
 }
 
+/// `[b, m, alpha, W = sum_c alpha_c]` as the kernels read them, padded to
+/// whole vec4s for cpu_xent.wgsl's vec4 view.
+fn class_vectors(spec: &LossSpec) -> Vec<f32> {
+    let weight_sum: f64 = spec.weight().iter().map(|&w| f64::from(w)).sum();
+    let mut v: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
+    v.push(weight_sum as f32);
+    v.resize(v.len().next_multiple_of(4), 0.0);
+    v
+}
+
 /// The loss operation on one device for one [`LossSpec`]: the class vectors
 /// are uploaded and the two shader files compiled when it is made; each
 /// pipeline is built on first use and kept. `Send + Sync`; recording needs
@@ -213,9 +223,7 @@ impl SoftmaxXent {
     /// Validate `spec`, upload `[b, m, alpha]`, compile the loss's shaders.
     pub fn new(ctx: &Context, spec: &LossSpec) -> Result<Self> {
         spec.validate()?;
-        let mut class_vecs: Vec<f32> = [spec.bias(), spec.margin(), spec.weight()].concat();
-        // Whole vec4s, for cpu_xent.wgsl's vec4 view.
-        class_vecs.resize(class_vecs.len().next_multiple_of(4), 0.0);
+        let class_vecs = class_vectors(spec);
         let cpu = ctx.info().device_type == wgpu::DeviceType::Cpu;
         ctx.scoped(|| {
             Ok(Self {
@@ -236,7 +244,7 @@ impl SoftmaxXent {
                 ),
                 // The CPU layouts implement neither a logit scale nor the
                 // z-loss: such a spec takes the GPU path's layouts there.
-                cpu_xent: if cpu && spec.logit_scale() == 1.0 && spec.z_loss() == 0.0 {
+                cpu_xent: if cpu && !cpu::takes_options(spec) {
                     Some(cpu::Kernels::new(ctx, &class_vecs)?)
                 } else {
                     None
@@ -277,8 +285,7 @@ impl SoftmaxXent {
         weight: Vec<f32>,
     ) -> Result<()> {
         let next = self.spec.clone().with_class_vectors(bias, margin, weight)?;
-        let mut class_vecs: Vec<f32> = [next.bias(), next.margin(), next.weight()].concat();
-        class_vecs.resize(class_vecs.len().next_multiple_of(4), 0.0);
+        let class_vecs = class_vectors(&next);
         self.ctx.scoped(|| {
             let queue = self.ctx.queue();
             queue.write_buffer(&self.class_vecs, 0, bytemuck::cast_slice(&class_vecs));

@@ -16,32 +16,43 @@ import tempfile
 import numpy as np
 
 
-def la_loss(f, y, log_prior, tau, reduction, ignore_index, eps, s=1.0, lam=0.0):
+def la_loss(f, y, log_prior, tau, reduction, ignore_index, eps, s=1.0, lam=0.0, w=None, pytorch=False):
     """Per-row losses, reduced loss and gradient of the reduced loss, with
-    the logits scaled by s (z = s (f + tau log pi)) and the z-loss lam LSE^2."""
+    the logits scaled by s (z = s (f + tau log pi)), the z-loss lam LSE^2,
+    class weights w, and label smoothing either weighting the whole row by
+    w_y or, as PyTorch's F.cross_entropy(weight=w, label_smoothing=eps),
+    each class's term by w_c."""
     n, c = f.shape
+    w = np.ones(c) if w is None else w.astype(np.float32).astype(np.float64)
     z = s * (f.astype(np.float64) + (tau * log_prior).astype(np.float32).astype(np.float64))
     valid = y != ignore_index
     yv = np.where(valid, y, 0)
     m = z.max(axis=1, keepdims=True)
     lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
     z_y = z[np.arange(n), yv]
-    per_row = (1 - eps) * (lse - z_y) + eps * (lse - z.mean(axis=1)) + lam * lse**2
-    per_row = np.where(valid, per_row, 0.0)
+    w_y = w[yv]
     p = np.exp(z - lse[:, None])
-    q = np.full((n, c), eps / c)
-    q[np.arange(n), yv] += 1 - eps
+    hit = np.zeros((n, c))
+    hit[np.arange(n), yv] = 1.0
+    if pytorch:
+        # PyTorch: (1-eps) nll(weight) + (eps/C) * (-(log_softmax * weight).sum(1))
+        logp = z - lse[:, None]
+        per_row = (1 - eps) * w_y * (lse - z_y) - eps / c * (logp * w[None, :]).sum(axis=1)
+        gz = (1 - eps) * w_y[:, None] * (p - hit) + eps / c * (w.sum() * p - w[None, :])
+    else:
+        per_row = w_y * ((1 - eps) * (lse - z_y) + eps * (lse - z.mean(axis=1)))
+        gz = w_y[:, None] * (p - ((1 - eps) * hit + eps / c))
+    per_row = np.where(valid, per_row + lam * lse**2, 0.0)
     # d/df = s d/dz; d(lam LSE^2)/dz_c = 2 lam LSE p_c
-    grad = np.where(valid[:, None], s * (p - q + 2 * lam * lse[:, None] * p), 0.0)
-    count = valid.sum()
+    grad = np.where(valid[:, None], s * (gz + 2 * lam * lse[:, None] * p), 0.0)
     if reduction == "none":
         return per_row, None, grad
     if reduction == "sum":
         return per_row, per_row.sum(), grad
-    # mean and weighted-mean coincide with unit weights
-    if count == 0:
+    denom = valid.sum() if reduction == "mean" else w_y[valid].sum()
+    if denom == 0:
         return per_row, 0.0, grad * 0
-    return per_row, per_row.sum() / count, grad / count
+    return per_row, per_row.sum() / denom, grad / denom
 
 
 def posthoc_metrics(f, y, counts, taus):
@@ -131,8 +142,14 @@ def main():
             tau = float(rng.choice([0.0, 1.0, 2.5]))
             reduction = str(rng.choice(["none", "sum", "mean", "weighted-mean"]))
             eps = float(rng.choice([0.0, 0.1]))
-            # Half the rounds with a logit scale and a z-loss.
+            # Half the rounds with a logit scale and a z-loss; a third with
+            # class weights, half of those smoothed as PyTorch smooths.
             s, lam = (1.0, 0.0) if r % 2 == 0 else (float(rng.choice([0.5, 30.0])), float(rng.choice([0.0, 1e-4])))
+            weighted = r % 3 == 1
+            w = rng.uniform(0.2, 3.0, size=c).astype(np.float32) if weighted else None
+            pytorch = weighted and bool(rng.integers(0, 2))
+            if pytorch:
+                eps = 0.1
             f = (rng.uniform(-50, 50, size=(n, c))).astype(np.float32)
             if s != 1.0:
                 f = (f / 10).astype(np.float32)
@@ -140,20 +157,27 @@ def main():
             counts = np.maximum(counts, 1)
             y = rng.integers(0, c, size=n).astype(rng.choice([np.int32, np.int64]))
             y[rng.uniform(size=n) < 0.1] = -100
-            paths = {k: os.path.join(d, f"{k}{r}.npy") for k in ["l", "y", "n", "ol", "og"]}
+            paths = {k: os.path.join(d, f"{k}{r}.npy") for k in ["l", "y", "n", "w", "ol", "og"]}
+            if weighted:
+                np.save(paths["w"], w)
             np.save(paths["l"], f)
             np.save(paths["y"], y)
             np.save(paths["n"], counts)
             log_prior = np.log(counts / counts.sum())
-            want_rows, want_loss, want_grad = la_loss(f, y.astype(np.int64), log_prior, tau, reduction, -100, eps, s, lam)
+            want_rows, want_loss, want_grad = la_loss(
+                f, y.astype(np.int64), log_prior, tau, reduction, -100, eps, s, lam, w, pytorch)
             for cpu in [False, True]:
                 cmd = [tool, "loss", "--logits", paths["l"], "--labels", paths["y"],
                        "--class-counts", paths["n"], "--tau", str(tau), "--reduction", reduction,
                        "--label-smoothing", str(eps), "--logit-scale", str(s), "--z-loss", str(lam),
                        "--out-loss", paths["ol"],
-                       "--out-grad", paths["og"], "--json"] + (["--cpu"] if cpu else [])
+                       "--out-grad", paths["og"], "--json"] + (["--cpu"] if cpu else []) \
+                    + (["--weights", paths["w"]] if weighted else []) \
+                    + (["--smoothing-convention", "pytorch"] if pytorch else [])
                 out = subprocess.run(cmd, capture_output=True, text=True)
-                what = f"round {r}: N={n} C={c} tau={tau} {reduction} eps={eps} s={s} z-loss={lam} cpu={cpu}"
+                conv = " pytorch-smoothing" if pytorch else ""
+                what = (f"round {r}: N={n} C={c} tau={tau} {reduction} eps={eps} s={s} z-loss={lam}"
+                        f"{' weighted' if weighted else ''}{conv} cpu={cpu}")
                 if out.returncode != 0:
                     print(f"FAIL {what}: exit {out.returncode}: {out.stderr.strip()}")
                     failures += 1

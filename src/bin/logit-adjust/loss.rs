@@ -44,6 +44,14 @@ pub struct LossArgs {
     /// Add the z-loss lambda LSE^2 to every row that is not ignored.
     #[arg(long, default_value_t = 0.0)]
     z_loss: f32,
+    /// Class weights alpha, float (C,) (as PyTorch's `weight`; default 1).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// How label smoothing meets class weights: `row` (the label's weight
+    /// scales the whole smoothed loss) or `pytorch` (F.cross_entropy's:
+    /// the smoothing term weighted per class).
+    #[arg(long, default_value = "row")]
+    smoothing_convention: String,
     /// Write the per-row losses (N,) float32 here.
     #[arg(long)]
     out_loss: Option<PathBuf>,
@@ -65,6 +73,7 @@ fn check_paths(a: &LossArgs) -> Result<(), String> {
         Some(&a.labels),
         a.class_counts.as_ref(),
         a.prior.as_ref(),
+        a.weights.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -85,8 +94,34 @@ fn spec_of(a: &LossArgs, prior: &logit_adjust::ClassPrior) -> Result<LossSpec, S
         .reduction
         .parse()
         .map_err(|e: logit_adjust::Error| e.to_string())?;
-    let spec = LossSpec::logit_adjusted(prior, a.tau)
-        .map_err(|e| e.to_string())?
+    let convention = match a.smoothing_convention.as_str() {
+        "row" => logit_adjust::Smoothing::RowWeight,
+        "pytorch" => logit_adjust::Smoothing::PerClass,
+        other => {
+            return Err(format!(
+                "--smoothing-convention must be row or pytorch, got {other:?}"
+            ))
+        }
+    };
+    let mut spec = LossSpec::logit_adjusted(prior, a.tau).map_err(|e| e.to_string())?;
+    if let Some(path) = &a.weights {
+        let weights: Vec<f32> = npy::read_vector(path, "class weights", true)?
+            .iter()
+            .map(|&w| w as f32)
+            .collect();
+        if weights.len() != prior.classes() {
+            return Err(format!(
+                "shape mismatch: {} holds {} class weights, the logits have {} classes",
+                path.display(),
+                weights.len(),
+                prior.classes()
+            ));
+        }
+        spec = LossSpec::custom(spec.bias().to_vec(), spec.margin().to_vec(), weights)
+            .map_err(|e| e.to_string())?;
+    }
+    let spec = spec
+        .with_smoothing_convention(convention)
         .with_reduction(reduction)
         .with_label_smoothing(a.label_smoothing)
         .with_ignore_index(a.ignore_index)
@@ -180,6 +215,7 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
                 "label_smoothing": a.label_smoothing,
                 "logit_scale": a.logit_scale,
                 "z_loss": a.z_loss,
+                "smoothing_convention": a.smoothing_convention,
                 "n": n,
                 "c": c,
                 "adapter": adapter,
