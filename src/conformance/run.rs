@@ -161,8 +161,10 @@ fn bytes_of<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
     bytemuck::cast_slice(v).to_vec()
 }
 
-fn i32_labels(labels: &[i64]) -> Vec<i32> {
-    labels.iter().map(|&y| y as i32).collect()
+/// The labels as i32, the type the runs bind.
+fn labels_tensor(ctx: &Context, labels: &[i64]) -> Result<Tensor> {
+    let labels: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+    tensor(ctx, "labels", Role::Input, bytes_of(&labels))
 }
 
 /// Upload the case's inputs, poison the outputs, bind `op`.
@@ -172,12 +174,7 @@ fn prepare(ctx: &Context, op: Op, case: &Case) -> Result<Prepared> {
     match op {
         Op::Forward | Op::Fused => prepare_forward(ctx, op, case, logits),
         Op::Backward => {
-            let labels = tensor(
-                ctx,
-                "labels",
-                Role::Input,
-                bytes_of(&i32_labels(&case.labels)),
-            )?;
+            let labels = labels_tensor(ctx, &case.labels)?;
             let want = crate::reference::forward(&case.spec, &case.logits, &case.labels)?;
             let lse32: Vec<f32> = want.lse.iter().map(|&x| x as f32).collect();
             let lse = tensor(ctx, "lse", Role::Input, bytes_of(&lse32))?;
@@ -215,12 +212,7 @@ fn prepare(ctx: &Context, op: Op, case: &Case) -> Result<Prepared> {
             let t = TAUS.len();
             let p = case.predictions()?;
             let rows: Vec<u32> = (0..n * t).map(|e| p.by_tau[e % t][e / t]).collect();
-            let labels = tensor(
-                ctx,
-                "labels",
-                Role::Input,
-                bytes_of(&i32_labels(&case.count_labels())),
-            )?;
+            let labels = labels_tensor(ctx, &case.count_labels())?;
             let pred = tensor(ctx, "pred", Role::Input, bytes_of(&rows))?;
             let counts = output(ctx, "counts", c * (t + 1) + 1)?;
             let bound = ctx.bind_counts(&CountsBuffers {
@@ -248,12 +240,7 @@ fn prepare_forward(ctx: &Context, op: Op, case: &Case, logits: Tensor) -> Result
     let n = case.rows;
     let c = case.classes;
 
-    let labels = tensor(
-        ctx,
-        "labels",
-        Role::Input,
-        bytes_of(&i32_labels(&case.labels)),
-    )?;
+    let labels = labels_tensor(ctx, &case.labels)?;
     let loss = output(ctx, "loss", 1)?;
     let row_loss = output(ctx, "row_loss", n)?;
     let lse = output(ctx, "lse", n)?;

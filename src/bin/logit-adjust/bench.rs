@@ -568,7 +568,6 @@ fn json_rows(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str
     let finite = |x: f64| x.is_finite().then_some(x);
     rows.iter()
         .map(|r| {
-            let mut row = crate::record::adapter_fields(ctx.info());
             let fields = json!({
                 "timestamp": when,
                 "version": crate::record::VERSION,
@@ -583,16 +582,12 @@ fn json_rows(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str
                 "time_vs_shader_copy": r.vs_copy, "time_vs_driver_copy": r.vs_driver,
                 "speedup_vs_unfused": finite(r.speedup_unfused),
             });
-            if let (Value::Object(a), Value::Object(b)) = (&mut row, fields) {
-                a.extend(b);
-            }
-            row
+            crate::record::with_adapter(ctx.info(), fields)
         })
         .collect()
 }
 
 fn print_json(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str) {
-    let mut head = crate::record::adapter_fields(ctx.info());
     let fields = json!({
         "timestamp": when,
         "version": crate::record::VERSION,
@@ -601,10 +596,7 @@ fn print_json(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &st
         "reps": reps,
         "rows": json_rows(ctx, timer, reps, rows, when),
     });
-    if let (Value::Object(a), Value::Object(b)) = (&mut head, fields) {
-        a.extend(b);
-    }
-    println!("{head}");
+    println!("{}", crate::record::with_adapter(ctx.info(), fields));
 }
 
 fn print_table(ctx: &Context, timer: &Timer, rows: &[Row]) {

@@ -96,7 +96,6 @@ fn select(adapters: Vec<wgpu::Adapter>, wanted: &str) -> Result<Vec<wgpu::Adapte
 }
 
 fn row(info: &wgpu::AdapterInfo, cell: &Cell, o: &Outcome, a: &CheckArgs, when: &str) -> Value {
-    let mut row = record::adapter_fields(info);
     let finite = |x: f64| x.is_finite().then_some(x);
     let fields = json!({
         "test_time": when,
@@ -123,10 +122,7 @@ fn row(info: &wgpu::AdapterInfo, cell: &Cell, o: &Outcome, a: &CheckArgs, when: 
         "seed": a.seed,
         "quick": a.quick,
     });
-    if let (Value::Object(r), Value::Object(f)) = (&mut row, fields) {
-        r.extend(f);
-    }
-    row
+    record::with_adapter(info, fields)
 }
 
 fn console_line(cell: &Cell, o: &Outcome) -> String {
@@ -230,9 +226,8 @@ fn check_adapter(
     } else {
         eprintln!("{line}");
     }
-    let mut summary = record::adapter_fields(&info);
-    if let (Value::Object(s), Value::Object(f)) = (
-        &mut summary,
+    let summary = record::with_adapter(
+        &info,
         json!({
             "cells": supported + tally.unsupported,
             "passed": tally.passed,
@@ -240,9 +235,7 @@ fn check_adapter(
             "unsupported": tally.unsupported,
             "ok": ok,
         }),
-    ) {
-        s.extend(f);
-    }
+    );
     (rows, summary, ok)
 }
 

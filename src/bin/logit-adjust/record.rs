@@ -45,6 +45,16 @@ pub fn adapter_fields(info: &wgpu::AdapterInfo) -> Value {
     })
 }
 
+/// `fields` (a JSON object) after the adapter fields of `info`: a row or
+/// a header that says where it was measured.
+pub fn with_adapter(info: &wgpu::AdapterInfo, fields: Value) -> Value {
+    let mut row = adapter_fields(info);
+    if let (Value::Object(r), Value::Object(f)) = (&mut row, fields) {
+        r.extend(f);
+    }
+    row
+}
+
 /// Rows of JSON objects as CSV with the given columns: a header, then one
 /// line per row; strings quoted where they need it, null as an empty field.
 pub fn csv(columns: &[&str], rows: &[Value]) -> String {
