@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{name, Rng};
+use common::{adapters, name, Rng};
 use logit_adjust::{
     reference, ClassPrior, Context, LinearTrainer, LossSpec, Reduction, TrainConfig, Variant,
 };
@@ -25,16 +25,6 @@ fn device_with(adapter: &wgpu::Adapter, limits: wgpu::Limits) -> (wgpu::Device, 
         ..Default::default()
     }))
     .expect("request_device")
-}
-
-fn adapters() -> Vec<wgpu::Adapter> {
-    let adapters = logit_adjust::adapters_from_env();
-    assert!(
-        !adapters.is_empty(),
-        "no GPU adapter found (WGPU_BACKEND={:?}); GPU tests must not pass without one",
-        std::env::var("WGPU_BACKEND").ok()
-    );
-    adapters
 }
 
 #[test]

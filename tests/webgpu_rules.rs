@@ -5,22 +5,15 @@
 //! every traced step names a shader file under `shaders/`. The browser
 //! harness (tests/webgpu/) runs the same plans through Chromium in CI.
 
+mod common;
+
+use common::adapters;
 use logit_adjust::conformance::{self, Devices, Dtype, KernelSet};
 use logit_adjust::trace::{BindingKind, Traced, TracedStep};
 use logit_adjust::{
     BackwardBuffers, ClassPrior, Context, GradOutput, LabelType, LossBuffers, LossSpec, Reduction,
     Region, UpstreamBuffer,
 };
-
-fn adapters() -> Vec<wgpu::Adapter> {
-    let adapters = logit_adjust::adapters_from_env();
-    assert!(
-        !adapters.is_empty(),
-        "no GPU adapter found (WGPU_BACKEND={:?}); GPU tests must not pass without one",
-        std::env::var("WGPU_BACKEND").ok()
-    );
-    adapters
-}
 
 /// The GL backend shares one EGL context: the tests here take turns.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -8,18 +8,25 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use logit_adjust::Context;
 
+/// Every adapter wgpu sees under `WGPU_BACKEND`; panics when there is
+/// none: a GPU test never passes by skipping.
+pub fn adapters() -> Vec<wgpu::Adapter> {
+    let adapters = logit_adjust::adapters_from_env();
+    assert!(
+        !adapters.is_empty(),
+        "no GPU adapter found (WGPU_BACKEND={:?}); GPU tests must not pass without one. \
+         Install a driver (apt-get install -y mesa-vulkan-drivers libvulkan1) or pick a backend.",
+        std::env::var("WGPU_BACKEND").ok()
+    );
+    adapters
+}
+
 /// One context per adapter wgpu sees under `WGPU_BACKEND` (all backends when
 /// unset). Panics when there is none: a GPU test never passes by skipping.
 fn all_contexts() -> &'static [Context] {
     static CONTEXTS: OnceLock<Vec<Context>> = OnceLock::new();
     CONTEXTS.get_or_init(|| {
-        let adapters = logit_adjust::adapters_from_env();
-        assert!(
-            !adapters.is_empty(),
-            "no GPU adapter found (WGPU_BACKEND={:?}); GPU tests must not pass without one. \
-             Install a driver (apt-get install -y mesa-vulkan-drivers libvulkan1) or pick a backend.",
-            std::env::var("WGPU_BACKEND").ok()
-        );
+        let adapters = adapters();
         let contexts: Vec<Context> = adapters
             .iter()
             .map(|a| Context::from_adapter(a).unwrap_or_else(|e| panic!("{:?}: {e}", a.get_info())))

@@ -569,11 +569,6 @@ fn json_rows(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str
     rows.iter()
         .map(|r| {
             let fields = json!({
-                "timestamp": when,
-                "version": crate::record::VERSION,
-                "git_commit": crate::record::COMMIT,
-                "timing": timer.timing().name(),
-                "reps": reps,
                 "op": r.op, "dtype": "f32", "mode": r.mode, "n": r.n, "c": r.c,
                 "p20_ms": r.p20, "p50_ms": r.ms, "p80_ms": r.p80, "samples": r.samples,
                 "bytes": r.bytes as u64,
@@ -582,21 +577,33 @@ fn json_rows(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str
                 "time_vs_shader_copy": r.vs_copy, "time_vs_driver_copy": r.vs_driver,
                 "speedup_vs_unfused": finite(r.speedup_unfused),
             });
-            crate::record::with_adapter(ctx.info(), fields)
+            with_run(ctx, timer, reps, when, fields)
         })
         .collect()
 }
 
-fn print_json(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str) {
-    let fields = json!({
+/// `fields` after what every row and the header carry: the adapter, the
+/// build, the timing source, the repetitions and the timestamp.
+fn with_run(ctx: &Context, timer: &Timer, reps: usize, when: &str, fields: Value) -> Value {
+    let mut run = json!({
         "timestamp": when,
         "version": crate::record::VERSION,
         "git_commit": crate::record::COMMIT,
         "timing": timer.timing().name(),
         "reps": reps,
-        "rows": json_rows(ctx, timer, reps, rows, when),
     });
-    println!("{}", crate::record::with_adapter(ctx.info(), fields));
+    if let (Value::Object(r), Value::Object(f)) = (&mut run, fields) {
+        r.extend(f);
+    }
+    crate::record::with_adapter(ctx.info(), run)
+}
+
+fn print_json(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str) {
+    let rows = json_rows(ctx, timer, reps, rows, when);
+    println!(
+        "{}",
+        with_run(ctx, timer, reps, when, json!({ "rows": rows }))
+    );
 }
 
 fn print_table(ctx: &Context, timer: &Timer, rows: &[Row]) {
