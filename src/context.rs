@@ -178,6 +178,27 @@ impl Context {
         queue: wgpu::Queue,
         info: wgpu::AdapterInfo,
     ) -> Result<Self> {
+        Self::build(device, queue, info, true)
+    }
+
+    /// As [`Context::from_wgpu`], for a device whose owner keeps its own
+    /// lost callback (burn's runtime sets one to poison its device; wgpu
+    /// keeps one callback per device, so taking it would blind the owner).
+    /// [`Context::lost`] then stays `None`: the owner reports a lost device.
+    pub fn from_shared_wgpu(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Result<Self> {
+        Self::build(device, queue, info, false)
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        watch_lost: bool,
+    ) -> Result<Self> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS_NEEDED {
             return Err(Error::UnsupportedAdapter(format!(
@@ -203,11 +224,13 @@ impl Context {
         let kernels = Kernels::new(&device, tracer.clone());
         let tuning = RwLock::new(Tuning::load_cached(&info));
         let lost = Arc::new(Mutex::new(None));
-        let on_lost = Arc::clone(&lost);
-        device.set_device_lost_callback(move |reason, message| {
-            *on_lost.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(format!("{reason:?}: {message}"));
-        });
+        if watch_lost {
+            let on_lost = Arc::clone(&lost);
+            device.set_device_lost_callback(move |reason, message| {
+                *on_lost.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{reason:?}: {message}"));
+            });
+        }
         let turn = (info.backend == wgpu::Backend::Gl).then(Turn::default);
         Ok(Self {
             inner: Arc::new(Inner {
