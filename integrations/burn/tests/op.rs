@@ -8,7 +8,7 @@ mod common;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use common::{devices, max_abs, seed, values, worst};
 use logit_adjust::synthetic::Rng;
-use logit_adjust::{reference, ClassPrior, LossSpec, Reduction, Smoothing, Upstream};
+use logit_adjust::{reference, ClassPrior, LossOutput, LossSpec, Reduction, Smoothing, Upstream};
 use logit_adjust_burn::{Error, LogitAdjustedLoss};
 
 /// One batch: logits in [-4, 4], labels in [0, C) with about one row in
@@ -185,6 +185,16 @@ fn loss_lse_and_gradient_match_the_f64_reference() {
     );
 }
 
+/// The op's reduced loss `got` (`[1]`) against the reference's.
+fn assert_reduced_loss(got: &[f32], want: &LossOutput<f64>, what: &str) {
+    let w = want.loss.expect("a reduced reference loss");
+    assert!(
+        (got[0] as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
+        "{what}: {} vs reference {w}",
+        got[0]
+    );
+}
+
 #[test]
 fn a_plain_device_runs_the_forward_without_autodiff() {
     let seed = seed("a_plain_device_runs_the_forward_without_autodiff");
@@ -197,13 +207,7 @@ fn a_plain_device_runs_the_forward_without_autodiff() {
             .forward(batch.logits(&device), batch.labels(&device, DType::I32))
             .unwrap();
         let want = reference::forward(&spec, &batch.logits, &batch.labels).unwrap();
-        let got = values(value);
-        let w = want.loss.unwrap();
-        assert!(
-            (got[0] as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
-            "{backend} (seed {seed}): {} vs reference {w}",
-            got[0]
-        );
+        assert_reduced_loss(&values(value), &want, &format!("{backend} (seed {seed})"));
     }
 }
 
@@ -241,11 +245,10 @@ fn the_class_vectors_switch_between_steps() {
             (before, want_before, "before"),
             (after, want_after, "after"),
         ] {
-            let w = want.loss.unwrap();
-            assert!(
-                (got[0] as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
-                "{backend} {when} the switch (seed {seed}): {} vs reference {w}",
-                got[0]
+            assert_reduced_loss(
+                &got,
+                &want,
+                &format!("{backend} {when} the switch (seed {seed})"),
             );
         }
     }
