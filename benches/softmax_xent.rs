@@ -74,6 +74,7 @@ fn bench(c: &mut Criterion) {
         let bound_posthoc = posthoc
             .bind(&PostHocBuffers {
                 logits: Region::whole(&logits_buf),
+                dtype: logit_adjust::Dtype::F32,
                 rows: n,
                 predictions: Region::whole(&pred_buf),
             })

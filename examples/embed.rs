@@ -93,6 +93,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let backward = op.bind_backward(&BackwardBuffers {
         logits: logits_region,
+        dtype: logit_adjust::Dtype::F32,
+        grad_f32: false,
         row_stride: stride,
         labels: labels_region,
         label_type: LabelType::I32,

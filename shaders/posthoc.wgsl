@@ -11,7 +11,8 @@
 // by the host.
 //
 // Memory traffic: each logit is read from memory once for all T taus
-// (4 bytes per element); the T x C adjustments are shared by every row and
+// (4 bytes per element, 2 for f16 and bf16, whose corrected logits are
+// written as f32); the T x C adjustments are shared by every row and
 // stay in cache; 4*T bytes of predictions are written per row, laid out
 // [row][t] so row chunks stay contiguous. `corrected` reads each logit once
 // and writes it once.
@@ -56,7 +57,15 @@ const MAX_TAUS: u32 = 64u;
 const MAX_K: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> params: Params;
+// >>> logits: f32 (for f16 and bf16 the loader swaps in a block of
+// blocks/posthoc_formats.wgsl: halves widened to f32 on load, exactly)
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+
+// Element e of the logits.
+fn logit(e: u32) -> f32 {
+    return logits[e];
+}
+// <<< logits
 // a_tc at [t * C + c]
 @group(0) @binding(2) var<storage, read> adjust: array<f32>;
 // pred[row * T + t]
@@ -99,13 +108,13 @@ fn argmax_row_per_thread(@builtin(global_invocation_id) gid: vec3<u32>) {
     var best_key: array<u32, MAX_TAUS>;
     var best_idx: array<u32, MAX_TAUS>;
     // Column 0 seeds every tau, so a row of -inf still predicts 0.
-    let f0 = logits[row * c_len];
+    let f0 = logit(row * c_len);
     for (var t = 0u; t < t_len; t++) {
         best_key[t] = key(adjusted(f0, adjust[t * c_len]));
         best_idx[t] = 0u;
     }
     for (var c = 1u; c < c_len; c++) {
-        let f = logits[row * c_len + c];
+        let f = logit(row * c_len + c);
         for (var t = 0u; t < t_len; t++) {
             let k = key(adjusted(f, adjust[t * c_len + c]));
             // Strict: an equal later column keeps the earlier index.
@@ -123,7 +132,7 @@ fn argmax_row_per_thread(@builtin(global_invocation_id) gid: vec3<u32>) {
 fn load_tile(local: u32, tile_base: u32, row_base: u32) {
     let c = tile_base + local;
     if (local < TILE && c < params.classes) {
-        tile[local] = logits[row_base + c];
+        tile[local] = logit(row_base + c);
     }
 }
 
@@ -152,7 +161,7 @@ fn argmax_row_per_group(
     let t_base = select(0u, t, on_duty) * c_len;
     let row_base = row * c_len;
     // Seed with column 0 so ties and all -inf rows resolve to index 0.
-    var best_k = key(adjusted(logits[row_base], adjust[t_base]));
+    var best_k = key(adjusted(logit(row_base), adjust[t_base]));
     var best_i = 0u;
 
     let tiles = (c_len + TILE - 1u) / TILE;
@@ -220,7 +229,7 @@ fn corrected(
     for (var k = 0u; k < trips; k++) {
         let i = k * stride + gid.x;
         if (i < total) {
-            corrected_out[i] = adjusted(logits[i], adjust[a_base + i % params.classes]);
+            corrected_out[i] = adjusted(logit(i), adjust[a_base + i % params.classes]);
         }
     }
 }
@@ -267,7 +276,7 @@ fn topk_row_per_group(
     for (var q = 0u; q < trips; q++) {
         let c = q * WG + j;
         if (c < c_len) {
-            let key_c = key(adjusted(logits[row * c_len + c], adjust[a_base + c]));
+            let key_c = key(adjusted(logit(row * c_len + c), adjust[a_base + c]));
             insert(&list_k, &list_i, &len, kk, key_c, c);
         }
     }

@@ -37,15 +37,39 @@
 //                       a row-resident workgroup holds; a few rows of a huge
 //                       vocabulary still fill the device.
 //   xent_split_combine  a thread per row merges its chunks' partials: loss,
-//                       LSE, and (M, 1/S) into `work` for the gradient.
+//                       LSE, and (M, 1/S, p_y - 1) into `work` for the gradient.
 //   xent_backward       dl/df from the saved LSE (or, FROM_NORM, from the
-//                       split layout's (M, 1/S)): elementwise, so any C, no
+//                       split layout's (M, 1/S, p_y - 1)): elementwise, so any C, no
 //                       reduction, no barrier. Laid out like xent_rows (TPR
 //                       threads per row, VPT values each), over blocks of
 //                       TPR * VPT classes, so each thread reads its row's
 //                       label, LSE and scale once.
 //
-// Memory traffic per logit element: xent_rows reads 4 bytes and writes 4
+// Formats: the logits are f32, f16 or bf16, the gradient is in the logits'
+// format or f32; every sum, exp and subtraction is f32 (a half is widened
+// on load, the gradient rounded once on store). The two blocks between the
+// `>>>` and `<<<` lines below are this file's f32 bindings and accessors;
+// for the half formats the loader swaps in those of
+// blocks/xent_formats.wgsl (native `f16` where the device has SHADER_F16,
+// else two halves packed in a u32). The kernels see only units: LANES
+// consecutive elements of the buffer (1 for f32; 2 for the halves, one u32
+// word), element e of unit u being e = LANES u + l. A unit is loaded whole
+// and its lanes outside the row (or the chunk) are masked.
+//
+// Who writes a u32 word of a packed gradient: the units of one row are
+// dealt out to its threads (and, in xent_backward, to its blocks) one
+// thread per unit, so within a dispatch only the threads of the row or
+// rows whose elements share the word touch it. A word wholly inside a row
+// has one writer, which stores it whole (atomicStore); a word a row shares
+// with its neighbour (odd C or odd strides, where a row starts or ends in
+// the middle of a word) or with padding is written half by half, each
+// writer clearing and setting only its own 16 bits (atomicAnd, atomicOr),
+// so no thread of any workgroup ever writes a bit another thread owns.
+// Native f16 stores a shared word's half alone (a 16-bit store of one
+// component), so it needs no atomics.
+//
+// Memory traffic per logit element (4-byte formats; the halves move half
+// the bytes): xent_rows reads 4 bytes and writes 4
 // (forward: reads 4). The split layout reads 8 and writes 4 (its gradient
 // pass re-reads the chunk). xent_backward reads 4 and writes 4. Per row:
 // the label (4 or 8 bytes), 4 bytes of loss, 4 of LSE, and b, m, alpha of
@@ -78,7 +102,7 @@ struct Params {
     chunks: u32,        // xent_split_*: chunks per row
     logit_scale: f32,   // s in z = s (f + b - m [c = y]); 1 leaves z as it was
     split_base: u32,    // word offset of the split partials in `work`
-    norm_base: u32,     // word offset of the per-row (M, 1/S) in `work`
+    norm_base: u32,     // word offset of the per-row (M, 1/S, p_y - 1) in `work`
     z_loss: f32,        // lambda of the z-loss lambda LSE^2; 0: none
     _pad0: u32,
     _pad1: u32,
@@ -101,7 +125,7 @@ override TPR: u32 = 64u;          // xent_rows: threads per row, a power of two 
 override VPT: u32 = 1u;           // values per thread, at most VPT_MAX
 override WRITE_GRAD: bool = true; // xent_rows: fused forward+backward, else forward only
 override SEGMENTED: bool = false; // xent_rows: contiguous values per thread
-override FROM_NORM: bool = false; // xent_backward: p from (M, 1/S) in work, not from LSE
+override FROM_NORM: bool = false; // xent_backward: p from (M, 1/S, p_y - 1) in work, not from LSE
 override LABEL_KIND: u32 = 0u;    // 0 i32, 1 u32, 2 i64
 override GRAD_IN_LOGITS: bool = false; // in place: the gradient goes through `logits`
 // The options, off in the pipelines of a spec without them, so that those
@@ -109,12 +133,25 @@ override GRAD_IN_LOGITS: bool = false; // in place: the gradient goes through `l
 override SCALED: bool = false;    // a logit scale s != 1
 override Z_LOSS: bool = false;    // a z-loss lambda != 0
 override PER_CLASS: bool = false; // smoothing weighted per class (PyTorch's convention)
+override LANES: u32 = 1u;         // elements per unit: 1 (f32), 2 (halves: a u32 word)
 
 @group(0) @binding(0) var<uniform> params: Params;
 // Caller buffers are read_write even where only read: wgpu tracks usage per
 // buffer, and engines pool tensors in shared buffers, where a read-only and
 // a read-write binding of one buffer would conflict.
+// >>> logits: f32 (the loader's swap starts here)
 @group(0) @binding(1) var<storage, read_write> logits: array<f32>;
+
+// Unit u of the logits (one f32; .y unused).
+fn load_unit(u: u32) -> vec2<f32> {
+    return vec2<f32>(logits[u], 0.0);
+}
+
+// An in-place gradient's unit u (GRAD_IN_LOGITS).
+fn store_unit_in_place(u: u32, g: vec2<f32>, w: vec2<bool>) {
+    logits[u] = stored(u, g.x);
+}
+// <<< logits
 @group(0) @binding(2) var<storage, read_write> labels: array<i32>;
 // [b_0..b_{C-1}, m_0..m_{C-1}, alpha_0..alpha_{C-1}, W = sum_c alpha_c], the
 // op's own buffer
@@ -123,7 +160,18 @@ override PER_CLASS: bool = false; // smoothing weighted per class (PyTorch's con
 // is written through `logits` instead, and this binding is a stand-in:
 // WebGPU refuses two writable bindings of overlapping ranges. Every element
 // is read before its own thread writes it.
+// >>> grad: f32 (the loader's swap starts here)
 @group(0) @binding(4) var<storage, read_write> grad: array<f32>;
+
+// The lanes `w` of the gradient's unit u.
+fn store_unit_grad(u: u32, g: vec2<f32>, w: vec2<bool>) {
+    for (var l = 0u; l < LANES; l++) {
+        if (w[l]) {
+            grad[u * LANES + l] = stored(u * LANES + l, g[l]);
+        }
+    }
+}
+// <<< grad
 @group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
 // LSE_i: written by the forward, read by xent_backward.
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
@@ -137,12 +185,25 @@ fn nan() -> f32 {
     return bitcast<f32>(0x7fc00000u + min(params.rows, 0u));
 }
 
-fn store_grad(e: u32, g: f32) {
+// The value element e of the gradient gets, before any rounding: the one
+// place the tests' fault injection changes.
+fn stored(e: u32, g: f32) -> f32 {
+    return g;
+}
+
+// Lanes `w` of the gradient's unit u.
+fn store_unit(u: u32, g: vec2<f32>, w: vec2<bool>) {
     if (GRAD_IN_LOGITS) {
-        logits[e] = g;
+        store_unit_in_place(u, g, w);
     } else {
-        grad[e] = g;
+        store_unit_grad(u, g, w);
     }
+}
+
+// The class of lane l of unit u in the row starting at element `base`;
+// past any class (wrapping) when the lane lies before the row.
+fn class_of(u: u32, l: u32, base: u32) -> u32 {
+    return u * LANES + l - base;
 }
 
 // W = sum_c alpha_c, which the host keeps after the class vectors (so it
@@ -191,16 +252,31 @@ fn target_of(row: u32) -> Target {
     return t;
 }
 
-// Merge two partials (max, sum of exp relative to that max, sum of z, z_y).
+// Merge two partials (max, sum of exp relative to that max over the
+// classes other than the label, sum of z, z_y). The label's own term is
+// kept out of the sum so that 1 - p_y = (S - e_y) / S is a sum, not a
+// difference: formed as p_y - 1 it cancels (at p_y = 0.999, 1e-4 of
+// relative error in f32, all of it once rounded to bf16).
 fn merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     let m = max(a.x, b.x);
     let s = a.y * exp(a.x - m) + b.y * exp(b.x - m);
     return vec4<f32>(m, s, a.z + b.z, a.w + b.w);
 }
 
+// S = sum_c exp(z_c - M) of a merged partial: the others' sum plus the
+// label's term (none for an ignored or bad row, whose y is C).
+fn row_sum(t: Target, total: vec4<f32>) -> f32 {
+    return total.y + select(0.0, exp(total.w - total.x), t.y < params.classes);
+}
+
+// LSE = M + log S.
+fn row_lse(t: Target, total: vec4<f32>) -> f32 {
+    return total.x + log(row_sum(t, total));
+}
+
 fn row_loss_of(t: Target, total: vec4<f32>) -> f32 {
     let eps = params.smoothing;
-    let log_z = total.x + log(total.y);
+    let log_z = row_lse(t, total);
     let mean_z = total.z / f32(params.classes);
     var l: f32;
     if (PER_CLASS) {
@@ -244,17 +320,19 @@ fn grad_scales(row: u32, t: Target, lse_i: f32) -> vec3<f32> {
 
 // dl/df_c from p_c and the row's scales x (grad_scales): x.x (p_c - q_c),
 // or with PER_CLASS smoothing (1-eps) x.x (p_c - [c = y])
-// + x.z (eps/C)(W p_c - alpha_c); plus the z-loss's x.y p_c.
-fn grad_at(x: vec3<f32>, p: f32, c: u32, label: Target, q_rest: f32) -> f32 {
+// + x.z (eps/C)(W p_c - alpha_c); plus the z-loss's x.y p_c. At the label
+// p_y - 1 is `p_y1`, which the fused kernels form as -(S - e_y) / S
+// (see merge).
+fn grad_at(x: vec3<f32>, p: f32, c: u32, label: Target, q_rest: f32, p_y1: f32) -> f32 {
     let eps = params.smoothing;
+    let hit = c == label.y;
     var g: f32;
     if (PER_CLASS) {
         let alpha_c = class_vecs[2u * params.classes + c];
-        let hit = select(0.0, 1.0, c == label.y);
-        g = (1.0 - eps) * x.x * (p - hit) + x.z * q_rest * (weight_sum() * p - alpha_c);
+        g = (1.0 - eps) * x.x * select(p, p_y1, hit) + x.z * q_rest * (weight_sum() * p - alpha_c);
     } else {
-        let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-        g = x.x * (p - q);
+        // p_y - q_y = (p_y - 1) + eps - eps / C
+        g = x.x * select(p - q_rest, p_y1 + (eps - q_rest), hit);
     }
     if (Z_LOSS) {
         g += x.y * p;
@@ -267,7 +345,7 @@ fn write_row(row: u32, t: Target, total: vec4<f32>) {
         row_loss[row] = row_loss_of(t, total);
     }
     if ((params.flags & FLAG_LSE) != 0u) {
-        lse[row] = total.x + log(total.y);
+        lse[row] = row_lse(t, total);
     }
 }
 
@@ -289,9 +367,10 @@ fn row_block(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y + wid.z * nwg.y;
 }
 
-// Thread t's values of a row: classes start, start + step, ... (VPT of
-// them): contiguous with SEGMENTED, else TPR apart.
-fn first_class(t: u32) -> u32 {
+// Thread t's units of a row, counted from the row's first unit: start,
+// start + step, ... (VPT of them): contiguous with SEGMENTED, else TPR
+// apart.
+fn first_unit(t: u32) -> u32 {
     return select(t, t * VPT, SEGMENTED);
 }
 
@@ -299,44 +378,57 @@ fn class_step() -> u32 {
     return select(TPR, 1u, SEGMENTED);
 }
 
-// One thread's partial over classes start + k * step below `limit`:
-// (max m, sum of exp(z - m), sum of z, z_y), with z[k] left as
-// exp(z_k - m) (0 past the limit) for the gradient.
+// One thread's partial over the lanes of units u_first + k * step
+// (k < VPT) whose class lies in [lo, hi): (max m, sum of exp(z - m),
+// sum of z, z_y), with z[k * LANES + l] left as exp(z - m) (0 for a masked
+// lane) for the gradient.
 fn thread_partial(
     base: u32,
     label: Target,
-    start: u32,
+    u_first: u32,
     step: u32,
-    limit: u32,
+    lo: u32,
+    hi: u32,
     z: ptr<function, array<f32, VPT_MAX>>,
 ) -> vec4<f32> {
     var m = LOWEST;
     var z_sum = 0.0;
     var z_y = 0.0;
     for (var k = 0u; k < VPT; k++) {
-        let c = start + k * step;
-        var v = LOWEST;
-        if (c < limit) {
-            v = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
-            if (SCALED) {
-                v *= params.logit_scale;
-            }
-            if (PER_CLASS) {
-                z_sum += class_vecs[2u * params.classes + c] * v; // sum_c alpha_c z_c
-            } else {
-                z_sum += v;
-            }
-            z_y += select(0.0, v, c == label.y);
+        let u = u_first + k * step;
+        var f = vec2<f32>(0.0);
+        // Either lane in [lo, hi) (a lane before the row wraps past it).
+        if (class_of(u, 0u, base) - lo < hi - lo || class_of(u, LANES - 1u, base) - lo < hi - lo) {
+            f = load_unit(u);
         }
-        (*z)[k] = v;
-        m = max(m, v);
+        for (var l = 0u; l < LANES; l++) {
+            let c = class_of(u, l, base);
+            var v = LOWEST;
+            if (c >= lo && c < hi) {
+                v = f[l] + class_vecs[c] - select(0.0, label.margin, c == label.y);
+                if (SCALED) {
+                    v *= params.logit_scale;
+                }
+                if (PER_CLASS) {
+                    z_sum += class_vecs[2u * params.classes + c] * v; // sum_c alpha_c z_c
+                } else {
+                    z_sum += v;
+                }
+                z_y += select(0.0, v, c == label.y);
+            }
+            (*z)[k * LANES + l] = v;
+            m = max(m, v);
+        }
     }
     // One exp per element serves the sum and the gradient.
     var s = 0.0;
     for (var k = 0u; k < VPT; k++) {
-        let e = select(0.0, exp((*z)[k] - m), start + k * step < limit);
-        (*z)[k] = e;
-        s += e;
+        for (var l = 0u; l < LANES; l++) {
+            let c = class_of(u_first + k * step, l, base);
+            let e = select(0.0, exp((*z)[k * LANES + l] - m), c >= lo && c < hi);
+            (*z)[k * LANES + l] = e;
+            s += select(e, 0.0, c == label.y);
+        }
     }
     return vec4<f32>(m, s, z_sum, z_y);
 }
@@ -356,9 +448,9 @@ fn xent_rows(
 
     // The thread's values of z, then its partial.
     var z: array<f32, VPT_MAX>;
-    let start = first_class(t);
+    let u_first = base / LANES + first_unit(t);
     let step = class_step();
-    var total = thread_partial(base, label, start, step, select(0u, c_len, live), &z);
+    var total = thread_partial(base, label, u_first, step, 0u, select(0u, c_len, live), &z);
     let m = total.x;
     if (TPR > 1u) {
         tree_merge(lid, TPR, total);
@@ -372,13 +464,24 @@ fn xent_rows(
     }
     if (WRITE_GRAD) {
         // p_c = exp(z_c - m) exp(m - M) / S.
-        let to_p = exp(m - total.x) / total.y;
-        let scales = grad_scales(row, label, select(0.0, total.x + log(total.y), Z_LOSS));
+        let s_all = row_sum(label, total);
+        let to_p = exp(m - total.x) / s_all;
+        let p_y1 = -total.y / s_all;
+        let scales = grad_scales(row, label, select(0.0, total.x + log(s_all), Z_LOSS));
         let q_rest = params.smoothing / f32(c_len);
         for (var k = 0u; k < VPT; k++) {
-            let c = start + k * step;
-            if (c < c_len) {
-                store_grad(base + c, grad_at(scales, z[k] * to_p, c, label, q_rest));
+            let u = u_first + k * step;
+            var g = vec2<f32>(0.0);
+            var w = vec2<bool>(false);
+            for (var l = 0u; l < LANES; l++) {
+                let c = class_of(u, l, base);
+                if (c < c_len) {
+                    g[l] = grad_at(scales, z[k * LANES + l] * to_p, c, label, q_rest, p_y1);
+                    w[l] = true;
+                }
+            }
+            if (any(w)) {
+                store_unit(u, g, w);
             }
         }
     }
@@ -398,7 +501,7 @@ fn xent_split_partial(
     let last = min(first + params.span, params.classes);
 
     var z: array<f32, VPT_MAX>;
-    let partial = thread_partial(base, label, first + lid, WG, last, &z);
+    let partial = thread_partial(base, label, (base + first) / LANES + lid, WG, first, last, &z);
     tree_merge(lid, WG, partial);
     if (lid == 0u) {
         let at = params.split_base + 4u * (row * params.chunks + chunk);
@@ -423,8 +526,10 @@ fn xent_split_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
         total = merge(total, vec4<f32>(work[at], work[at + 1u], work[at + 2u], work[at + 3u]));
     }
     write_row(row, label, total);
-    work[params.norm_base + 2u * row] = total.x;
-    work[params.norm_base + 2u * row + 1u] = 1.0 / total.y;
+    let s_all = row_sum(label, total);
+    work[params.norm_base + 3u * row] = total.x;
+    work[params.norm_base + 3u * row + 1u] = 1.0 / s_all;
+    work[params.norm_base + 3u * row + 2u] = -total.y / s_all;
 }
 
 @compute @workgroup_size(WG)
@@ -433,9 +538,9 @@ fn xent_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Workgroup (x, y + z * Y) takes block x of TPR * VPT classes of the
+    // Workgroup (x, y + z * Y) takes block x of TPR * VPT units of the
     // rows (y + z * Y) * WG / TPR ..; TPR threads per row, each reading the
-    // row's label, LSE and scale once and then its VPT elements.
+    // row's label, LSE and scale once and then its VPT units.
     let row = row_block(wid, nwg) * (WG / TPR) + lid / TPR;
     if (row >= params.rows) {
         return;
@@ -446,9 +551,11 @@ fn xent_backward(
     var m: f32;
     var inv_s = 1.0;
     var lse_i: f32;
+    var norm_p_y1 = 0.0;
     if (FROM_NORM) {
-        m = work[params.norm_base + 2u * row];
-        inv_s = work[params.norm_base + 2u * row + 1u];
+        m = work[params.norm_base + 3u * row];
+        inv_s = work[params.norm_base + 3u * row + 1u];
+        norm_p_y1 = work[params.norm_base + 3u * row + 2u];
         lse_i = select(m, m - log(inv_s), Z_LOSS);
     } else {
         m = lse[row];
@@ -457,15 +564,28 @@ fn xent_backward(
     let scales = grad_scales(row, label, lse_i);
     let q_rest = params.smoothing / f32(c_len);
     let base = row * params.stride;
-    let first = wid.x * TPR * VPT;
+    let u_first = base / LANES + wid.x * TPR * VPT + first_unit(t);
     for (var k = 0u; k < VPT; k++) {
-        let c = first + first_class(t) + k * class_step();
-        if (c < c_len) {
-            var z = logits[base + c] + class_vecs[c] - select(0.0, label.margin, c == label.y);
-            if (SCALED) {
-                z *= params.logit_scale;
+        let u = u_first + k * class_step();
+        if (class_of(u, 0u, base) < c_len || class_of(u, LANES - 1u, base) < c_len) {
+            let f = load_unit(u);
+            var g = vec2<f32>(0.0);
+            var w = vec2<bool>(false);
+            for (var l = 0u; l < LANES; l++) {
+                let c = class_of(u, l, base);
+                if (c < c_len) {
+                    var z = f[l] + class_vecs[c] - select(0.0, label.margin, c == label.y);
+                    if (SCALED) {
+                        z *= params.logit_scale;
+                    }
+                    // From the caller's LSE, p_y - 1 can only be a
+                    // difference; from the split norms it is their third.
+                    let p = exp(z - m) * inv_s;
+                    g[l] = grad_at(scales, p, c, label, q_rest, select(p - 1.0, norm_p_y1, FROM_NORM));
+                    w[l] = true;
+                }
             }
-            store_grad(base + c, grad_at(scales, exp(z - m) * inv_s, c, label, q_rest));
+            store_unit(u, g, w);
         }
     }
 }

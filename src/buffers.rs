@@ -213,16 +213,26 @@ pub(crate) struct Chunk {
 /// Split `n` rows of `row_bytes` each so that every chunk's binding fits
 /// `max_storage_buffer_binding_size`, needs at most `max_rows_per_dispatch`
 /// rows, and starts at a byte offset that is a multiple of the storage
-/// offset alignment for both the logits and the per-row buffers.
+/// offset alignment both for the logits (`logit_row` bytes a row: 2 C for
+/// half logits, which may be no multiple of 4) and for the 4-byte per-row
+/// buffers.
 pub(crate) fn plan_chunks(
     limits: &wgpu::Limits,
     n: usize,
     row_bytes: u64,
+    logit_row: u64,
     max_rows_per_dispatch: usize,
 ) -> Result<Vec<Chunk>> {
-    // A start row that is a multiple of align/4 keeps both `row * 4` and
-    // `row * row_bytes` (row_bytes is a multiple of 4) aligned.
-    let align_rows = (limits.min_storage_buffer_offset_alignment.max(4) / 4) as usize;
+    // A start row that is a multiple of align/4 keeps `row * 4` aligned,
+    // and one of align / gcd(align, logit_row) keeps `row * logit_row`
+    // aligned; align is a power of two, so the larger is a multiple of both.
+    let align = u64::from(limits.min_storage_buffer_offset_alignment.max(4));
+    let by_logits = align
+        >> logit_row
+            .max(1)
+            .trailing_zeros()
+            .min(align.trailing_zeros());
+    let align_rows = (align / 4).max(by_logits) as usize;
     let by_binding = (limits.max_storage_buffer_binding_size / row_bytes.max(1)) as usize;
     let rows = by_binding.min(max_rows_per_dispatch) / align_rows * align_rows;
     if rows == 0 {
@@ -272,7 +282,7 @@ mod tests {
             (64, 262_144),
             (200_001, 3),
         ] {
-            let chunks = plan_chunks(&limits(), n, c * 4, 65_535).unwrap();
+            let chunks = plan_chunks(&limits(), n, c * 4, c * 4, 65_535).unwrap();
             let mut next = 0;
             for ch in &chunks {
                 assert_eq!(ch.start, next);
@@ -288,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_row_too_large_for_a_binding_is_an_error() {
-        let err = plan_chunks(&limits(), 10, 8 << 20, 65_535).unwrap_err();
+        let err = plan_chunks(&limits(), 10, 8 << 20, 8 << 20, 65_535).unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)), "{err}");
     }
 }

@@ -275,7 +275,7 @@ impl CopyBaseline {
                 U::STORAGE | U::COPY_DST,
             )?;
             let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-            let chunks = plan_chunks(ctx.limits(), vec4s, 16, usize::MAX)?;
+            let chunks = plan_chunks(ctx.limits(), vec4s, 16, 16, usize::MAX)?;
             let sums =
                 buffers::storage(ctx, "read sums", (groups_max * WG * 4) as u64, U::STORAGE)?;
             // Unused bindings: one buffer for the read-only slots, another for
@@ -509,7 +509,7 @@ impl Unfused {
             let unused = buffers::storage(ctx, "unused", 16, U::STORAGE)?;
             let unused_rw = buffers::storage(ctx, "unused rw", 16, U::STORAGE)?;
             let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-            let chunks = plan_chunks(ctx.limits(), n, (c * 4) as u64, groups_max)?;
+            let chunks = plan_chunks(ctx.limits(), n, (c * 4) as u64, (c * 4) as u64, groups_max)?;
             let scale = -1.0 / n.max(1) as f32;
             let mut slots = Vec::new();
             for ch in &chunks {
@@ -662,6 +662,7 @@ pub fn measure_tuning(
             let ph = ctx.posthoc(&prior, &taus)?.with_variant(variant);
             let Ok(bound) = ph.bind(&crate::posthoc::PostHocBuffers {
                 logits: Region::whole(&logits_buf),
+                dtype: crate::Dtype::F32,
                 rows: n,
                 predictions: Region::whole(&pred),
             }) else {

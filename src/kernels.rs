@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::dtype::Dtype;
+
 /// `shaders/posthoc.wgsl`: batched post-hoc correction and argmax.
 pub(crate) const POSTHOC_WGSL: &str = include_str!("../shaders/posthoc.wgsl");
 /// `shaders/cpu_posthoc.wgsl`: the argmax layouts of CPU adapters only.
@@ -20,33 +22,57 @@ pub(crate) const GATHER_WGSL: &str = include_str!("../shaders/gather.wgsl");
 pub(crate) const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
 /// `shaders/baseline.wgsl`: the copy floor and the unfused sequence (bench only).
 pub(crate) const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
+/// `shaders/blocks/posthoc_formats.wgsl`: posthoc.wgsl's half logits.
+const POSTHOC_BLOCKS_WGSL: &str = include_str!("../shaders/blocks/posthoc_formats.wgsl");
 
 /// The text wgpu compiles for shader file `label`: the file as it is. In a
 /// debug build (the tests' build), `LOGIT_ADJUST_FAULT=grad-ulp` makes
-/// softmax_xent.wgsl write its first gradient element one ulp off, so the
-/// tests can see `logit-adjust check` catch a wrong kernel; release builds
-/// never read the variable.
-pub(crate) fn wgsl(label: &str, text: &'static str) -> Cow<'static, str> {
+/// softmax_xent.wgsl (every format's module) put its first gradient
+/// element one f32 ulp off before storing it, so the tests can see
+/// `logit-adjust check` catch a wrong kernel; release builds never read
+/// the variable.
+pub(crate) fn wgsl(label: &str, text: Cow<'static, str>) -> Cow<'static, str> {
     #[cfg(debug_assertions)]
-    if label == "softmax_xent.wgsl"
+    if label.starts_with("softmax_xent.wgsl")
         && std::env::var("LOGIT_ADJUST_FAULT").is_ok_and(|f| f == "grad-ulp")
     {
-        let at = "fn store_grad(e: u32, g: f32) {";
-        assert!(text.contains(at), "softmax_xent.wgsl: store_grad moved");
+        let at = "fn stored(e: u32, g: f32) -> f32 {\n    return g;";
+        assert!(text.contains(at), "softmax_xent.wgsl: stored moved");
         return Cow::Owned(text.replace(
             at,
-            "fn store_grad(e: u32, g_true: f32) {\n    \
-             let g = bitcast<f32>(bitcast<u32>(g_true) + select(0u, 1u, e == 0u));",
+            "fn stored(e: u32, g_true: f32) -> f32 {\n    \
+             let g = bitcast<f32>(bitcast<u32>(g_true) + select(0u, 1u, e == 0u));\n    \
+             return g;",
         ));
     }
     let _ = label;
-    Cow::Borrowed(text)
+    text
+}
+
+/// The half-format modules of the files in the registry (label, text).
+pub(crate) fn format_variants() -> Vec<(&'static str, String)> {
+    [
+        (Dtype::F16, true),
+        (Dtype::F16, false),
+        (Dtype::Bf16, false),
+    ]
+    .into_iter()
+    .map(|(dtype, native)| {
+        let (label, text) = Family::posthoc(dtype, native).source();
+        (label, text.into_owned())
+    })
+    .collect()
 }
 
 /// A shader file and the bind-group layout its entry points share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Family {
     PostHoc,
+    /// posthoc.wgsl on f16 (native or packed) or bf16 (packed) logits.
+    PostHocHalf {
+        dtype: Dtype,
+        native: bool,
+    },
     CpuPostHoc,
     Metrics,
     Em,
@@ -56,9 +82,48 @@ pub(crate) enum Family {
 }
 
 impl Family {
+    /// posthoc.wgsl's family for logits of `dtype` (`native`: the device's
+    /// f16 where it has SHADER_F16).
+    pub(crate) fn posthoc(dtype: Dtype, native: bool) -> Family {
+        match dtype {
+            Dtype::F32 => Family::PostHoc,
+            Dtype::F16 => Family::PostHocHalf { dtype, native },
+            Dtype::Bf16 => Family::PostHocHalf {
+                dtype,
+                native: false,
+            },
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Family::PostHocHalf { dtype, native } => match (dtype, native) {
+                (Dtype::F16, true) => "posthoc.wgsl (f16 native)",
+                (Dtype::F16, false) => "posthoc.wgsl (f16 packed)",
+                _ => "posthoc.wgsl (bf16 packed)",
+            },
+            _ => self.source().0,
+        }
+    }
+
     fn source(self) -> (&'static str, Cow<'static, str>) {
+        if let Family::PostHocHalf { dtype, native } = self {
+            let label = self.label();
+            let text = crate::splice::halves(
+                POSTHOC_WGSL,
+                POSTHOC_BLOCKS_WGSL,
+                "posthoc_formats.wgsl",
+                dtype,
+                native,
+                false,
+            )
+            // A missing block makes a module wgpu refuses: an error value
+            // from the op's scope, never a panic.
+            .unwrap_or_else(|e| format!("// {e}\n"));
+            return (label, wgsl(label, Cow::Owned(text)));
+        }
         let (label, text) = match self {
-            Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
+            Family::PostHocHalf { .. } | Family::PostHoc => ("posthoc.wgsl", POSTHOC_WGSL),
             Family::CpuPostHoc => ("cpu_posthoc.wgsl", CPU_POSTHOC_WGSL),
             Family::Metrics => ("metrics.wgsl", METRICS_WGSL),
             Family::Em => ("em.wgsl", EM_WGSL),
@@ -66,7 +131,7 @@ impl Family {
             Family::Linear => ("linear.wgsl", LINEAR_WGSL),
             Family::Baseline => ("baseline.wgsl", BASELINE_WGSL),
         };
-        (label, wgsl(label, text))
+        (label, wgsl(label, Cow::Borrowed(text)))
     }
 
     /// Uniform bindings after the storage ones (binding numbers), besides
@@ -94,7 +159,7 @@ impl Family {
         match self {
             // logits, adjust, pred, corrected_out (caller buffers
             // read_write: regions of one pooled buffer bind together)
-            Family::PostHoc => &[false, true, false, false],
+            Family::PostHoc | Family::PostHocHalf { .. } => &[false, true, false, false],
             // logits, pred, best_state
             Family::CpuPostHoc => &[false, false, false],
             // labels, pred, counts
@@ -211,7 +276,7 @@ struct FamilyObjects {
 #[derive(Default)]
 struct Built {
     families: HashMap<Family, FamilyObjects>,
-    pipelines: HashMap<Entry, wgpu::ComputePipeline>,
+    pipelines: HashMap<(Entry, Family), wgpu::ComputePipeline>,
 }
 
 pub(crate) struct Kernels {
@@ -302,16 +367,23 @@ impl Kernels {
     /// The pipeline for `entry`, built on first request (the workgroup size
     /// argument is unused: these shaders fix theirs).
     pub(crate) fn pipeline(&self, entry: Entry, _workgroup_size: u32) -> wgpu::ComputePipeline {
+        self.pipeline_in(entry, entry.family())
+    }
+
+    /// The pipeline for `entry` in `family`'s module (a format variant of
+    /// its file), built on first request.
+    pub(crate) fn pipeline_in(&self, entry: Entry, family: Family) -> wgpu::ComputePipeline {
+        let key = (entry, family);
         if let Some(p) = self
             .built
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pipelines
-            .get(&entry)
+            .get(&key)
         {
             return p.clone();
         }
-        let pipeline = self.with_family(entry.family(), |objects| {
+        let pipeline = self.with_family(family, |objects| {
             let mut constants: Vec<(&str, f64)> = Vec::new();
             if let Entry::ArgmaxRowPerThread { taus } = entry {
                 constants.push(("POST_T", taus as f64));
@@ -333,16 +405,15 @@ impl Kernels {
                     },
                     cache: None,
                 });
-            let (label, _) = entry.family().source();
             self.tracer
-                .pipeline(&pipeline, label, entry.name(), &constants);
+                .pipeline(&pipeline, family.label(), entry.name(), &constants);
             pipeline
         });
         self.built
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pipelines
-            .insert(entry, pipeline.clone());
+            .insert(key, pipeline.clone());
         pipeline
     }
 }

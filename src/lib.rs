@@ -32,6 +32,7 @@ mod buffers;
 pub mod conformance;
 mod context;
 pub mod diagnostics;
+mod dtype;
 mod em;
 mod error;
 mod evaluation;
@@ -45,6 +46,7 @@ mod prior;
 pub mod reference;
 mod region;
 mod softmax_xent;
+mod splice;
 mod split;
 pub mod synthetic;
 pub mod trace;
@@ -52,6 +54,7 @@ mod train;
 pub mod tuning;
 
 pub use context::{adapters_from_env, instance_from_env, Capabilities, Context};
+pub use dtype::{Dtype, Element};
 pub use em::{EmOptions, PriorEstimate};
 pub use error::{Error, Result};
 pub use evaluation::{
@@ -73,11 +76,21 @@ pub use posthoc::{
 pub use prior::{count_labels, ClassPrior};
 pub use region::Region;
 pub use softmax_xent::{
-    BackwardBuffers, BoundLoss, GradOutput, LabelType, LossBuffers, SoftmaxXent, UpstreamBuffer,
-    Variant,
+    BackwardBuffers, BoundLoss, GradOutput, HalfPath, LabelType, LossBuffers, SoftmaxXent,
+    UpstreamBuffer, Variant,
 };
 pub use split::{stratified_split, Split};
 pub use train::{
     Drw, EpochRecord, FitReport, LinearTrainer, Progress, Standardizer, TrainConfig, MAX_BATCH,
 };
 pub use tuning::Tuning;
+
+/// Every format variant of the shader files that the loader builds (label,
+/// WGSL text): for the shader tests, which translate each for every
+/// backend.
+#[doc(hidden)]
+pub fn shader_variants() -> Result<Vec<(&'static str, String)>> {
+    let mut out = softmax_xent::format_variants()?;
+    out.extend(kernels::format_variants());
+    Ok(out)
+}

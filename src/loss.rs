@@ -400,6 +400,16 @@ impl LossSpec {
     /// every logit finite, a per-row upstream of length `N` (and only with
     /// [`Reduction::None`]).
     pub fn check_batch(&self, logits: &[f32], labels: &[i64], upstream: Upstream) -> Result<usize> {
+        self.check_batch_of(logits, labels, upstream)
+    }
+
+    /// [`LossSpec::check_batch`] for logits of any element format.
+    pub(crate) fn check_batch_of<T: crate::Element>(
+        &self,
+        logits: &[T],
+        labels: &[i64],
+        upstream: Upstream,
+    ) -> Result<usize> {
         self.validate()?;
         let c = self.classes();
         let n = labels.len();
@@ -424,11 +434,11 @@ impl LossSpec {
                 });
             }
         }
-        if let Some(index) = logits.iter().position(|x| !x.is_finite()) {
+        if let Some(index) = logits.iter().position(|x| !x.to_f32().is_finite()) {
             return Err(Error::NonFinite {
                 what: "logits".into(),
                 index,
-                value: logits[index] as f64,
+                value: f64::from(logits[index].to_f32()),
             });
         }
         match upstream {

@@ -393,7 +393,13 @@ fn bind_counts(ctx: &Context, b: &CountsBuffers) -> Result<BoundCounts> {
         )));
     }
     let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-    let chunks = plan_chunks(ctx.limits(), n, (taus.max(1) * 4) as u64, groups_max * WG)?;
+    let chunks = plan_chunks(
+        ctx.limits(),
+        n,
+        (taus.max(1) * 4) as u64,
+        4,
+        groups_max * WG,
+    )?;
     let slots: Vec<Params> = chunks
         .iter()
         .map(|ch| Params {

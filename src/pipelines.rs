@@ -35,13 +35,13 @@ impl Shader {
     pub(crate) fn new(
         ctx: &crate::Context,
         label: &'static str,
-        source: &'static str,
+        source: impl Into<std::borrow::Cow<'static, str>>,
         bindings: &[Binding],
     ) -> Self {
         let device = ctx.device();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(crate::kernels::wgsl(label, source)),
+            source: wgpu::ShaderSource::Wgsl(crate::kernels::wgsl(label, source.into())),
         });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()

@@ -7,6 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::buffers::{self, plan_chunks, range};
 use crate::context::Context;
+use crate::dtype::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::kernels::{Entry, Family};
 use crate::prior::ClassPrior;
@@ -73,8 +74,13 @@ pub struct Predictions {
 /// The caller's buffers for a device-resident post-hoc run.
 #[derive(Debug, Clone, Copy)]
 pub struct PostHocBuffers<'a> {
-    /// `N x C` f32 logits (`STORAGE`).
+    /// `N x C` logits of `dtype` (`STORAGE`; for the halves the region is
+    /// read in whole 4-byte words, so an odd `N x C`'s last word must lie
+    /// in the buffer).
     pub logits: Region<'a>,
+    /// The logits' format: f32, or f16 and bf16 for the row-per-thread and
+    /// row-per-group layouts (which `Auto` then picks on CPU adapters too).
+    pub dtype: Dtype,
     /// `N`.
     pub rows: usize,
     /// `N x T` u32 predictions, row-major (`pred[i * T + t]`), so that row
@@ -91,6 +97,7 @@ pub struct DeviceLogits {
     buffer: wgpu::Buffer,
     rows: usize,
     classes: usize,
+    dtype: Dtype,
 }
 
 impl DeviceLogits {
@@ -101,7 +108,13 @@ impl DeviceLogits {
 
     /// The device copy, as a region (for [`PostHocBuffers`] and the loss).
     pub fn region(&self) -> Region<'_> {
-        Region::new(&self.buffer, 0, (self.rows * self.classes * 4) as u64)
+        let bytes = (self.rows * self.classes) as u64 * self.dtype.bytes();
+        Region::new(&self.buffer, 0, bytes)
+    }
+
+    /// The logits' format.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
     }
 }
 
@@ -220,6 +233,11 @@ fn adjustments_from(offsets: &[f64], taus: &[f64]) -> Result<Vec<f32>> {
 /// Check post-hoc logits: a multiple of `C` long, no NaN (+-inf are fine).
 /// Returns `N`.
 pub fn check_logits(logits: &[f32], classes: usize) -> Result<usize> {
+    check_logits_of(logits, classes)
+}
+
+/// [`check_logits`] for logits of any format.
+fn check_logits_of<T: Element>(logits: &[T], classes: usize) -> Result<usize> {
     if classes == 0 || !logits.len().is_multiple_of(classes) {
         return Err(Error::ShapeMismatch {
             what: format!("logits length (a multiple of C = {classes})"),
@@ -227,7 +245,7 @@ pub fn check_logits(logits: &[f32], classes: usize) -> Result<usize> {
             got: logits.len(),
         });
     }
-    if let Some(index) = logits.iter().position(|x| x.is_nan()) {
+    if let Some(index) = logits.iter().position(|x| x.to_f32().is_nan()) {
         return Err(Error::NonFinite {
             what: "logits (NaN)".into(),
             index,
@@ -424,6 +442,35 @@ impl PostHoc {
         }
     }
 
+    /// The layout for logits of `dtype`: the windowed argmax of CPU
+    /// adapters reads f32 only, so half logits take the GPU layouts' rule
+    /// (and forcing the windows on them is an error).
+    fn variant_for(&self, dtype: Dtype) -> Result<PostHocVariant> {
+        let variant = self.resolved_variant();
+        if dtype == Dtype::F32 || variant != PostHocVariant::Windows {
+            return Ok(variant);
+        }
+        if self.variant == PostHocVariant::Windows {
+            return Err(Error::InvalidArgument(format!(
+                "the windows layout reads f32 logits only, not {}",
+                dtype.name()
+            )));
+        }
+        let (c, t) = (self.classes, self.taus.len());
+        Ok(
+            if t <= ROW_PER_THREAD_AUTO_MAX_TAUS && c * t <= ROW_PER_THREAD_AUTO_MAX {
+                PostHocVariant::RowPerThread
+            } else {
+                PostHocVariant::RowPerGroup
+            },
+        )
+    }
+
+    /// posthoc.wgsl's module for logits of `dtype`.
+    fn family(&self, dtype: Dtype) -> Family {
+        Family::posthoc(dtype, self.ctx.capabilities().shader_f16)
+    }
+
     /// Prepare a device-resident run on the caller's buffers.
     pub fn bind(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
         self.ctx.scoped(|| self.bind_unscoped(b))
@@ -477,13 +524,14 @@ impl PostHoc {
     /// The caller's regions: usage, alignment, size, no shared bytes.
     fn check_regions(&self, b: &PostHocBuffers) -> Result<()> {
         let (n, c, t) = (b.rows, self.classes, self.taus.len());
+        let logit_bytes = (n * c) as u64 * b.dtype.bytes();
         check_uses(
             self.ctx.limits(),
             &[
                 Use {
                     what: "logits",
                     region: b.logits,
-                    bytes: (n * c * 4) as u64,
+                    bytes: logit_bytes,
                 },
                 Use {
                     what: "predictions",
@@ -491,44 +539,30 @@ impl PostHoc {
                     bytes: (n * t * 4) as u64,
                 },
             ],
-        )
+        )?;
+        let room = b.logits.buffer.size().saturating_sub(b.logits.offset);
+        if room < logit_bytes.next_multiple_of(4) {
+            return Err(Error::BufferTooSmall {
+                what: "logits (bound as whole 4-byte words, past the region's end)".into(),
+                needed: logit_bytes.next_multiple_of(4),
+                got: room,
+            });
+        }
+        Ok(())
     }
 
-    fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
-        let ctx = &self.ctx;
-        let (n, c, t) = (b.rows, self.classes, self.taus.len());
-        self.check_regions(b)?;
-        let variant = self.resolved_variant();
-        if self.trips(variant) > self.trip_limit() {
-            return Err(Error::TooLarge(format!(
-                "{c} classes x {t} taus with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation, \
-                 which this CPU adapter ends"
-            )));
-        }
-        let (entry, rows_per_group) = self.entry_for(variant, n);
-        let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-        let row_bytes = (c.max(t) * 4) as u64;
-        let chunks = plan_chunks(ctx.limits(), n, row_bytes, groups_max * rows_per_group)?;
-        let windows = self.windows(variant)?;
-        // The running argmax between windows, reused by every chunk (their
-        // dispatches run in order).
-        let state_row = 8 * self.tau4() as u64;
-        let max_rows = chunks.iter().map(|ch| ch.rows).max().unwrap_or(0) as u64;
-        let state = if windows.len() > 1 {
-            buffers::storage(
-                ctx,
-                "posthoc state",
-                max_rows * state_row * 4,
-                wgpu::BufferUsages::STORAGE,
-            )?
-        } else {
-            self.unused_state.clone()
-        };
+    /// The argmax's parameter slots: one per (chunk, window).
+    fn argmax_slots(
+        &self,
+        chunks: &[buffers::Chunk],
+        windows: &[(usize, usize, Option<wgpu::BindingResource<'_>>)],
+    ) -> Vec<Params> {
+        let (c, t) = (self.classes, self.taus.len());
         let mut tau16 = [[0f32; 4]; 4];
         for (t, &tau) in self.taus.iter().enumerate().take(16) {
             tau16[t / 4][t % 4] = tau as f32;
         }
-        let slots: Vec<Params> = chunks
+        chunks
             .iter()
             .flat_map(|ch| {
                 windows.iter().map(move |&(start, len, _)| Params {
@@ -544,9 +578,54 @@ impl PostHoc {
                     ..Params::zeroed()
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    fn bind_unscoped(&self, b: &PostHocBuffers) -> Result<BoundPostHoc> {
+        let ctx = &self.ctx;
+        let (n, c, t) = (b.rows, self.classes, self.taus.len());
+        self.check_regions(b)?;
+        let variant = self.variant_for(b.dtype)?;
+        if self.trips(variant) > self.trip_limit() {
+            return Err(Error::TooLarge(format!(
+                "{c} classes x {t} taus with the {variant:?} layout: over {MAX_LOOP_TRIPS} loop trips per invocation, \
+                 which this CPU adapter ends"
+            )));
+        }
+        let (entry, rows_per_group) = self.entry_for(variant, n);
+        let groups_max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+        let logit_row = c as u64 * b.dtype.bytes();
+        let row_bytes = logit_row.max(4 * t as u64);
+        let chunks = plan_chunks(
+            ctx.limits(),
+            n,
+            row_bytes,
+            logit_row,
+            groups_max * rows_per_group,
+        )?;
+        let windows = self.windows(variant)?;
+        // The running argmax between windows, reused by every chunk (their
+        // dispatches run in order).
+        let state_row = 8 * self.tau4() as u64;
+        let max_rows = chunks.iter().map(|ch| ch.rows).max().unwrap_or(0) as u64;
+        let state = if windows.len() > 1 {
+            buffers::storage(
+                ctx,
+                "posthoc state",
+                max_rows * state_row * 4,
+                wgpu::BufferUsages::STORAGE,
+            )?
+        } else {
+            self.unused_state.clone()
+        };
+        let slots = self.argmax_slots(&chunks, &windows);
         let params = buffers::param_slots(ctx, &slots)?;
-        let layout = ctx.kernels().layout(entry.family());
+        let family = if entry.family() == Family::PostHoc {
+            self.family(b.dtype)
+        } else {
+            entry.family()
+        };
+        let layout = ctx.kernels().layout(family);
         let mut groups = Vec::with_capacity(slots.len());
         for (k, ch) in chunks.iter().enumerate() {
             let (first, rows) = (ch.start as u64, ch.rows as u64);
@@ -556,7 +635,9 @@ impl PostHoc {
                 } else {
                     state.as_entire_binding()
                 };
-                let logits = b.logits.binding(first * c as u64 * 4, rows * c as u64 * 4);
+                let logits = b
+                    .logits
+                    .binding(first * logit_row, (rows * logit_row).next_multiple_of(4));
                 let pred = || {
                     b.predictions
                         .binding(first * t as u64 * 4, rows * t as u64 * 4)
@@ -590,7 +671,7 @@ impl PostHoc {
             }
         }
         Ok(BoundPostHoc {
-            pipeline: ctx.kernels().pipeline(entry, 0),
+            pipeline: ctx.kernels().pipeline_in(entry, family),
             chunks: groups,
             _state: state,
             _params: params,
@@ -615,7 +696,14 @@ impl PostHoc {
     /// Check `N x C` logits (no NaN) and upload them once, for the `_on`
     /// methods.
     pub fn upload(&self, logits: &[f32]) -> Result<DeviceLogits> {
-        let rows = check_logits(logits, self.classes)?;
+        self.upload_as(logits)
+    }
+
+    /// [`PostHoc::upload`] for logits of any format ([`Element`]: `f32`,
+    /// [`half::f16`], [`half::bf16`]); the `_on` methods then read them in
+    /// that format.
+    pub fn upload_as<T: Element>(&self, logits: &[T]) -> Result<DeviceLogits> {
+        let rows = check_logits_of(logits, self.classes)?;
         let buffer = self.ctx.scoped(|| {
             buffers::upload(
                 &self.ctx,
@@ -628,6 +716,7 @@ impl PostHoc {
             buffer,
             rows,
             classes: self.classes,
+            dtype: T::DTYPE,
         })
     }
 
@@ -669,6 +758,7 @@ impl PostHoc {
             )?;
             let bound = self.bind_unscoped(&PostHocBuffers {
                 logits: logits.region(),
+                dtype: logits.dtype,
                 rows: n,
                 predictions: Region::whole(&pred),
             })?;
@@ -787,8 +877,15 @@ impl PostHoc {
             use wgpu::BufferUsages as U;
             let out =
                 buffers::storage(ctx, "out", n as u64 * per_row * 4, U::STORAGE | U::COPY_SRC)?;
-            let row_bytes = (c.max(job.per_row) * 4) as u64;
-            let chunks = plan_chunks(ctx.limits(), n, row_bytes, job.max_rows_per_dispatch)?;
+            let logit_row = c as u64 * logits.dtype.bytes();
+            let row_bytes = logit_row.max(4 * per_row);
+            let chunks = plan_chunks(
+                ctx.limits(),
+                n,
+                row_bytes,
+                logit_row,
+                job.max_rows_per_dispatch,
+            )?;
             let slots: Vec<Params> = chunks
                 .iter()
                 .map(|ch| Params {
@@ -804,7 +901,8 @@ impl PostHoc {
                 })
                 .collect();
             let params = buffers::param_slots(ctx, &slots)?;
-            let layout = ctx.kernels().layout(Family::PostHoc);
+            let family = self.family(logits.dtype);
+            let layout = ctx.kernels().layout(family);
             let groups: Vec<(wgpu::BindGroup, u32)> = chunks
                 .iter()
                 .enumerate()
@@ -822,7 +920,11 @@ impl PostHoc {
                         &layout,
                         vec![
                             params.slot(q),
-                            range(logits_buf, first * c as u64 * 4, rows * c as u64 * 4),
+                            range(
+                                logits_buf,
+                                first * logit_row,
+                                (rows * logit_row).next_multiple_of(4),
+                            ),
                             self.adjust.as_entire_binding(),
                             pred,
                             corrected,
@@ -832,7 +934,7 @@ impl PostHoc {
                 })
                 .collect();
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            let pipeline = ctx.kernels().pipeline(job.entry, 0);
+            let pipeline = ctx.kernels().pipeline_in(job.entry, family);
             record_chunks(
                 &mut encoder,
                 "logit-adjust posthoc rows",

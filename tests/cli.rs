@@ -925,3 +925,142 @@ fn stderr_holds_only_the_tools_own_lines() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.is_empty(), "{stderr}");
 }
+
+/// The data of a little-endian `.npy` file whose header names `descr`.
+fn read_npy_of(path: &Path, descr: &str) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = String::from_utf8_lossy(&bytes[10..10 + len]).into_owned();
+    assert!(
+        header.contains(&format!("'{descr}'")),
+        "{}: {header}",
+        path.display()
+    );
+    bytes[10 + len..].to_vec()
+}
+
+#[test]
+fn loss_reads_float16_logits_and_writes_a_float16_gradient() {
+    use half::f16;
+    let f = Files::new("loss-f16");
+    let mut rng = Rng::fresh();
+    let seed = rng.seed();
+    // Odd N x C: the last gradient word is half used.
+    let (n, c) = (41, 7);
+    let logits: Vec<f16> = rng
+        .logits(n * c, 10.0)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let widened: Vec<f32> = logits.iter().map(|x| x.to_f32()).collect();
+    let labels = rng.labels(n, c, 0.1, -100);
+    let counts: Vec<i64> = rng.counts(c, 50.0).iter().map(|&x| x as i64).collect();
+    write_npy(
+        &f.path("l.npy"),
+        "<f2",
+        &[n, c],
+        bytemuck::cast_slice(&logits),
+    );
+    write_npy(&f.path("y.npy"), "<i8", &[n], bytemuck::cast_slice(&labels));
+    write_npy(&f.path("n.npy"), "<i8", &[c], bytemuck::cast_slice(&counts));
+    let prior =
+        ClassPrior::from_counts(&counts.iter().map(|&x| x as f64).collect::<Vec<_>>()).unwrap();
+    let spec = LossSpec::logit_adjusted(&prior, 1.0)
+        .unwrap()
+        .with_reduction(Reduction::Mean);
+    let want = reference::forward_backward(&spec, &widened, &labels).unwrap();
+    let p = |x: &str| f.path(x).to_str().unwrap().to_string();
+    for cpu in [false, true] {
+        let mut args = vec![
+            "loss".to_string(),
+            "--logits".into(),
+            p("l.npy"),
+            "--labels".into(),
+            p("y.npy"),
+            "--class-counts".into(),
+            p("n.npy"),
+            "--out-grad".into(),
+            p("g.npy"),
+            "--json".into(),
+        ];
+        if cpu {
+            args.push("--cpu".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run(&args);
+        let what = format!("cpu={cpu} seed={seed}");
+        assert_eq!(code, 0, "{what}: {stderr}");
+        let w = want.loss.unwrap();
+        let got = json_number(&stdout, "loss");
+        assert!(
+            (got - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{what}: {got} vs {w}"
+        );
+        let grad: Vec<f16> = bytemuck::pod_collect_to_vec(&read_npy_of(&f.path("g.npy"), "<f2"));
+        let wg = want.grad.as_ref().unwrap();
+        assert_eq!(grad.len(), wg.len(), "{what}");
+        for (i, (g, w)) in grad.iter().zip(wg).enumerate() {
+            let rounded = f16::from_f64(*w);
+            // The reference path rounds once from f64; the GPU's f32 may
+            // land one unit away.
+            let slack = if cpu { 0 } else { 1 };
+            let d = (i32::from(g.to_bits() as i16) - i32::from(rounded.to_bits() as i16)).abs();
+            let same_sign = g.is_sign_negative() == rounded.is_sign_negative() || g.to_f32() == 0.0;
+            assert!(
+                same_sign && d <= slack,
+                "{what}: element {i}: {g} vs {w} ({rounded})"
+            );
+        }
+        std::fs::remove_file(f.path("g.npy")).unwrap();
+    }
+}
+
+#[test]
+fn posthoc_reads_float16_logits_as_their_exact_values() {
+    use half::f16;
+    let f = Files::new("posthoc-f16");
+    let mut rng = Rng::fresh();
+    let (n, c) = (500, 9);
+    let logits: Vec<f16> = rng
+        .logits(n * c, 4.0)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let widened: Vec<f32> = logits.iter().map(|x| x.to_f32()).collect();
+    let labels: Vec<i64> = (0..n).map(|_| rng.below(c) as i64).collect();
+    let counts: Vec<f64> = rng.counts(c, 100.0);
+    write_npy(
+        &f.path("h.npy"),
+        "<f2",
+        &[n, c],
+        bytemuck::cast_slice(&logits),
+    );
+    write_npy(
+        &f.path("w.npy"),
+        "<f4",
+        &[n, c],
+        bytemuck::cast_slice(&widened),
+    );
+    write_npy(&f.path("y.npy"), "<i8", &[n], bytemuck::cast_slice(&labels));
+    write_npy(&f.path("n.npy"), "<f8", &[c], bytemuck::cast_slice(&counts));
+    let p = |x: &str| f.path(x).to_str().unwrap().to_string();
+    let out = |file: &str| {
+        let args = [
+            "posthoc".to_string(),
+            "--logits".into(),
+            p(file),
+            "--labels".into(),
+            p("y.npy"),
+            "--class-counts".into(),
+            p("n.npy"),
+            "--tau-range".into(),
+            "0:2:0.5".into(),
+            "--json".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, 0, "{file} (seed {}): {stderr}", rng.seed());
+        stdout
+    };
+    assert_eq!(out("h.npy"), out("w.npy"), "seed {}", rng.seed());
+}

@@ -130,6 +130,17 @@ fn assert_padding_untouched(flat: &[f32], n: usize, c: usize, stride: usize) {
     }
 }
 
+/// Labels as the device holds them in `label_type`.
+fn label_bytes(labels: &[i64], label_type: LabelType) -> Vec<u8> {
+    match label_type {
+        LabelType::I64 => bytemuck::cast_slice(labels).to_vec(),
+        _ => labels
+            .iter()
+            .flat_map(|&y| (y as i32).to_le_bytes())
+            .collect(),
+    }
+}
+
 fn run_device_as(
     op: &SoftmaxXent,
     ctx: &Context,
@@ -152,13 +163,7 @@ fn run_device_as(
     for (row, values) in logits.chunks(c.max(1)).enumerate() {
         padded[row * stride..][..c].copy_from_slice(values);
     }
-    let label_bytes: Vec<u8> = match label_type {
-        LabelType::I64 => bytemuck::cast_slice(labels).to_vec(),
-        _ => labels
-            .iter()
-            .flat_map(|&y| (y as i32).to_le_bytes())
-            .collect(),
-    };
+    let label_bytes = label_bytes(labels, label_type);
     let upstream_data: Vec<f32> = match upstream {
         Upstream::Scalar(g) => vec![g],
         Upstream::PerRow(g) => g.to_vec(),
@@ -218,14 +223,16 @@ fn run_device_as(
     pool.write(ctx, 0, bytemuck::cast_slice(&padded));
     let backward = op
         .bind_backward(&BackwardBuffers {
-            logits: pool.region(0),
             row_stride: stride,
-            labels: pool.region(1),
             label_type,
-            rows: n,
-            lse: pool.region(4),
-            grad: GradOutput::Separate(pool.region(7)),
             upstream: upstream_region,
+            ..BackwardBuffers::new(
+                pool.region(0),
+                pool.region(1),
+                n,
+                pool.region(4),
+                GradOutput::Separate(pool.region(7)),
+            )
         })
         .expect("bind backward");
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
@@ -1020,6 +1027,8 @@ fn bad_regions_are_refused_at_bind() {
         let e = op
             .bind_backward(&BackwardBuffers {
                 logits: at(0, 32),
+                dtype: logit_adjust::Dtype::F32,
+                grad_f32: false,
                 row_stride: 0,
                 labels: at(256, 8),
                 label_type: LabelType::I32,

@@ -75,6 +75,7 @@ fn run_device(ph: &PostHoc, ctx: &Context, logits: &[f32], n: usize) -> Predicti
     let bound = ph
         .bind(&PostHocBuffers {
             logits: Region::whole(&logits_buf),
+            dtype: logit_adjust::Dtype::F32,
             rows: n,
             predictions: Region::whole(&pred),
         })
@@ -435,6 +436,7 @@ fn predictions_feed_the_counts_on_the_device_in_one_pooled_buffer() {
         let argmax = ph
             .bind(&PostHocBuffers {
                 logits: region(logits_at, logits_len),
+                dtype: logit_adjust::Dtype::F32,
                 rows: n,
                 predictions: region(pred_at, pred_len),
             })

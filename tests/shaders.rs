@@ -29,19 +29,41 @@ fn shader_files() -> Vec<(String, String)> {
     files
 }
 
+/// The format variants the loader builds from the files (the half
+/// formats' swapped blocks), as wgpu gets them.
+fn variant_files() -> Vec<(String, String)> {
+    let variants = logit_adjust::shader_variants().expect("variants splice");
+    assert!(
+        variants.len() >= 9,
+        "expected the half variants, found {}",
+        variants.len()
+    );
+    variants
+        .into_iter()
+        .map(|(l, t)| (l.to_string(), t))
+        .collect()
+}
+
 /// The subgroup module: built only on devices with subgroups, never on GL.
 fn needs_subgroups(file: &str) -> bool {
     file.contains("subgroup")
 }
 
+/// A native f16 variant: built only on devices with SHADER_F16, never on GL.
+fn needs_f16(file: &str) -> bool {
+    file.contains("f16 native")
+}
+
 fn validate(module: &naga::Module, what: &str) -> naga::valid::ModuleInfo {
     // Capabilities the device may grant; the shaders must not need more
     // (subgroups only in the module that is built where they exist).
-    let caps = if needs_subgroups(what) {
-        Capabilities::SUBGROUP
-    } else {
-        Capabilities::empty()
-    };
+    let mut caps = Capabilities::empty();
+    if needs_subgroups(what) {
+        caps |= Capabilities::SUBGROUP;
+    }
+    if needs_f16(what) {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
     Validator::new(ValidationFlags::all(), caps)
         .validate(module)
         .unwrap_or_else(|e| panic!("{what}: validation failed: {e:?}"))
@@ -52,7 +74,7 @@ const WORKGROUP_SIZES: [f64; 4] = [32.0, 64.0, 256.0, 1024.0];
 
 #[test]
 fn every_shader_translates_for_every_backend() {
-    for (file, source) in shader_files() {
+    for (file, source) in shader_files().into_iter().chain(variant_files()) {
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));
         let info = validate(&module, &file);
@@ -124,8 +146,9 @@ fn every_shader_translates_for_every_backend() {
                     .write(&module, &info, None)
                     .unwrap_or_else(|e| panic!("{what}: HLSL: {e:?}"));
 
-                if needs_subgroups(&what) {
-                    // GLSL ES has no subgroups; the GL path never builds it.
+                if needs_subgroups(&what) || needs_f16(&what) {
+                    // GLSL ES has no subgroups and no f16; the GL path
+                    // never builds either.
                     continue;
                 }
                 let mut glsl = String::new();

@@ -119,6 +119,8 @@ fn in_place_and_forward_only_runs_keep_writable_bindings_apart() {
                 let backward = op
                     .bind_backward(&BackwardBuffers {
                         logits: Region::whole(&logits),
+                        dtype: logit_adjust::Dtype::F32,
+                        grad_f32: false,
                         row_stride: 0,
                         labels: Region::whole(&labels),
                         label_type: LabelType::I32,

@@ -1,7 +1,7 @@
 //! A cell's inputs, from its shape class and a seed, and what the f64
 //! reference says its outputs must be, with the tolerance of each.
 
-use super::{Op, ShapeClass};
+use super::{Dtype, Op, ShapeClass};
 use crate::error::Result;
 use crate::synthetic::Rng;
 use crate::{reference, ClassPrior, LossSpec, Predictions, Reduction};
@@ -26,8 +26,11 @@ pub struct Case {
     pub prior: ClassPrior,
     /// The loss: logit-adjusted at tau = 1, mean reduction, ignore index -100.
     pub spec: LossSpec,
-    /// `N x C` logits.
+    /// `N x C` logits: values of `dtype`, widened (exactly) to f32, so
+    /// that the reference sees what the kernels read.
     pub logits: Vec<f32>,
+    /// The logits' format on the device.
+    pub dtype: Dtype,
     /// `N` labels (the ignore index among them in the ignored class).
     pub labels: Vec<i64>,
     /// The largest |adjusted logit| of an extreme case, which bounds the
@@ -36,8 +39,8 @@ pub struct Case {
 }
 
 impl Case {
-    /// The inputs of `shape` for `seed`.
-    pub fn new(shape: ShapeClass, quick: bool, seed: u64) -> Result<Self> {
+    /// The inputs of `shape` for `seed`, the logits rounded to `dtype`.
+    pub fn new(shape: ShapeClass, quick: bool, seed: u64, dtype: Dtype) -> Result<Self> {
         let (n, c) = shape.dims(quick);
         let mut rng = Rng::new(seed ^ (n as u64) << 20 ^ c as u64);
         let extreme = shape == ShapeClass::Extreme;
@@ -62,6 +65,13 @@ impl Case {
             logits[..c].fill(1e4);
             logits[c..2 * c].fill(-1e4);
         }
+        for x in &mut logits {
+            *x = match dtype {
+                Dtype::F32 => *x,
+                Dtype::F16 => half::f16::from_f32(*x).to_f32(),
+                Dtype::Bf16 => half::bf16::from_f32(*x).to_f32(),
+            };
+        }
         let labels = (0..n)
             .map(|i| {
                 let ignored = shape == ShapeClass::Ignored && (i == 0 || rng.uniform() < 1.0 / 3.0);
@@ -78,9 +88,23 @@ impl Case {
             prior,
             spec,
             logits,
+            dtype,
             labels,
             max_z: extreme.then(|| 1e4 + 1e-30f64.ln().abs() + 1.0),
         })
+    }
+
+    /// The logits as the device holds them, in `dtype`.
+    pub fn logits_bytes(&self) -> Vec<u8> {
+        let halves = |bits: &dyn Fn(f32) -> u16| -> Vec<u8> {
+            let v: Vec<u16> = self.logits.iter().map(|&x| bits(x)).collect();
+            bytemuck::cast_slice(&v).to_vec()
+        };
+        match self.dtype {
+            Dtype::F32 => bytemuck::cast_slice(&self.logits).to_vec(),
+            Dtype::F16 => halves(&|x| half::f16::from_f32(x).to_bits()),
+            Dtype::Bf16 => halves(&|x| half::bf16::from_f32(x).to_bits()),
+        }
     }
 
     /// The labels the counts take: in `[0, C)` (an ignored label becomes
@@ -131,6 +155,9 @@ pub struct Expect {
     pub exact_rows: Vec<usize>,
     /// Elements per row of this output.
     pub row_len: usize,
+    /// The element format of an `F32` output as the device writes it (a
+    /// gradient of half logits is in their format).
+    pub dtype: Dtype,
 }
 
 impl Expect {
@@ -142,6 +169,7 @@ impl Expect {
             rel,
             exact_rows: Vec::new(),
             row_len: 1,
+            dtype: Dtype::F32,
         }
     }
 
@@ -153,6 +181,7 @@ impl Expect {
             rel: 0.0,
             exact_rows: Vec::new(),
             row_len: 1,
+            dtype: Dtype::F32,
         }
     }
 
@@ -173,7 +202,9 @@ fn max_abs(v: &[f64]) -> f64 {
 /// What `op` must produce on `case`: the tolerances of the test suite
 /// (loss values `1e-5 (1 + |ref|)`; the gradient `1e-6 + 1e-5 max|g|`, plus
 /// the f32 rounding of an extreme case's adjusted logits, plus, from saved
-/// log-sum-exps, a few ulps of the LSE carried into every `p_c`).
+/// log-sum-exps, a few ulps of the LSE carried into every `p_c`; a
+/// gradient in a half format one unit in its last place more, `2^-10` of
+/// the value for f16 and `2^-7` for bf16).
 pub fn expectations(op: Op, case: &Case) -> Result<Vec<Expect>> {
     let extreme = case.max_z.unwrap_or(0.0);
     let loss_abs = 1e-5 + 1e-6 * extreme;
@@ -181,10 +212,16 @@ pub fn expectations(op: Op, case: &Case) -> Result<Vec<Expect>> {
         let scale = max_abs(g);
         1e-6 + 1e-5 * scale + 1e-6 * extreme * scale
     };
+    let ulp = match case.dtype {
+        Dtype::F32 => 0.0,
+        Dtype::F16 => 2f64.powi(-10),
+        Dtype::Bf16 => 2f64.powi(-7),
+    };
     let grad_expect = |g: Vec<f64>, abs: f64| Expect {
         exact_rows: case.ignored_rows(),
         row_len: case.classes,
-        ..Expect::f32("grad", g, abs, 0.0)
+        dtype: case.dtype,
+        ..Expect::f32("grad", g, abs, ulp)
     };
     Ok(match op {
         Op::Forward | Op::Fused => {

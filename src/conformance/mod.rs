@@ -80,29 +80,7 @@ impl Op {
 }
 
 /// The logits' format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    /// IEEE binary32.
-    F32,
-    /// IEEE binary16.
-    F16,
-    /// bfloat16.
-    Bf16,
-}
-
-impl Dtype {
-    /// Every format, in report order.
-    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
-
-    /// The format's name in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-        }
-    }
-}
+pub use crate::dtype::Dtype;
 
 /// Which kernels run: those every GPU runs, or the layouts the library
 /// keeps for CPU adapters (lavapipe, llvmpipe). A CPU adapter runs both.

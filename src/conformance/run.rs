@@ -153,6 +153,12 @@ fn output(ctx: &Context, name: &'static str, elements: usize) -> Result<Tensor> 
     tensor(ctx, name, Role::Output, vec![POISON; 4 * elements.max(1)])
 }
 
+/// An output of `elements` values of `dtype`, poisoned (whole words).
+fn output_of(ctx: &Context, name: &'static str, elements: usize, dtype: Dtype) -> Result<Tensor> {
+    let bytes = (elements.max(1) as u64 * dtype.bytes()).next_multiple_of(4);
+    tensor(ctx, name, Role::Output, vec![POISON; bytes as usize])
+}
+
 fn region(t: &Tensor) -> Region<'_> {
     Region::whole(&t.buffer)
 }
@@ -170,7 +176,7 @@ fn labels_tensor(ctx: &Context, labels: &[i64]) -> Result<Tensor> {
 /// Upload the case's inputs, poison the outputs, bind `op`.
 fn prepare(ctx: &Context, op: Op, case: &Case) -> Result<Prepared> {
     let (n, c) = (case.rows, case.classes);
-    let logits = tensor(ctx, "logits", Role::Input, bytes_of(&case.logits))?;
+    let logits = tensor(ctx, "logits", Role::Input, case.logits_bytes())?;
     match op {
         Op::Forward | Op::Fused => prepare_forward(ctx, op, case, logits),
         Op::Backward => {
@@ -178,10 +184,12 @@ fn prepare(ctx: &Context, op: Op, case: &Case) -> Result<Prepared> {
             let want = crate::reference::forward(&case.spec, &case.logits, &case.labels)?;
             let lse32: Vec<f32> = want.lse.iter().map(|&x| x as f32).collect();
             let lse = tensor(ctx, "lse", Role::Input, bytes_of(&lse32))?;
-            let grad = output(ctx, "grad", n * c)?;
+            let grad = output_of(ctx, "grad", n * c, case.dtype)?;
             let xent = ctx.softmax_xent(&case.spec)?;
             let bound = xent.bind_backward(&BackwardBuffers {
                 logits: region(&logits),
+                dtype: case.dtype,
+                grad_f32: false,
                 row_stride: 0,
                 labels: region(&labels),
                 label_type: LabelType::I32,
@@ -200,6 +208,7 @@ fn prepare(ctx: &Context, op: Op, case: &Case) -> Result<Prepared> {
             let ph = ctx.posthoc(&case.prior, &TAUS)?;
             let bound = ph.bind(&PostHocBuffers {
                 logits: region(&logits),
+                dtype: case.dtype,
                 rows: n,
                 predictions: region(&pred),
             })?;
@@ -245,7 +254,7 @@ fn prepare_forward(ctx: &Context, op: Op, case: &Case, logits: Tensor) -> Result
     let row_loss = output(ctx, "row_loss", n)?;
     let lse = output(ctx, "lse", n)?;
     let grad = (op == Op::Fused)
-        .then(|| output(ctx, "grad", n * c))
+        .then(|| output_of(ctx, "grad", n * c, case.dtype))
         .transpose()?;
     let xent = ctx.softmax_xent(&case.spec)?;
     let bound = xent.bind(&LossBuffers {
@@ -256,6 +265,7 @@ fn prepare_forward(ctx: &Context, op: Op, case: &Case, logits: Tensor) -> Result
         lse: Some(region(&lse)),
         loss: Some(region(&loss)),
         label_type: LabelType::I32,
+        dtype: case.dtype,
         ..LossBuffers::new(region(&logits), region(&labels), n)
     })?;
     let mut tensors = vec![logits, labels, loss, row_loss, lse];
@@ -266,16 +276,17 @@ fn prepare_forward(ctx: &Context, op: Op, case: &Case, logits: Tensor) -> Result
     })
 }
 
-/// Bytes one run of `op` must move on an `n x c` case.
-fn traffic(op: Op, n: usize, c: usize) -> u64 {
+/// Bytes one run of `op` must move on an `n x c` case of `e`-byte logits.
+fn traffic(op: Op, n: usize, c: usize, e: u64) -> u64 {
     let (n, c, t) = (n as u64, c as u64, TAUS.len() as u64);
     match op {
-        Op::Forward => 4 * n * c + 12 * n,
-        Op::Fused => 8 * n * c + 12 * n,
-        Op::Backward => 8 * n * c + 8 * n,
-        Op::Argmax => 4 * n * c + 4 * n * t,
-        Op::Corrected => 8 * n * c,
-        Op::TopK => 4 * n * c + 4 * n * TOP_K.min(c as usize) as u64,
+        Op::Forward => e * n * c + 12 * n,
+        Op::Fused => 2 * e * n * c + 12 * n,
+        Op::Backward => 2 * e * n * c + 8 * n,
+        Op::Argmax => e * n * c + 4 * n * t,
+        // The corrected logits are written as f32.
+        Op::Corrected => (e + 4) * n * c,
+        Op::TopK => e * n * c + 4 * n * TOP_K.min(c as usize) as u64,
         Op::Counts => 4 * n * (t + 1) + 4 * (c * (t + 1) + 1),
     }
 }
@@ -300,7 +311,16 @@ fn judge(e: &Expect, got: &[u8]) -> (bool, f64, f64, Option<String>) {
             }
         }
         Expected::F32(want) => {
-            let got: Vec<f32> = bytemuck::pod_collect_to_vec(&got[..4 * want.len()]);
+            let got: Vec<f32> = match e.dtype {
+                Dtype::F32 => bytemuck::pod_collect_to_vec(&got[..4 * want.len()]),
+                format => bytemuck::pod_collect_to_vec::<u8, u16>(&got[..2 * want.len()])
+                    .into_iter()
+                    .map(|h| match format {
+                        Dtype::Bf16 => half::bf16::from_bits(h).to_f32(),
+                        _ => half::f16::from_bits(h).to_f32(),
+                    })
+                    .collect(),
+            };
             let exact: std::collections::HashSet<usize> = e.exact_rows.iter().copied().collect();
             for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
                 let g = f64::from(g);
@@ -336,7 +356,7 @@ fn finish(cell: &Cell, case: &Case, expects: &[Expect], outputs: &[Vec<u8>]) -> 
             .map(|e| format!("{}:{}", e.output, e.tolerance()))
             .collect::<Vec<_>>()
             .join(" "),
-        bytes: traffic(cell.op, case.rows, case.classes),
+        bytes: traffic(cell.op, case.rows, case.classes, cell.dtype.bytes()),
         ..Outcome::unsupported(cell, false, "")
     };
     out.rows = case.rows;
@@ -361,16 +381,15 @@ pub fn run(ctx: &Context, cell: &Cell, quick: bool, seed: u64, runs: usize) -> O
         message: format!("error: {e}"),
         ..Outcome::unsupported(cell, quick, "")
     };
-    if cell.dtype != Dtype::F32 {
-        let why = if ctx.capabilities().shader_f16 || cell.dtype == Dtype::Bf16 {
-            "no half-precision kernels yet"
-        } else {
-            "no half-precision kernels yet; the adapter has no SHADER_F16"
-        };
-        return Outcome::unsupported(cell, quick, why);
+    if cell.dtype != Dtype::F32 && cell.kernels == super::KernelSet::Cpu {
+        return Outcome::unsupported(
+            cell,
+            quick,
+            "the CPU adapters' layouts read f32 only; half logits run the GPU kernels (the gpu cells)",
+        );
     }
     let attempt = || -> Result<Outcome> {
-        let case = Case::new(cell.shape, quick, seed)?;
+        let case = Case::new(cell.shape, quick, seed, cell.dtype)?;
         let expects = cases::expectations(cell.op, &case)?;
         if !cell.op.bound() {
             let got = host_path(ctx, cell.op, &case)?;
@@ -388,14 +407,14 @@ pub fn run(ctx: &Context, cell: &Cell, quick: bool, seed: u64, runs: usize) -> O
                     .iter()
                     .find(|t| t.name == e.output)
                     .expect("every expectation names a tensor");
-                let len = match &e.values {
-                    Expected::F32(v) => v.len(),
-                    Expected::U32(v) => v.len(),
+                let bytes = match &e.values {
+                    Expected::F32(v) => v.len() as u64 * e.dtype.bytes(),
+                    Expected::U32(v) => 4 * v.len() as u64,
                 };
-                (&t.buffer, 0, len)
+                (&t.buffer, 0, bytes.next_multiple_of(4) as usize)
             })
             .collect();
-        let got = buffers::read::<u8>(ctx, &regions_bytes(&regions))?;
+        let got = buffers::read::<u8>(ctx, &regions)?;
         let mut outcome = finish(cell, &case, &expects, &got);
         if runs > 0 {
             let timer = Timer::new(ctx);
@@ -411,18 +430,23 @@ pub fn run(ctx: &Context, cell: &Cell, quick: bool, seed: u64, runs: usize) -> O
     }
 }
 
-fn regions_bytes<'a>(r: &[(&'a wgpu::Buffer, u64, usize)]) -> Vec<(&'a wgpu::Buffer, u64, usize)> {
-    r.iter().map(|&(b, o, n)| (b, o, 4 * n)).collect()
-}
-
 /// The host-path ops: the corrected logits and the top-k, as bytes.
 fn host_path(ctx: &Context, op: Op, case: &Case) -> Result<Vec<u8>> {
     let ph = ctx.posthoc(&case.prior, &TAUS)?;
-    let on = ph.upload(&case.logits)?;
+    let on = match case.dtype {
+        Dtype::F32 => ph.upload(&case.logits)?,
+        Dtype::F16 => ph.upload_as(&widened_to::<half::f16>(&case.logits))?,
+        Dtype::Bf16 => ph.upload_as(&widened_to::<half::bf16>(&case.logits))?,
+    };
     Ok(match op {
         Op::Corrected => bytes_of(&ph.corrected_on(&on, 1)?),
         _ => bytes_of(&ph.top_k_on(&on, 1, TOP_K.min(case.classes))?),
     })
+}
+
+/// `logits` (values of `T`, widened) as `T` again.
+fn widened_to<T: crate::Element>(logits: &[f32]) -> Vec<T> {
+    logits.iter().map(|&x| T::from_f32(x)).collect()
 }
 
 /// The bound run of `cell` on `ctx` (which must trace: see
@@ -435,7 +459,7 @@ pub fn export(ctx: &Context, cell: &Cell, quick: bool, seed: u64) -> Result<Expo
             cell.label()
         )));
     }
-    let case = Case::new(cell.shape, quick, seed)?;
+    let case = Case::new(cell.shape, quick, seed, cell.dtype)?;
     let expects = cases::expectations(cell.op, &case)?;
     let prepared = ctx.scoped(|| prepare(ctx, cell.op, &case))?;
     let steps = prepared.bound.steps(ctx)?;

@@ -3,13 +3,16 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::formats::Flavor;
 use super::plan::{self, Layout, Plan, REDUCE_WG};
 use super::{
     BackwardBuffers, GradOutput, LabelType, LossBuffers, Scratch, SoftmaxXent, UpstreamBuffer,
 };
 use crate::buffers;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::loss::Reduction;
+use crate::pipelines::Shader;
 use crate::region::{check_uses, Region, Use};
 
 // Params.flags of softmax_xent.wgsl.
@@ -113,6 +116,8 @@ pub(super) enum Mode {
 pub(super) struct Run<'a> {
     pub(super) mode: Mode,
     logits: Region<'a>,
+    dtype: Dtype,
+    grad_f32: bool,
     stride: usize,
     labels: Region<'a>,
     pub(super) label_type: LabelType,
@@ -147,6 +152,8 @@ impl SoftmaxXent {
                 _ => Mode::Fused,
             },
             logits: b.logits,
+            dtype: b.dtype,
+            grad_f32: b.grad_f32,
             stride: b.row_stride,
             labels: b.labels,
             label_type: b.label_type,
@@ -169,6 +176,8 @@ impl SoftmaxXent {
         self.bind_run(Run {
             mode: Mode::Backward,
             logits: b.logits,
+            dtype: b.dtype,
+            grad_f32: b.grad_f32,
             stride: b.row_stride,
             labels: b.labels,
             label_type: b.label_type,
@@ -191,15 +200,24 @@ impl SoftmaxXent {
                 r.stride
             )));
         }
-        let logit_bytes = if n == 0 {
+        if r.grad_f32 && matches!(r.grad, GradOutput::InPlace) {
+            return Err(Error::InvalidArgument(
+                "an in-place gradient is in the logits' format; an f32 gradient needs \
+                 GradOutput::Separate"
+                    .into(),
+            ));
+        }
+        let elements = if n == 0 {
             0
         } else {
             n.checked_sub(1)
                 .and_then(|m| m.checked_mul(r.stride as u64))
                 .and_then(|e| e.checked_add(c))
-                .and_then(|e| e.checked_mul(4))
+                .filter(|e| e.checked_mul(4).is_some())
                 .ok_or_else(|| Error::TooLarge(format!("{n} rows of stride {}", r.stride)))?
         };
+        let logit_bytes = elements * r.dtype.bytes();
+        let grad_bytes = elements * r.grad_dtype().bytes();
         let mut uses = vec![
             Use {
                 what: "logits",
@@ -216,7 +234,7 @@ impl SoftmaxXent {
             uses.push(Use {
                 what: "grad",
                 region: g,
-                bytes: logit_bytes,
+                bytes: grad_bytes,
             });
         }
         match r.upstream {
@@ -254,7 +272,24 @@ impl SoftmaxXent {
                 });
             }
         }
-        check_uses(self.ctx.limits(), &uses)
+        check_uses(self.ctx.limits(), &uses)?;
+        // Halves are bound as whole u32 words: an odd count's last word
+        // must lie in the buffer (its other half is read, never written).
+        let mut words = vec![("logits", r.logits, logit_bytes)];
+        if let GradOutput::Separate(g) = r.grad {
+            words.push(("grad", g, grad_bytes));
+        }
+        for (what, region, bytes) in words {
+            let room = region.buffer.size().saturating_sub(region.offset);
+            if bytes % 4 != 0 && room < bytes.next_multiple_of(4) {
+                return Err(Error::BufferTooSmall {
+                    what: format!("{what} (bound as whole 4-byte words, past the region's end)"),
+                    needed: bytes.next_multiple_of(4),
+                    got: room,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn bind_run(&self, mut r: Run) -> Result<BoundLoss> {
@@ -263,14 +298,18 @@ impl SoftmaxXent {
             r.stride = c;
         }
         self.check_run(&r)?;
+        let flavor = Flavor::of(r.dtype, r.grad_f32, self.native_f16());
         let shape = plan::Shape {
             rows: r.rows,
             classes: c,
             stride: r.stride,
             label_bytes: r.label_type.bytes(),
-            vec4: self.cpu_xent.is_some() && vec4_room(&r, c),
+            vec4: self.cpu_xent.is_some() && flavor == Flavor::F32 && vec4_room(&r, c),
+            lanes: flavor.lanes(),
+            elem_bytes: r.dtype.bytes().max(r.grad_dtype().bytes()),
         };
         let plan = self.plan_for(&shape)?;
+        let xent = self.xent_for(flavor)?;
         let reduced = self.spec.reduction() != Reduction::None && r.mode != Mode::Backward;
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let work = scratch.work(&self.ctx, 4 * plan.work_words as u64)?;
@@ -281,6 +320,8 @@ impl SoftmaxXent {
             .transpose()?;
         let builder = Builder {
             op: self,
+            xent: &xent,
+            lanes: flavor.lanes(),
             plan: &plan,
             run: &r,
             work: &work,
@@ -436,9 +477,24 @@ fn vec4_room(r: &Run, classes: usize) -> bool {
         }
 }
 
+impl Run<'_> {
+    /// The gradient's element format.
+    fn grad_dtype(&self) -> Dtype {
+        if self.grad_f32 {
+            Dtype::F32
+        } else {
+            self.dtype
+        }
+    }
+}
+
 /// Turns a plan and a run into steps.
 pub(super) struct Builder<'a, 'r> {
     pub(super) op: &'a SoftmaxXent,
+    /// The softmax_xent.wgsl module of the run's formats.
+    xent: &'a Shader,
+    /// Its units' elements (the `LANES` override).
+    lanes: u32,
     pub(super) plan: &'a Plan,
     pub(super) run: &'a Run<'r>,
     work: &'a wgpu::Buffer,
@@ -549,15 +605,19 @@ impl<'a, 'r> Builder<'a, 'r> {
     ) -> wgpu::ComputePipeline {
         // softmax_xent.wgsl's options, set only where the spec uses them,
         // so a spec without them gets the pipelines it always had.
+        // LANES likewise: set for the halves only.
         let spec = &self.op.spec;
         let options = [
             ("SCALED", spec.logit_scale() != 1.0),
             ("Z_LOSS", spec.z_loss() != 0.0),
             ("PER_CLASS", spec.per_class_smoothing()),
         ];
-        if std::ptr::eq(shader, &self.op.xent) && options.iter().any(|o| o.1) {
+        if std::ptr::eq(shader, self.xent) {
             let mut all = constants.to_vec();
             all.extend(options.iter().filter(|o| o.1).map(|&(k, _)| (k, 1.0)));
+            if self.lanes != 1 {
+                all.push(("LANES", f64::from(self.lanes)));
+            }
             return shader.pipeline(self.op.ctx.device(), entry, &all);
         }
         shader.pipeline(self.op.ctx.device(), entry, constants)
@@ -596,17 +656,24 @@ impl<'a, 'r> Builder<'a, 'r> {
         }
     }
 
-    /// Chunk `ch`'s rows of the logits or the gradient (rounded up to whole
-    /// vec4s for the segments layout's vec4 views; `vec4_room` checked the
-    /// buffers hold them).
-    fn logits_of(&self, region: Region<'r>, ch: &plan::Chunk) -> wgpu::BindingResource<'r> {
+    /// Chunk `ch`'s rows of the logits or the gradient, of `dtype`
+    /// elements (rounded up to whole words, and to whole vec4s for the
+    /// segments layout's vec4 views; `check_run` and `vec4_room` checked
+    /// the buffers hold them).
+    fn logits_of(
+        &self,
+        region: Region<'r>,
+        dtype: Dtype,
+        ch: &plan::Chunk,
+    ) -> wgpu::BindingResource<'r> {
         let stride = self.run.stride as u64;
         let classes = self.op.spec.classes() as u64;
-        let mut bytes = ((ch.rows as u64 - 1) * stride + classes) * 4;
+        let size = dtype.bytes();
+        let mut bytes = (((ch.rows as u64 - 1) * stride + classes) * size).next_multiple_of(4);
         if matches!(self.plan.layout, Layout::Segments { .. }) {
             bytes = bytes.next_multiple_of(16);
         }
-        region.binding(ch.first as u64 * stride * 4, bytes)
+        region.binding(ch.first as u64 * stride * size, bytes)
     }
 
     /// The normalizer (`what` 0) or the loss (1): partials per chunk, then
@@ -684,13 +751,13 @@ impl<'a, 'r> Builder<'a, 'r> {
     ) -> wgpu::BindGroup {
         let r = self.run;
         let ch = &self.plan.chunks[k];
-        let logits = self.logits_of(r.logits, ch);
+        let logits = self.logits_of(r.logits, r.dtype, ch);
         let grad = match r.grad {
-            GradOutput::Separate(g) => self.logits_of(g, ch),
+            GradOutput::Separate(g) => self.logits_of(g, r.grad_dtype(), ch),
             // cpu_xent.wgsl writes an in-place gradient through this
             // binding (CPU adapters only); softmax_xent.wgsl through
             // `logits` (GRAD_IN_LOGITS), so nothing aliases there.
-            GradOutput::InPlace if cpu.is_some() => self.logits_of(r.logits, ch),
+            GradOutput::InPlace if cpu.is_some() => self.logits_of(r.logits, r.dtype, ch),
             _ => self.standin(4),
         };
         let row_loss = self.row_loss_of(ch, 5);
@@ -719,7 +786,7 @@ impl<'a, 'r> Builder<'a, 'r> {
                 resources.push(cpu.table.as_entire_binding());
                 self.group(&cpu.shader, resources)
             }
-            None => self.group(&self.op.xent, resources),
+            None => self.group(self.xent, resources),
         }
     }
 
@@ -734,7 +801,7 @@ impl<'a, 'r> Builder<'a, 'r> {
             return Ok(Vec::new());
         };
         let pipeline = self.pipeline(
-            &self.op.xent,
+            self.xent,
             "xent_rows",
             &[
                 ("WG", f64::from(wg)),
@@ -785,7 +852,7 @@ impl<'a, 'r> Builder<'a, 'r> {
     fn backward_steps(&self, slot: &SlotFn<'_>, from_norm: bool) -> Result<Vec<Step>> {
         let b = self.plan.backward;
         let pipeline = self.pipeline(
-            &self.op.xent,
+            self.xent,
             "xent_backward",
             &[
                 ("WG", f64::from(b.wg)),
@@ -802,7 +869,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         }))
     }
 
-    /// Per chunk: partials, combine, and (fused) the gradient from (M, 1/S);
+    /// Per chunk: partials, combine, and (fused) the gradient from (M, 1/S, p_y - 1);
     /// a backward run from the caller's LSE needs only the gradient pass.
     fn split_steps(&self, slot: &SlotFn<'_>) -> Result<Vec<Step>> {
         let Layout::Split {
@@ -816,12 +883,12 @@ impl<'a, 'r> Builder<'a, 'r> {
         }
         let label = SoftmaxXent::label_constant(self.run.label_type);
         let partial = self.pipeline(
-            &self.op.xent,
+            self.xent,
             "xent_split_partial",
             &[("WG", f64::from(wg)), ("VPT", f64::from(vpt)), label],
         );
         let combine = self.pipeline(
-            &self.op.xent,
+            self.xent,
             "xent_split_combine",
             &[("WG", f64::from(wg)), label],
         );

@@ -209,6 +209,8 @@ mod tests {
             stride,
             label_bytes: 4,
             vec4: true,
+            lanes: 1,
+            elem_bytes: 4,
         }
     }
 

@@ -10,12 +10,15 @@
 
 mod bind;
 mod cpu;
+mod formats;
 pub(crate) mod plan;
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::buffers;
 use crate::context::Context;
+use crate::dtype::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::loss::{LossOutput, LossSpec, Reduction, Upstream};
 use crate::pipelines::{Binding, Shader};
@@ -23,6 +26,20 @@ use crate::region::Region;
 
 pub use bind::BoundLoss;
 pub use plan::Variant;
+
+use formats::Flavor;
+
+/// How f16 logits and gradients are read and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HalfPath {
+    /// WGSL's native `f16` where the device has `SHADER_F16`, else two
+    /// halves packed in a `u32`.
+    #[default]
+    Auto,
+    /// Packed in `u32` words even where `SHADER_F16` is there (tests and
+    /// benchmarks; the bits are the same).
+    Packed,
+}
 
 /// Element type of a labels buffer on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,9 +97,14 @@ pub enum UpstreamBuffer<'a> {
 /// [`LossBuffers::new`] fills the optional ones with their defaults.
 #[derive(Debug, Clone, Copy)]
 pub struct LossBuffers<'a> {
-    /// `N` rows of f32 logits, `row_stride` elements apart (the last row
-    /// needs only `C`).
+    /// `N` rows of logits of `dtype`, `row_stride` elements apart (the
+    /// last row needs only `C`; for the halves, rounded up to whole 4-byte
+    /// words, whose last half is read and masked, never written).
     pub logits: Region<'a>,
+    /// The logits' element format (f32 unless set).
+    pub dtype: Dtype,
+    /// Write the gradient in f32 instead of the logits' format.
+    pub grad_f32: bool,
     /// Elements between row starts; 0 means `C` (packed rows).
     pub row_stride: usize,
     /// `N` labels of `label_type`.
@@ -113,6 +135,8 @@ impl<'a> LossBuffers<'a> {
     pub fn new(logits: Region<'a>, labels: Region<'a>, rows: usize) -> Self {
         Self {
             logits,
+            dtype: Dtype::F32,
+            grad_f32: false,
             row_stride: 0,
             labels,
             label_type: LabelType::I32,
@@ -132,6 +156,10 @@ impl<'a> LossBuffers<'a> {
 pub struct BackwardBuffers<'a> {
     /// The logits the forward saw, `row_stride` apart.
     pub logits: Region<'a>,
+    /// The logits' element format.
+    pub dtype: Dtype,
+    /// Write the gradient in f32 instead of the logits' format.
+    pub grad_f32: bool,
     /// Elements between row starts; 0 means `C`.
     pub row_stride: usize,
     /// `N` labels.
@@ -147,6 +175,47 @@ pub struct BackwardBuffers<'a> {
     pub grad: GradOutput<'a>,
     /// The upstream gradient (of the reduced loss, or per row).
     pub upstream: UpstreamBuffer<'a>,
+}
+
+/// Every half-format module of softmax_xent.wgsl (label, text).
+pub(crate) fn format_variants() -> Result<Vec<(&'static str, String)>> {
+    let mut out = Vec::new();
+    for logits in [Dtype::F16, Dtype::Bf16] {
+        for grad_f32 in [false, true] {
+            for native in [false, true] {
+                let flavor = Flavor::of(logits, grad_f32, native);
+                if !out.iter().any(|(l, _)| *l == flavor.label()) {
+                    out.push((flavor.label(), flavor.source()?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl<'a> BackwardBuffers<'a> {
+    /// A backward run over `rows` packed rows of f32 logits with i32
+    /// labels and `g = 1`, into `grad`; set the fields you need.
+    pub fn new(
+        logits: Region<'a>,
+        labels: Region<'a>,
+        rows: usize,
+        lse: Region<'a>,
+        grad: GradOutput<'a>,
+    ) -> Self {
+        Self {
+            logits,
+            dtype: Dtype::F32,
+            grad_f32: false,
+            row_stride: 0,
+            labels,
+            label_type: LabelType::I32,
+            rows,
+            lse,
+            grad,
+            upstream: UpstreamBuffer::One,
+        }
+    }
 }
 
 /// `[b, m, alpha, W = sum_c alpha_c]` as the kernels read them, padded to
@@ -170,7 +239,11 @@ pub struct SoftmaxXent {
     variant: Variant,
     /// `[b, m, alpha]`, 3C f32.
     class_vecs: wgpu::Buffer,
-    xent: Shader,
+    /// softmax_xent.wgsl for f32 logits, compiled with the op.
+    xent: Arc<Shader>,
+    /// The half formats' modules, each compiled on its first bind.
+    halves: Mutex<HashMap<Flavor, Arc<Shader>>>,
+    half_path: HalfPath,
     /// `cpu_xent.wgsl` and its uniform `b` table, on CPU adapters only.
     cpu_xent: Option<cpu::Kernels>,
     reduce: Shader,
@@ -236,12 +309,14 @@ impl SoftmaxXent {
                     bytemuck::cast_slice(&class_vecs),
                     wgpu::BufferUsages::STORAGE,
                 )?,
-                xent: Shader::new(
+                xent: Arc::new(Shader::new(
                     ctx,
-                    "softmax_xent.wgsl",
-                    include_str!("../../shaders/softmax_xent.wgsl"),
+                    Flavor::F32.label(),
+                    Flavor::F32.source()?,
                     &XENT_BINDINGS,
-                ),
+                )),
+                halves: Mutex::new(HashMap::new()),
+                half_path: HalfPath::Auto,
                 // The CPU layouts implement neither a logit scale nor the
                 // z-loss: such a spec takes the GPU path's layouts there.
                 cpu_xent: if cpu && !cpu::takes_options(spec) {
@@ -264,6 +339,36 @@ impl SoftmaxXent {
     pub fn with_variant(mut self, variant: Variant) -> Self {
         self.variant = variant;
         self
+    }
+
+    /// Choose how f16 is read and written ([`HalfPath::Auto`] unless set).
+    pub fn with_half_path(mut self, path: HalfPath) -> Self {
+        self.half_path = path;
+        self
+    }
+
+    /// Whether f16 runs use WGSL's native `f16`.
+    pub(crate) fn native_f16(&self) -> bool {
+        self.half_path == HalfPath::Auto && self.ctx.capabilities().shader_f16
+    }
+
+    /// The softmax_xent.wgsl module for `flavor`, compiled on first use.
+    pub(crate) fn xent_for(&self, flavor: Flavor) -> Result<Arc<Shader>> {
+        if flavor == Flavor::F32 {
+            return Ok(self.xent.clone());
+        }
+        let mut halves = self.halves.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shader) = halves.get(&flavor) {
+            return Ok(shader.clone());
+        }
+        let shader = Arc::new(Shader::new(
+            &self.ctx,
+            flavor.label(),
+            flavor.source()?,
+            &XENT_BINDINGS,
+        ));
+        halves.insert(flavor, shader.clone());
+        Ok(shader)
     }
 
     /// The layout forced with [`SoftmaxXent::with_variant`] (`Auto` if none).
@@ -311,6 +416,8 @@ impl SoftmaxXent {
             stride: self.spec.classes(),
             label_bytes: 4,
             vec4: self.cpu_xent.is_some(),
+            lanes: 1,
+            elem_bytes: 4,
         };
         Ok(match self.plan_for(&shape)?.layout {
             plan::Layout::Rows { .. } => Variant::Rows,
@@ -374,12 +481,12 @@ impl SoftmaxXent {
 
     /// Host convenience: the loss, per-row losses and log-sum-exps.
     pub fn forward(&self, logits: &[f32], labels: &[i64]) -> Result<LossOutput<f32>> {
-        self.run_host(logits, labels, Upstream::default(), HostGrad::None)
+        self.forward_as(logits, labels)
     }
 
     /// Host convenience: loss, per-row losses and the gradient (`g = 1`).
     pub fn forward_backward(&self, logits: &[f32], labels: &[i64]) -> Result<LossOutput<f32>> {
-        self.run_host(logits, labels, Upstream::default(), HostGrad::Separate)
+        self.forward_backward_scaled(logits, labels, Upstream::default())
     }
 
     /// Host convenience with an explicit upstream gradient.
@@ -389,7 +496,31 @@ impl SoftmaxXent {
         labels: &[i64],
         upstream: Upstream,
     ) -> Result<LossOutput<f32>> {
-        self.run_host(logits, labels, upstream, HostGrad::Separate)
+        let (mut out, grad) = self.run_host(logits, labels, upstream, HostGrad::Separate)?;
+        out.grad = grad;
+        Ok(out)
+    }
+
+    /// Host convenience for logits of any format ([`Element`]: `f32`,
+    /// [`half::f16`], [`half::bf16`]): the loss, per-row losses and
+    /// log-sum-exps, all f32.
+    pub fn forward_as<T: Element>(&self, logits: &[T], labels: &[i64]) -> Result<LossOutput<f32>> {
+        Ok(self
+            .run_host(logits, labels, Upstream::default(), HostGrad::None)?
+            .0)
+    }
+
+    /// Host convenience for logits of any format: the f32 losses and
+    /// log-sum-exps (`grad` left `None`) and the gradient (`g = upstream`)
+    /// in the logits' format.
+    pub fn forward_backward_as<T: Element>(
+        &self,
+        logits: &[T],
+        labels: &[i64],
+        upstream: Upstream,
+    ) -> Result<(LossOutput<f32>, Vec<T>)> {
+        let (out, grad) = self.run_host(logits, labels, upstream, HostGrad::Separate)?;
+        Ok((out, grad.unwrap_or_default()))
     }
 
     /// Host convenience, in place: the gradient overwrites `logits` (the
@@ -399,9 +530,9 @@ impl SoftmaxXent {
         logits: &mut [f32],
         labels: &[i64],
     ) -> Result<LossOutput<f32>> {
-        self.run_host(logits, labels, Upstream::default(), HostGrad::InPlace)
-            .map(|mut out| {
-                if let Some(grad) = out.grad.take() {
+        self.run_host(&*logits, labels, Upstream::default(), HostGrad::InPlace)
+            .map(|(out, grad)| {
+                if let Some(grad) = grad {
                     logits.copy_from_slice(&grad);
                 }
                 out
@@ -417,7 +548,19 @@ impl SoftmaxXent {
         lse: &[f32],
         upstream: Upstream,
     ) -> Result<Vec<f32>> {
-        let n = self.spec.check_batch(logits, labels, upstream)?;
+        self.backward_as(logits, labels, lse, upstream)
+    }
+
+    /// [`SoftmaxXent::backward`] for logits of any format; the gradient is
+    /// in their format.
+    pub fn backward_as<T: Element>(
+        &self,
+        logits: &[T],
+        labels: &[i64],
+        lse: &[f32],
+        upstream: Upstream,
+    ) -> Result<Vec<T>> {
+        let n = self.spec.check_batch_of(logits, labels, upstream)?;
         if lse.len() != n {
             return Err(Error::ShapeMismatch {
                 what: "lse length (rows)".into(),
@@ -431,6 +574,8 @@ impl SoftmaxXent {
             let lse_buf = upload_f32(ctx, "lse", lse)?;
             let bound = self.bind_backward_unscoped(&BackwardBuffers {
                 logits: host.logits(),
+                dtype: T::DTYPE,
+                grad_f32: false,
                 row_stride: 0,
                 labels: host.labels(),
                 label_type: LabelType::I32,
@@ -443,19 +588,18 @@ impl SoftmaxXent {
             self.record(&mut encoder, &bound);
             ctx.queue().submit([encoder.finish()]);
             let grad = host.grad.as_ref().unwrap_or(&host.logits);
-            let mut out = buffers::read_f32(ctx, &[(grad, 0, logits.len())])?;
-            Ok(out.pop().unwrap_or_default())
+            read_elements(ctx, grad, logits.len())
         })
     }
 
-    fn run_host(
+    fn run_host<T: Element>(
         &self,
-        logits: &[f32],
+        logits: &[T],
         labels: &[i64],
         upstream: Upstream,
         grad_mode: HostGrad,
-    ) -> Result<LossOutput<f32>> {
-        let n = self.spec.check_batch(logits, labels, upstream)?;
+    ) -> Result<(LossOutput<f32>, Option<Vec<T>>)> {
+        let n = self.spec.check_batch_of(logits, labels, upstream)?;
         let reduced = self.spec.reduction() != Reduction::None;
         let ctx = &self.ctx;
         ctx.scoped(|| {
@@ -469,6 +613,7 @@ impl SoftmaxXent {
             let bad_at = tail_at + 256;
             let rows = buffers::storage(ctx, "row outputs", bad_at + 4, U::STORAGE | U::COPY_SRC)?;
             let bound = self.bind_unscoped(&LossBuffers {
+                dtype: T::DTYPE,
                 grad: host.grad_output(),
                 upstream: host.upstream(upstream),
                 row_loss: Some(Region::new(&rows, 0, row_bytes)),
@@ -481,40 +626,50 @@ impl SoftmaxXent {
             self.record(&mut encoder, &bound);
             ctx.queue().submit([encoder.finish()]);
 
-            let mut regions = vec![
+            let regions = [
                 (&rows, 0, n),
                 (&rows, lse_at, n),
                 (&rows, tail_at, 1),
                 (&rows, bad_at, 1),
             ];
-            let grad_source = match grad_mode {
-                HostGrad::None => None,
-                HostGrad::Separate => host.grad.as_ref(),
-                HostGrad::InPlace => Some(&host.logits),
-            };
-            if let Some(g) = grad_source {
-                regions.push((g, 0, logits.len()));
-            }
             let mut out = buffers::read_f32(ctx, &regions)?.into_iter();
             let per_row = out.next().unwrap_or_default();
             let lse = out.next().unwrap_or_default();
             let loss = out.next().unwrap_or_default();
             let bad = out.next().unwrap_or_default();
-            let grad = out.next();
+            let grad = match grad_mode {
+                HostGrad::None => None,
+                HostGrad::Separate => host.grad.as_ref(),
+                HostGrad::InPlace => Some(&host.logits),
+            }
+            .map(|g| read_elements(ctx, g, logits.len()))
+            .transpose()?;
             if bad.first().map_or(0, |b| b.to_bits()) != 0 {
                 // check_batch rejected bad labels already; this is a device fault.
                 return Err(Error::Gpu(
                     "the device saw labels the host had validated".into(),
                 ));
             }
-            Ok(LossOutput {
+            let out = LossOutput {
                 loss: reduced.then(|| loss.first().copied().unwrap_or(f32::NAN)),
                 per_row,
                 lse,
-                grad,
-            })
+                grad: None,
+            };
+            Ok((out, grad))
         })
     }
+}
+
+/// The first `len` elements of `buffer`, read back as whole 4-byte words.
+fn read_elements<T: Element>(ctx: &Context, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<T>> {
+    let bytes = (len as u64 * T::DTYPE.bytes()).next_multiple_of(4) as usize;
+    let mut words = buffers::read::<u32>(ctx, &[(buffer, 0, bytes / 4)])?;
+    let words = words.pop().unwrap_or_default();
+    let raw: &[u8] = bytemuck::cast_slice(&words);
+    Ok(bytemuck::pod_collect_to_vec(
+        &raw[..len * std::mem::size_of::<T>()],
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,9 +700,9 @@ struct HostBuffers {
 }
 
 impl HostBuffers {
-    fn upload(
+    fn upload<T: Element>(
         op: &SoftmaxXent,
-        logits: &[f32],
+        logits: &[T],
         labels: &[i64],
         upstream: Upstream,
         grad_mode: HostGrad,
@@ -558,13 +713,18 @@ impl HostBuffers {
         // which fits i32.
         let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
         Ok(Self {
-            logits: upload_f32(ctx, "logits", logits)?,
+            logits: buffers::upload(
+                ctx,
+                "logits",
+                bytemuck::cast_slice(logits),
+                U::STORAGE | U::COPY_SRC,
+            )?,
             labels: buffers::upload(ctx, "labels", bytemuck::cast_slice(&labels_i32), U::STORAGE)?,
             grad: match grad_mode {
                 HostGrad::Separate => Some(buffers::storage(
                     ctx,
                     "grad",
-                    logits.len() as u64 * 4,
+                    (logits.len() as u64 * T::DTYPE.bytes()).next_multiple_of(4),
                     U::STORAGE | U::COPY_SRC,
                 )?),
                 _ => None,

@@ -25,9 +25,10 @@ const REDUCE_GROUPS: usize = 128;
 /// across them: a few per thread amortise the row's label and LSE).
 const BACKWARD_GPU_VPT: usize = 4;
 /// Row chunks start at multiples of this many rows, so that every per-row
-/// binding (4 or 8 bytes a row) and every logits binding (a multiple of 4
-/// bytes a row) of a chunk starts on a 256-byte boundary, the largest
-/// storage offset alignment WebGPU allows.
+/// binding (4 or 8 bytes a row) and every f32 logits binding (a multiple
+/// of 4 bytes a row) of a chunk starts on a 256-byte boundary, the largest
+/// storage offset alignment WebGPU allows; twice as many for half logits
+/// with an odd stride (see [`Shape::row_align`]).
 pub(crate) const CHUNK_ROW_ALIGN: usize = 64;
 /// Words at the head of the op's work buffer: denom, bad labels, loss, pad.
 pub(crate) const WORK_HEADER: usize = 4;
@@ -73,8 +74,40 @@ pub(crate) struct Shape {
     /// Bytes per label: 4 (i32, u32) or 8 (i64).
     pub label_bytes: u64,
     /// The logits and gradient regions allow vec4 views: 16-byte aligned,
-    /// with room in their buffers to round the last vec4 up.
+    /// with room in their buffers to round the last vec4 up (f32 only).
     pub vec4: bool,
+    /// Elements per kernel unit: 1 for f32 logits, 2 for the halves (a
+    /// u32 word).
+    pub lanes: u32,
+    /// Bytes per element of the logits or the gradient, the larger.
+    pub elem_bytes: u64,
+}
+
+impl Shape {
+    /// Units a row's `classes` elements touch at most: with two lanes a
+    /// row may start in the middle of a word.
+    pub(crate) fn units(&self) -> usize {
+        units(self.classes, self.lanes)
+    }
+
+    /// Rows a chunk starts at a multiple of: `CHUNK_ROW_ALIGN`, doubled
+    /// where a row of halves is an odd number of 2-byte elements.
+    pub(crate) fn row_align(&self) -> usize {
+        if self.lanes == 2 && !self.stride.is_multiple_of(2) {
+            2 * CHUNK_ROW_ALIGN
+        } else {
+            CHUNK_ROW_ALIGN
+        }
+    }
+}
+
+/// Units `n` consecutive elements touch at most.
+fn units(n: usize, lanes: u32) -> usize {
+    if lanes == 1 {
+        n
+    } else {
+        n / 2 + 1
+    }
 }
 
 /// The row pass's layout.
@@ -121,6 +154,7 @@ pub(crate) struct Backward {
 }
 
 fn backward_layout(classes: usize, caps: &Caps) -> Backward {
+    // `classes`: the row's units.
     let max_wg = caps.max_workgroup as usize;
     let per_thread = if caps.cpu { VPT_MAX } else { BACKWARD_GPU_VPT };
     let tpr = classes.div_ceil(per_thread).next_power_of_two().min(max_wg);
@@ -159,25 +193,35 @@ pub(crate) struct Plan {
     pub backward: Backward,
     /// Words of the op's work buffer the run uses.
     pub work_words: usize,
-    /// Word offsets of the split partials and the per-row (M, 1/S).
+    /// Word offsets of the split partials and the per-row (M, 1/S, p_y - 1).
     pub split_base: usize,
     pub norm_base: usize,
     pub max_groups: u32,
 }
 
-/// The row-resident layout for `classes`, if a workgroup holds the row.
-fn rows_layout(classes: usize, caps: &Caps) -> Option<Layout> {
+/// The row-resident layout for `shape`, if a workgroup holds the row.
+/// Threads hold units (`lanes` values each), so the values per thread stay
+/// within `VPT_MAX` and `GPU_VPT` whatever the format.
+fn rows_layout(shape: &Shape, caps: &Caps) -> Option<Layout> {
     let max_wg = caps.max_workgroup as usize;
+    let units = shape.units();
+    let lanes = shape.lanes as usize;
     let (tpr, vpt) = if caps.cpu {
         // Few threads per row, each a contiguous stretch: a CPU adapter's
         // threads are SIMD lanes, so neighbouring rows fill the lanes.
-        let tpr = classes.div_ceil(VPT_MAX).next_power_of_two().min(max_wg);
-        (tpr, classes.div_ceil(tpr).max(1))
+        let tpr = units
+            .div_ceil(VPT_MAX / lanes)
+            .next_power_of_two()
+            .min(max_wg);
+        (tpr, units.div_ceil(tpr).max(1))
     } else {
-        let tpr = classes.div_ceil(GPU_VPT).next_power_of_two().min(max_wg);
-        (tpr, classes.div_ceil(tpr).max(1))
+        let tpr = units
+            .div_ceil(GPU_VPT / lanes)
+            .next_power_of_two()
+            .min(max_wg);
+        (tpr, units.div_ceil(tpr).max(1))
     };
-    if vpt > VPT_MAX {
+    if vpt * lanes > VPT_MAX {
         return None;
     }
     let wg = tpr.max(64).min(max_wg);
@@ -189,13 +233,15 @@ fn rows_layout(classes: usize, caps: &Caps) -> Option<Layout> {
     })
 }
 
-fn split_layout(classes: usize, caps: &Caps) -> Layout {
+fn split_layout(shape: &Shape, caps: &Caps) -> Layout {
+    let classes = shape.classes;
     let wg = (caps.max_workgroup as usize).min(256);
     let span = SPLIT_SPAN.min(classes.next_power_of_two()).max(wg);
     Layout::Split {
         wg: wg as u32,
         span: span as u32,
-        vpt: (span / wg) as u32,
+        // The units a chunk of `span` elements touches, over `wg` threads.
+        vpt: units(span, shape.lanes).div_ceil(wg) as u32,
         chunks: classes.div_ceil(span).max(1) as u32,
     }
 }
@@ -210,7 +256,7 @@ fn rows_per_chunk(shape: &Shape, caps: &Caps, layout: &Layout) -> Result<usize> 
     } else {
         0
     };
-    let words = caps.max_binding.saturating_sub(slack) / 4;
+    let words = caps.max_binding.saturating_sub(slack) / shape.elem_bytes.max(1);
     let (c, stride) = (shape.classes as u64, shape.stride.max(1) as u64);
     if c > words {
         return Err(Error::TooLarge(format!(
@@ -227,11 +273,11 @@ fn rows_per_chunk(shape: &Shape, caps: &Caps, layout: &Layout) -> Result<usize> 
     if shape.rows <= most {
         return Ok(shape.rows.max(1));
     }
-    let aligned = most / CHUNK_ROW_ALIGN * CHUNK_ROW_ALIGN;
+    let align = shape.row_align();
+    let aligned = most / align * align;
     if aligned == 0 {
         return Err(Error::TooLarge(format!(
-            "{} rows of stride {}: fewer than {CHUNK_ROW_ALIGN} rows fit one storage binding \
-             of {} bytes",
+            "{} rows of stride {}: fewer than {align} rows fit one storage binding of {} bytes",
             shape.rows, shape.stride, caps.max_binding
         )));
     }
@@ -243,8 +289,8 @@ fn rows_per_chunk(shape: &Shape, caps: &Caps, layout: &Layout) -> Result<usize> 
 pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan> {
     let layout = match variant {
         Variant::Auto => cpu::auto_layout(shape, caps)
-            .or_else(|| rows_layout(shape.classes, caps))
-            .unwrap_or_else(|| split_layout(shape.classes, caps)),
+            .or_else(|| rows_layout(shape, caps))
+            .unwrap_or_else(|| split_layout(shape, caps)),
         Variant::RowGroups => cpu::row_groups_layout(shape, caps).ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{} classes: the row-groups layout runs only on CPU adapters, on packed \
@@ -259,14 +305,14 @@ pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan>
                 shape.classes
             ))
         })?,
-        Variant::Rows => rows_layout(shape.classes, caps).ok_or_else(|| {
+        Variant::Rows => rows_layout(shape, caps).ok_or_else(|| {
             Error::TooLarge(format!(
                 "{} classes: the row-resident layout holds at most {} on this device",
                 shape.classes,
                 caps.max_workgroup as usize * VPT_MAX
             ))
         })?,
-        Variant::Split => split_layout(shape.classes, caps),
+        Variant::Split => split_layout(shape, caps),
     };
     let per_chunk = rows_per_chunk(shape, caps, &layout)?;
     let reduce_span = shape
@@ -294,7 +340,7 @@ pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan>
     let (split_words, norm_base) = match layout {
         Layout::Split { chunks: k, .. } => {
             let partials = 4 * max_rows * k as usize;
-            (partials + 2 * max_rows, split_base + partials)
+            (partials + 3 * max_rows, split_base + partials)
         }
         Layout::Rows { .. } | Layout::Segments { .. } | Layout::RowGroups { .. } => (0, split_base),
     };
@@ -303,7 +349,7 @@ pub(crate) fn plan(shape: &Shape, caps: &Caps, variant: Variant) -> Result<Plan>
         chunks,
         reduce_span,
         slots,
-        backward: backward_layout(shape.classes, caps),
+        backward: backward_layout(shape.units(), caps),
         work_words: split_base + split_words,
         split_base,
         norm_base,
@@ -361,6 +407,8 @@ mod tests {
             stride: classes,
             label_bytes: 4,
             vec4: true,
+            lanes: 1,
+            elem_bytes: 4,
         }
     }
 
@@ -404,6 +452,8 @@ mod tests {
                 stride,
                 label_bytes: 8,
                 vec4: true,
+                lanes: 1,
+                elem_bytes: 4,
             };
             let p = plan(&s, &caps, Variant::Auto).unwrap();
             let mut next = 0;
@@ -417,6 +467,52 @@ mod tests {
             assert_eq!(next, n);
             assert_eq!(p.chunks.iter().map(|c| c.groups).sum::<usize>(), p.slots);
         }
+    }
+
+    #[test]
+    fn half_chunks_start_on_256_byte_boundaries_and_rows_fit_their_threads() {
+        let caps = Caps {
+            max_binding: 1 << 20,
+            ..gpu()
+        };
+        for (n, c, stride) in [(70_000, 3, 5), (1000, 999, 1001), (300, 4000, 4000)] {
+            let s = Shape {
+                rows: n,
+                classes: c,
+                stride,
+                label_bytes: 4,
+                vec4: false,
+                lanes: 2,
+                elem_bytes: 2,
+            };
+            let p = plan(&s, &caps, Variant::Auto).unwrap();
+            for ch in &p.chunks {
+                assert!(
+                    (ch.first * stride * 2).is_multiple_of(256),
+                    "{n} x {c} / {stride}"
+                );
+                assert!((ch.first * 4).is_multiple_of(256));
+            }
+            if let Layout::Rows { tpr, vpt, .. } = p.layout {
+                // A row of C halves touches up to C / 2 + 1 words.
+                assert!((tpr * vpt) as usize > c / 2 && (vpt * 2) as usize <= VPT_MAX);
+            }
+        }
+        let wide = Shape {
+            rows: 4,
+            classes: 100_001,
+            stride: 100_001,
+            label_bytes: 4,
+            vec4: false,
+            lanes: 2,
+            elem_bytes: 2,
+        };
+        let Layout::Split { span, wg, vpt, .. } =
+            plan(&wide, &gpu(), Variant::Auto).unwrap().layout
+        else {
+            panic!("expected the split layout")
+        };
+        assert!((wg * vpt) as usize > span as usize / 2);
     }
 
     #[test]

@@ -96,6 +96,7 @@ impl ValidationSet {
         let posthoc = PostHoc::new(ctx, &uniform, &[0.0])?;
         let bound_posthoc = posthoc.bind(&PostHocBuffers {
             logits: Region::whole(&logits),
+            dtype: crate::Dtype::F32,
             rows: n,
             predictions: Region::whole(&predictions),
         })?;

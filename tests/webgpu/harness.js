@@ -14,8 +14,8 @@ const TINT_PATCHES = {};
 // ulp off, which the ignored-labels cells must catch.
 const FAULTS = {
   'softmax_xent.wgsl': [[
-    'fn store_grad(e: u32, g: f32) {',
-    'fn store_grad(e: u32, g_true: f32) {\n    let g = bitcast<f32>(bitcast<u32>(g_true) + select(0u, 1u, e == 0u));',
+    'fn stored(e: u32, g: f32) -> f32 {\n    return g;',
+    'fn stored(e: u32, g_true: f32) -> f32 {\n    let g = bitcast<f32>(bitcast<u32>(g_true) + select(0u, 1u, e == 0u));\n    return g;',
   ]],
 };
 const FAULT = new URLSearchParams(location.search).get('fault') === 'grad-ulp';

@@ -164,6 +164,8 @@ pub(crate) fn backward(
             let g = region(&held[3]);
             op.bind_backward(&BackwardBuffers {
                 logits: region(&held[0]),
+                dtype: logit_adjust::Dtype::F32,
+                grad_f32: false,
                 row_stride: 0,
                 labels: region(&held[1]),
                 label_type,

@@ -5,7 +5,7 @@
 use logit_adjust::diagnostics::{median, quantile, CopyBaseline, Timer, Unfused};
 use logit_adjust::synthetic::Rng;
 use logit_adjust::{
-    BackwardBuffers, ClassPrior, Context, GradOutput, LabelType, LossBuffers, LossSpec,
+    BackwardBuffers, ClassPrior, Context, Dtype, GradOutput, LabelType, LossBuffers, LossSpec,
     PostHocBuffers, Region, UpstreamBuffer, Variant,
 };
 use serde_json::{json, Value};
@@ -43,6 +43,8 @@ const SHAPES: [(usize, usize); 5] = [
 
 struct Row {
     op: &'static str,
+    /// The logits' format.
+    dtype: &'static str,
     /// forward, backward or full (both).
     mode: &'static str,
     n: usize,
@@ -105,6 +107,13 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The bytes of `logits` rounded to a half format, padded to whole words.
+fn halves(logits: &[f32], bits: impl Fn(f32) -> u16) -> Vec<u8> {
+    let mut v: Vec<u16> = logits.iter().map(|&x| bits(x)).collect();
+    v.resize(v.len().next_multiple_of(2), 0);
+    bytemuck::cast_slice(&v).to_vec()
+}
+
 /// One shape's inputs and outputs on the device.
 struct Shape {
     n: usize,
@@ -119,12 +128,16 @@ struct Shape {
     grad: wgpu::Buffer,
     lse: wgpu::Buffer,
     pred: wgpu::Buffer,
+    /// The logits rounded to f16 and to bf16, and a gradient in halves.
+    logits_f16: wgpu::Buffer,
+    logits_bf16: wgpu::Buffer,
+    grad_half: wgpu::Buffer,
 }
 
 impl Shape {
     /// Random logits in [-10, 10), random labels, a long-tailed prior.
     fn new(ctx: &Context, rng: &mut Rng, n: usize, c: usize) -> Result<Self, String> {
-        let logits: Vec<f32> = (0..n * c)
+        let host_logits: Vec<f32> = (0..n * c)
             .map(|_| (rng.uniform() * 20.0 - 10.0) as f32)
             .collect();
         let labels: Vec<i32> = (0..n).map(|_| (rng.next_u64() % c as u64) as i32).collect();
@@ -148,18 +161,23 @@ impl Shape {
                 mapped_at_creation: false,
             })
         };
+        let logits_f16 = init(&halves(&host_logits, |x| half::f16::from_f32(x).to_bits()));
+        let logits_bf16 = init(&halves(&host_logits, |x| half::bf16::from_f32(x).to_bits()));
         Ok(Self {
             n,
             c,
             prior: ClassPrior::from_counts(&counts).map_err(err)?,
-            logits: init(bytemuck::cast_slice(&logits)),
+            logits: init(bytemuck::cast_slice(&host_logits)),
             labels: init(bytemuck::cast_slice(&labels)),
             loss: empty(16),
             host_labels: labels.iter().map(|&y| i64::from(y)).collect(),
-            host_logits: logits,
+            host_logits,
             grad: empty(n * c * 4),
             lse: empty(n * 4),
             pred: empty(n * 16 * 4),
+            logits_f16,
+            logits_bf16,
+            grad_half: empty((n * c * 2).next_multiple_of(4)),
         })
     }
 
@@ -192,9 +210,12 @@ impl Shape {
             })
             .map_err(err)?;
         let generic = self.generic_fused(ctx, &op)?;
+        let halves = self.half_runs(&op)?;
         let backward = op
             .bind_backward(&BackwardBuffers {
                 logits,
+                dtype: logit_adjust::Dtype::F32,
+                grad_f32: false,
                 row_stride: 0,
                 labels,
                 label_type: LabelType::I32,
@@ -209,6 +230,7 @@ impl Shape {
         let bound16 = ph16
             .bind(&PostHocBuffers {
                 logits: Region::whole(&self.logits),
+                dtype: logit_adjust::Dtype::F32,
                 rows: n,
                 predictions: Region::whole(&self.pred),
             })
@@ -218,7 +240,7 @@ impl Shape {
         // N*C is the post-hoc floor (each the faster of two layouts).
         let full = CopyBaseline::new(ctx, n * c).map_err(err)?;
         let half = CopyBaseline::new(ctx, n * c / 2).map_err(err)?;
-        let passes: Vec<Pass> = vec![
+        let mut passes: Vec<Pass> = vec![
             Box::new(|p| fused.record_in_pass(p)),
             Box::new(|p| forward.record_in_pass(p)),
             Box::new(|p| ph16.record_in_pass(p, &bound16)),
@@ -229,8 +251,11 @@ impl Shape {
             Box::new(|p| full.record_read_wide(p)),
             Box::new(|p| half.record_copy(p)),
             Box::new(|p| half.record_copy_wide(p)),
+            Box::new(|p| halves[0].record_in_pass(p)),
+            Box::new(|p| halves[1].record_in_pass(p)),
+            Box::new(|p| halves[2].record_in_pass(p)),
+            Box::new(|p| halves[3].record_in_pass(p)),
         ];
-        let mut passes = passes;
         if let Some(g) = &generic {
             passes.push(Box::new(|p| g.record_in_pass(p)));
         }
@@ -249,14 +274,15 @@ impl Shape {
             copy_half: m[8].min(m[9]),
             driver: m[np],
             driver_half: m[np + 1],
-            fused_generic: generic.as_ref().map(|_| stats[10]),
+            fused_generic: generic.as_ref().map(|_| stats[14]),
+            halves: [stats[10], stats[11], stats[12], stats[13]],
         };
         let errors = self.errors(
             ctx,
             &op,
             [&fused, &forward, &backward],
-            &ph16,
-            &bound16,
+            &halves,
+            (&ph16, &bound16),
             &taus,
         )?;
         drop((full, half));
@@ -270,17 +296,83 @@ impl Shape {
         Ok(t.rows(n, c, unfused, &errors))
     }
 
-    /// Each kernel run once more and compared with the reference.
+    /// The fused run on the f16 and the bf16 copies of the logits, the
+    /// gradient in the same format, then the backward from the LSE such a
+    /// run leaves, for each.
+    fn half_runs(
+        &self,
+        op: &logit_adjust::SoftmaxXent,
+    ) -> Result<[logit_adjust::BoundLoss; 4], String> {
+        let bind = |dtype: Dtype, buffer: &wgpu::Buffer| {
+            op.bind(&LossBuffers {
+                dtype,
+                grad: GradOutput::Separate(Region::whole(&self.grad_half)),
+                lse: Some(Region::whole(&self.lse)),
+                ..LossBuffers::new(Region::whole(buffer), Region::whole(&self.labels), self.n)
+            })
+            .map_err(err)
+        };
+        let backward = |dtype: Dtype, buffer: &wgpu::Buffer| {
+            op.bind_backward(&BackwardBuffers {
+                dtype,
+                ..BackwardBuffers::new(
+                    Region::whole(buffer),
+                    Region::whole(&self.labels),
+                    self.n,
+                    Region::whole(&self.lse),
+                    GradOutput::Separate(Region::whole(&self.grad_half)),
+                )
+            })
+            .map_err(err)
+        };
+        Ok([
+            bind(Dtype::F16, &self.logits_f16)?,
+            bind(Dtype::Bf16, &self.logits_bf16)?,
+            backward(Dtype::F16, &self.logits_f16)?,
+            backward(Dtype::Bf16, &self.logits_bf16)?,
+        ])
+    }
+
+    /// The fused run on `dtype` logits once more, against the reference on
+    /// their values.
+    fn half_error(
+        &self,
+        ctx: &Context,
+        op: &logit_adjust::SoftmaxXent,
+        dtype: Dtype,
+        bound: &logit_adjust::BoundLoss,
+    ) -> Result<f64, String> {
+        let widened: Vec<f32> = self
+            .host_logits
+            .iter()
+            .map(|&x| match dtype {
+                Dtype::Bf16 => half::bf16::from_f32(x).to_f32(),
+                _ => half::f16::from_f32(x).to_f32(),
+            })
+            .collect();
+        crate::bench_errors::half_fused(
+            ctx,
+            op.spec(),
+            &widened,
+            &self.host_labels,
+            dtype,
+            &|enc| op.record(enc, bound),
+            &self.grad_half,
+        )
+    }
+
+    /// Each kernel run once more and compared with the reference (the
+    /// half rows' on their values).
     fn errors(
         &self,
         ctx: &Context,
         op: &logit_adjust::SoftmaxXent,
         [fused, forward, backward]: [&logit_adjust::BoundLoss; 3],
-        ph16: &logit_adjust::PostHoc,
-        bound16: &logit_adjust::BoundPostHoc,
+        halves: &[logit_adjust::BoundLoss; 4],
+        (ph16, bound16): (&logit_adjust::PostHoc, &logit_adjust::BoundPostHoc),
         taus: &[f64],
     ) -> Result<crate::bench_errors::Errors, String> {
-        crate::bench_errors::measure(
+        let mut errors = crate::bench_errors::measure(
             ctx,
             &crate::bench_errors::Run {
                 spec: op.spec(),
@@ -296,7 +388,13 @@ impl Shape {
             &|enc| op.record(enc, forward),
             &|enc| op.record(enc, backward),
             &|enc| ph16.record(enc, bound16),
-        )
+        )?;
+        // Each backward right after its fused run, whose LSE it takes.
+        for k in [0, 2, 1, 3] {
+            let dtype = if k % 2 == 0 { Dtype::F16 } else { Dtype::Bf16 };
+            errors.halves[k] = self.half_error(ctx, op, dtype, &halves[k])?;
+        }
+        Ok(errors)
     }
 
     /// On CPU adapters the plan picks a layout of their own; the generic
@@ -398,6 +496,7 @@ fn op_posthoc1(ctx: &Context, s: &Shape) -> Result<OneTau, String> {
     let bound = ph
         .bind(&PostHocBuffers {
             logits: Region::whole(&s.logits),
+            dtype: logit_adjust::Dtype::F32,
             rows: s.n,
             predictions: Region::whole(&s.pred),
         })
@@ -439,6 +538,9 @@ struct Times {
     driver_half: f64,
     /// CPU adapters: the fused run in the generic layout.
     fused_generic: Option<Stat>,
+    /// On f16 and on bf16 logits (gradient in the same): the fused runs,
+    /// then the backward runs.
+    halves: [Stat; 4],
 }
 
 impl Times {
@@ -510,11 +612,18 @@ impl Times {
                 (e.posthoc, mismatches),
             ),
         ]);
-        specs
+        let halves = [
+            ("fused", "f16", self.halves[0], e.halves[0]),
+            ("fused", "bf16", self.halves[1], e.halves[1]),
+            ("backward", "f16", self.halves[2], e.halves[2]),
+            ("backward", "bf16", self.halves[3], e.halves[3]),
+        ];
+        let mut rows: Vec<Row> = specs
             .into_iter()
             .map(
                 |(op, mode, t, bytes, floor, driver, slow, (max_err, err_kind))| Row {
                     op,
+                    dtype: "f32",
                     mode,
                     n,
                     c,
@@ -530,7 +639,42 @@ impl Times {
                     speedup_unfused: slow / t.p50,
                 },
             )
-            .collect()
+            .collect();
+        rows.extend(
+            halves
+                .into_iter()
+                .map(|(op, dtype, t, max_err)| self.half_row(n, c, (op, dtype), t, max_err)),
+        );
+        rows
+    }
+
+    /// A fused or backward run on half logits, against a copy of its own
+    /// (half-size) bytes; the unfused sequence reads f32 only.
+    fn half_row(
+        &self,
+        n: usize,
+        c: usize,
+        (op, dtype): (&'static str, &'static str),
+        t: Stat,
+        max_err: f64,
+    ) -> Row {
+        Row {
+            op,
+            dtype,
+            mode: if op == "fused" { "full" } else { "backward" },
+            n,
+            c,
+            p20: t.p20,
+            ms: t.p50,
+            p80: t.p80,
+            samples: t.samples,
+            bytes: (n * c * 4 + n * 8) as f64,
+            max_err,
+            err_kind: "abs",
+            vs_copy: t.p50 / self.copy_half,
+            vs_driver: t.p50 / self.driver_half,
+            speedup_unfused: f64::NAN,
+        }
     }
 }
 
@@ -569,7 +713,7 @@ fn json_rows(ctx: &Context, timer: &Timer, reps: usize, rows: &[Row], when: &str
     rows.iter()
         .map(|r| {
             let fields = json!({
-                "op": r.op, "dtype": "f32", "mode": r.mode, "n": r.n, "c": r.c,
+                "op": r.op, "dtype": r.dtype, "mode": r.mode, "n": r.n, "c": r.c,
                 "p20_ms": r.p20, "p50_ms": r.ms, "p80_ms": r.p80, "samples": r.samples,
                 "bytes": r.bytes as u64,
                 "gb_per_s": r.bytes / (r.ms * 1e-3) / 1e9,
@@ -617,9 +761,13 @@ fn print_table(ctx: &Context, timer: &Timer, rows: &[Row]) {
         } else {
             format!("{:.2}x", r.speedup_unfused)
         };
+        let op = match r.dtype {
+            "f32" => r.op.to_string(),
+            dtype => format!("{}/{dtype}", r.op),
+        };
         println!(
             "{:<10} {:>8} {:>7} {:>10.3} {:>8.2} {:>9.2}x {:>9.2}x {:>10}",
-            r.op,
+            op,
             r.n,
             r.c,
             r.ms,
@@ -631,17 +779,27 @@ fn print_table(ctx: &Context, timer: &Timer, rows: &[Row]) {
     }
     let worst = |op: &str| {
         rows.iter()
-            .filter(|r| r.op == op)
+            .filter(|r| r.op == op && r.dtype == "f32")
             .map(|r| r.vs_copy)
             .fold(0.0, f64::max)
     };
     let least_speedup = rows
         .iter()
-        .filter(|r| r.op == "fused")
+        .filter(|r| r.op == "fused" && r.dtype == "f32")
         .map(|r| r.speedup_unfused)
         .fold(f64::INFINITY, f64::min);
+    // The fused run on f16 logits over the same run on f32, per shape.
+    let f16_ratio = rows
+        .iter()
+        .filter(|r| r.op == "fused" && r.dtype == "f16")
+        .filter_map(|h| {
+            rows.iter()
+                .find(|r| r.op == "fused" && r.dtype == "f32" && r.n == h.n && r.c == h.c)
+                .map(|f| h.ms / f.ms)
+        })
+        .fold(0.0, f64::max);
     println!(
-        "summary on {} ({:?}, {}): fused forward+backward at worst {:.2}x the shader copy's time, at least {least_speedup:.1}x faster than unfused; backward from LSE at worst {:.2}x; 16-tau post-hoc at worst {:.2}x one shader read",
+        "summary on {} ({:?}, {}): fused forward+backward at worst {:.2}x the shader copy's time, at least {least_speedup:.1}x faster than unfused; backward from LSE at worst {:.2}x; 16-tau post-hoc at worst {:.2}x one shader read; fused on f16 logits at worst {f16_ratio:.2}x the f32 time",
         ctx.info().name,
         ctx.info().backend,
         timer.timing().name(),

@@ -20,6 +20,9 @@ pub struct Run<'a> {
 /// number of post-hoc predictions that differ from the reference's.
 pub struct Errors {
     pub fused: f64,
+    /// On f16 and bf16 logits: the fused runs, then the backward runs
+    /// (filled by `half_fused`).
+    pub halves: [f64; 4],
     pub forward: f64,
     pub backward: f64,
     pub posthoc: f64,
@@ -114,8 +117,36 @@ pub fn measure(
         .count();
     Ok(Errors {
         fused: fused_err,
+        halves: [f64::NAN; 4],
         forward: forward_err,
         backward: backward_err,
         posthoc: mismatches as f64,
     })
+}
+
+/// A run on half logits (`logits` widened, the values the kernel saw) once
+/// more: its largest absolute gradient error against the f64 reference
+/// (the gradient read back as halves).
+pub fn half_fused(
+    ctx: &Context,
+    spec: &LossSpec,
+    logits: &[f32],
+    labels: &[i64],
+    dtype: logit_adjust::Dtype,
+    fused: Record,
+    grad: &wgpu::Buffer,
+) -> Result<f64, String> {
+    let want = reference::forward_backward(spec, logits, labels).map_err(err)?;
+    let want_grad = want.grad.as_deref().unwrap_or_default();
+    let bytes = (logits.len() as u64 * 2).next_multiple_of(4);
+    let raw = run_and_read(ctx, fused, grad, bytes)?;
+    let halves = bytemuck::pod_collect_to_vec::<u8, u16>(&raw);
+    let got: Vec<f32> = halves[..logits.len()]
+        .iter()
+        .map(|&h| match dtype {
+            logit_adjust::Dtype::Bf16 => half::bf16::from_bits(h).to_f32(),
+            _ => half::f16::from_bits(h).to_f32(),
+        })
+        .collect();
+    Ok(max_abs_diff(&got, want_grad))
 }

@@ -7,12 +7,22 @@ use logit_adjust::ClassPrior;
 
 use crate::npy;
 
-/// Logits `(N, C)` and labels `(N,)`: `(n, c, logits, labels)`.
+/// Logits `(N, C)` and labels `(N,)`: `(n, c, logits, labels)`; float16
+/// logits are widened to f32, which is exact.
 pub fn read_batch(
     logits: &Path,
     labels: &Path,
 ) -> Result<(usize, usize, Vec<f32>, Vec<i64>), String> {
-    let (n, c, logits) = npy::read_logits(logits, "logits")?;
+    let (n, c, logits, labels) = read_batch_any(logits, labels)?;
+    Ok((n, c, logits.widened(), labels))
+}
+
+/// [`read_batch`] with float16 logits kept as they are.
+pub fn read_batch_any(
+    logits: &Path,
+    labels: &Path,
+) -> Result<(usize, usize, npy::Logits, Vec<i64>), String> {
+    let (n, c, logits) = npy::read_logits_any(logits, "logits")?;
     let labels = npy::read_labels(labels, "labels")?;
     if labels.len() != n {
         return Err(format!(

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use logit_adjust::{reference, Context, LossOutput, LossSpec, Reduction};
+use logit_adjust::{reference, Context, LossSpec, Reduction, Upstream};
 use serde_json::json;
 
 use crate::{inputs, npy};
@@ -11,7 +11,8 @@ use crate::{inputs, npy};
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("prior_source").required(true).args(["class_counts", "prior"])))]
 pub struct LossArgs {
-    /// Logits, float32 (N, C), C-order.
+    /// Logits, float32 or float16 (N, C), C-order. float16 logits run the
+    /// half-precision kernels and get a float16 gradient.
     #[arg(long)]
     logits: PathBuf,
     /// Labels, int32 or int64 (N,).
@@ -55,7 +56,8 @@ pub struct LossArgs {
     /// Write the per-row losses (N,) float32 here.
     #[arg(long)]
     out_loss: Option<PathBuf>,
-    /// Write the gradient of the reduced loss (N, C) float32 here.
+    /// Write the gradient of the reduced loss (N, C) here, in the logits'
+    /// format (float32 or float16).
     #[arg(long)]
     out_grad: Option<PathBuf>,
     /// Print one JSON object.
@@ -133,7 +135,7 @@ fn spec_of(a: &LossArgs, prior: &logit_adjust::ClassPrior) -> Result<LossSpec, S
 
 pub fn run(a: &LossArgs) -> Result<(), String> {
     check_paths(a)?;
-    let (n, c, logits, labels) = inputs::read_batch(&a.logits, &a.labels)?;
+    let (n, c, logits, labels) = inputs::read_batch_any(&a.logits, &a.labels)?;
     let counts = match &a.class_counts {
         Some(path) => Some(npy::read_vector(path, "class counts", true)?),
         None => None,
@@ -142,67 +144,32 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
     let spec = spec_of(a, &prior)?;
     let with_grad = a.out_grad.is_some();
 
-    // The files hold f32 whichever path ran; the loss and the per-row sum
-    // are reported in f64 from what that path computed. GPU results are
-    // written as they came back, with no widened copy.
-    let (out, loss, per_row_sum, adapter, backend) = if a.cpu {
-        let out = if with_grad {
-            reference::forward_backward(&spec, &logits, &labels)
-        } else {
-            reference::forward(&spec, &logits, &labels)
-        }
-        .map_err(|e| e.to_string())?;
-        let sum: f64 = out.per_row.iter().sum();
-        let narrow = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-        let loss = out.loss;
-        let out = LossOutput {
-            loss: loss.map(|l| l as f32),
-            per_row: narrow(out.per_row),
-            lse: Vec::new(),
-            grad: out.grad.map(narrow),
-        };
-        (
-            out,
-            loss,
-            sum,
-            "cpu-reference".to_string(),
-            "cpu".to_string(),
-        )
+    // The files hold the logits' format whichever path ran; the loss and
+    // the per-row sum are reported in f64 from what that path computed.
+    // GPU results are written as they came back, with no widened copy.
+    let run = if a.cpu {
+        cpu_run(&spec, logits, &labels, with_grad)?
     } else {
-        // Validate before touching the GPU, so bad input never needs a device.
-        spec.check_batch(&logits, &labels, Default::default())
-            .map_err(|e| e.to_string())?;
-        let ctx = Context::new().map_err(|e| e.to_string())?;
-        let op = ctx.softmax_xent(&spec).map_err(|e| e.to_string())?;
-        let out = if with_grad {
-            op.forward_backward(&logits, &labels)
-        } else {
-            op.forward(&logits, &labels)
-        }
-        .map_err(|e| e.to_string())?;
-        let sum: f64 = out.per_row.iter().map(|&x| f64::from(x)).sum();
-        let loss = out.loss.map(f64::from);
-        let info = ctx.info();
-        (
-            out,
-            loss,
-            sum,
-            info.name.clone(),
-            format!("{:?}", info.backend),
-        )
+        gpu_run(&spec, logits, &labels, with_grad)?
     };
-    drop(logits);
 
     // Everything computed and checked: only now write files, all of them
     // or none.
     let mut files = npy::Outputs::default();
     if let Some(path) = &a.out_loss {
-        files.stage(path, &[n as u64], &out.per_row)?;
+        files.stage(path, &[n as u64], &run.per_row)?;
     }
-    if let (Some(path), Some(grad)) = (&a.out_grad, &out.grad) {
-        files.stage(path, &[n as u64, c as u64], grad)?;
+    if let Some(path) = &a.out_grad {
+        let shape = [n as u64, c as u64];
+        match &run.grad {
+            Some(Grad::F32(g)) => files.stage(path, &shape, g)?,
+            Some(Grad::F16(g)) => files.stage(path, &shape, g)?,
+            None => {}
+        }
     }
     files.commit()?;
+    let (loss, per_row_sum, adapter, backend) =
+        (run.loss, run.per_row_sum, run.adapter, run.backend);
 
     if a.json {
         println!(
@@ -233,4 +200,101 @@ pub fn run(a: &LossArgs) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// A gradient in the logits' format.
+enum Grad {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+/// What one path computed.
+struct Run {
+    loss: Option<f64>,
+    per_row: Vec<f32>,
+    per_row_sum: f64,
+    grad: Option<Grad>,
+    adapter: String,
+    backend: String,
+}
+
+/// The f64 reference on the logits (float16 widened exactly), its
+/// gradient rounded once to the logits' format.
+fn cpu_run(
+    spec: &LossSpec,
+    logits: npy::Logits,
+    labels: &[i64],
+    with_grad: bool,
+) -> Result<Run, String> {
+    let half = matches!(logits, npy::Logits::F16(_));
+    let logits = logits.widened();
+    let out = if with_grad {
+        reference::forward_backward(spec, &logits, labels)
+    } else {
+        reference::forward(spec, &logits, labels)
+    }
+    .map_err(|e| e.to_string())?;
+    let grad = out.grad.map(|g| {
+        if half {
+            Grad::F16(g.into_iter().map(half::f16::from_f64).collect())
+        } else {
+            Grad::F32(g.into_iter().map(|x| x as f32).collect())
+        }
+    });
+    Ok(Run {
+        loss: out.loss,
+        per_row_sum: out.per_row.iter().sum(),
+        per_row: out.per_row.into_iter().map(|x| x as f32).collect(),
+        grad,
+        adapter: "cpu-reference".to_string(),
+        backend: "cpu".to_string(),
+    })
+}
+
+/// The GPU kernels in the logits' format.
+fn gpu_run(
+    spec: &LossSpec,
+    logits: npy::Logits,
+    labels: &[i64],
+    with_grad: bool,
+) -> Result<Run, String> {
+    let e = |e: logit_adjust::Error| e.to_string();
+    // Validate before touching the GPU, so bad input never needs a device.
+    match &logits {
+        npy::Logits::F32(l) => spec.check_batch(l, labels, Upstream::default()),
+        npy::Logits::F16(l) => spec.check_batch(
+            &l.iter().map(|x| x.to_f32()).collect::<Vec<_>>(),
+            labels,
+            Upstream::default(),
+        ),
+    }
+    .map_err(e)?;
+    let ctx = Context::new().map_err(e)?;
+    let op = ctx.softmax_xent(spec).map_err(e)?;
+    let (out, grad) = match (&logits, with_grad) {
+        (npy::Logits::F32(l), true) => {
+            let (out, g) = op
+                .forward_backward_as(l, labels, Upstream::default())
+                .map_err(e)?;
+            (out, Some(Grad::F32(g)))
+        }
+        (npy::Logits::F16(l), true) => {
+            let (out, g) = op
+                .forward_backward_as(l, labels, Upstream::default())
+                .map_err(e)?;
+            (out, Some(Grad::F16(g)))
+        }
+        (npy::Logits::F32(l), false) => (op.forward_as(l, labels).map_err(e)?, None),
+        (npy::Logits::F16(l), false) => (op.forward_as(l, labels).map_err(e)?, None),
+    };
+    drop(logits);
+    let info = ctx.info();
+    Ok(Run {
+        loss: out.loss.map(f64::from),
+        per_row_sum: out.per_row.iter().map(|&x| f64::from(x)).sum(),
+        per_row: out.per_row,
+        grad,
+        adapter: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+    })
 }

@@ -140,9 +140,34 @@ fn read_err(path: &Path, what: &str, e: std::io::Error) -> String {
     format!("{what} {}: {e}", path.display())
 }
 
-/// A float32 `(N, C)` C-order matrix: `(n, c, data)`.
-pub fn read_logits(path: &Path, what: &str) -> Result<(usize, usize, Vec<f32>), String> {
-    read_matrix(path, what, "(N, C)")
+/// Logits as a file held them.
+pub enum Logits {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl Logits {
+    /// As f32: float16 widens exactly.
+    pub fn widened(self) -> Vec<f32> {
+        match self {
+            Logits::F32(v) => v,
+            Logits::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        }
+    }
+}
+
+/// A float32 or float16 `(N, C)` C-order matrix: `(n, c, data)`.
+pub fn read_logits_any(path: &Path, what: &str) -> Result<(usize, usize, Logits), String> {
+    let (npy, n, c) = open_matrix_of(path, what, "(N, C)", &[4, 2])?;
+    let data = if npy.dtype().num_bytes() == Some(2) {
+        Logits::F16(
+            npy.into_vec::<half::f16>()
+                .map_err(|e| read_err(path, what, e))?,
+        )
+    } else {
+        Logits::F32(npy.into_vec::<f32>().map_err(|e| read_err(path, what, e))?)
+    };
+    Ok((n, c, data))
 }
 
 /// A float32 C-order matrix whose shape the messages call `shape` (e.g.
@@ -164,13 +189,28 @@ pub fn matrix_shape(path: &Path, what: &str, shape_name: &str) -> Result<(usize,
 }
 
 fn open_matrix(path: &Path, what: &str, shape_name: &str) -> Result<(Npy, usize, usize), String> {
+    open_matrix_of(path, what, shape_name, &[4])
+}
+
+/// A float matrix of one of the element `sizes` (4: float32, 2: float16).
+fn open_matrix_of(
+    path: &Path,
+    what: &str,
+    shape_name: &str,
+    sizes: &[u64],
+) -> Result<(Npy, usize, usize), String> {
     let opened = open(path, what)?;
     let (kind, size) = plain(&opened, path, what)?;
     let npy = opened.npy;
     let shape = npy.shape().to_vec();
-    if kind != TypeChar::Float || size != 4 || shape.len() != 2 {
+    if kind != TypeChar::Float || !sizes.contains(&size) || shape.len() != 2 {
+        let formats = if sizes.len() > 1 {
+            "float32 or float16"
+        } else {
+            "float32"
+        };
         return Err(format!(
-            "{what} {}: expected float32 of shape {shape_name}, got {}",
+            "{what} {}: expected {formats} of shape {shape_name}, got {}",
             path.display(),
             describe(&npy)
         ));
@@ -404,6 +444,11 @@ fn unique_temp(path: &Path) -> std::io::Result<(std::path::PathBuf, File)> {
 mod tests {
     use super::*;
 
+    /// Logits as f32, whichever float format the file holds.
+    fn read_logits(path: &Path, what: &str) -> Result<(usize, usize, Vec<f32>), String> {
+        read_logits_any(path, what).map(|(n, c, l)| (n, c, l.widened()))
+    }
+
     /// A small deterministic generator (the test prints its seed).
     struct Gen(u64);
 
@@ -490,16 +535,21 @@ mod tests {
             npy_bytes("<f4", "(3, 5)", &[0u8; 60]),
             npy_bytes("<i8", "(6,)", &[0u8; 48]),
             npy_bytes("<f8", "(4,)", &[0u8; 32]),
+            npy_bytes("<f2", "(3, 5)", &[0u8; 30]),
         ];
         let path = dir.join("case.npy");
         for case in 0..3000 {
-            let bytes = mutate(&mut g, &valid[case % 3]);
+            let bytes = mutate(&mut g, &valid[case % valid.len()]);
             std::fs::write(&path, &bytes).unwrap();
             let len = bytes.len();
             // Whatever the reader accepts fits in the file's own bytes.
-            if let Ok((n, c, data)) = read_logits(&path, "logits") {
+            if let Ok((n, c, data)) = read_logits_any(&path, "logits") {
+                let (count, size) = match &data {
+                    Logits::F32(v) => (v.len(), 4),
+                    Logits::F16(v) => (v.len(), 2),
+                };
                 assert!(
-                    data.len() == n * c && 4 * data.len() <= len,
+                    count == n * c && size * count <= len,
                     "seed {seed:#x} case {case}"
                 );
             }

@@ -184,7 +184,8 @@ fn read_validation(a: &PostHocArgs, c: usize) -> Result<Option<Labelled>, String
     let (Some(vl), Some(vy)) = (&a.val_logits, &a.val_labels) else {
         return Ok(None);
     };
-    let (v, cv, logits) = npy::read_logits(vl, "validation logits")?;
+    let (v, cv, logits) = npy::read_logits_any(vl, "validation logits")?;
+    let logits = logits.widened();
     let labels = npy::read_labels(vy, "validation labels")?;
     if labels.len() != v {
         return Err(format!(

@@ -1,0 +1,62 @@
+// halves.wgsl: the two half formats' codecs, spliced before the binding
+// blocks of xent_formats.wgsl and posthoc_formats.wgsl for packed halves.
+// Not a module on its own: each `//! block` runs to the next.
+//
+// half_value(h): the half in the low 16 bits of h, widened to f32 (exact).
+// half_bits(x): x rounded to the half nearest, ties to even, in the low
+// 16 bits. Both by bit operations, so that every device rounds alike.
+
+//! block codec f16
+// IEEE binary16 <-> f32, by bit operations (exact widening; rounding to
+// nearest even, subnormals kept, overflow to infinity, NaN quiet).
+fn half_value(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0u) {
+        // Subnormal or zero: m 2^-24, exact in f32.
+        let v = f32(m) * 5.9604644775390625e-8;
+        return select(v, -v, sign != 0u);
+    }
+    if (e == 31u) {
+        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
+    }
+    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+
+fn half_bits(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    let sign = (b >> 16u) & 0x8000u;
+    let a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) {
+        return sign | 0x7e00u; // NaN
+    }
+    if (a >= 0x477ff000u) {
+        return sign | 0x7c00u; // 65520 and up round to infinity
+    }
+    if (a < 0x38800000u) {
+        // Below 2^-14: a multiple of 2^-24, |x| 2^24 rounded half to even
+        // (1024 is the smallest normal's encoding, as it should be).
+        return sign | u32(round(bitcast<f32>(a) * 16777216.0));
+    }
+    // Normal: rebias the exponent (127 - 15), round the 13 dropped bits
+    // to nearest even; a carry moves into the exponent as it should.
+    let r = a + 0xfffu + ((a >> 13u) & 1u);
+    return sign | ((r - 0x38000000u) >> 13u);
+}
+
+//! block codec bf16
+// bfloat16 <-> f32: the high half of an f32 (exact widening; rounding to
+// nearest even, NaN quiet).
+fn half_value(h: u32) -> f32 {
+    return bitcast<f32>(h << 16u);
+}
+
+fn half_bits(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) {
+        return (b >> 16u) | 0x40u; // NaN
+    }
+    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
+
