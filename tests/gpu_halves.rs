@@ -9,8 +9,9 @@ mod common;
 use common::{contexts, name, Rng};
 use half::{bf16, f16};
 use logit_adjust::{
-    reference, BackwardBuffers, ClassPrior, Context, Element, GradOutput, HalfPath, LabelType,
-    LossBuffers, LossOutput, LossSpec, Reduction, Region, SoftmaxXent, Upstream, UpstreamBuffer,
+    reference, BackwardBuffers, ClassPrior, Context, Dtype, Element, GradOutput, HalfPath,
+    LabelType, LossBuffers, LossOutput, LossSpec, Reduction, Region, SoftmaxXent, Upstream,
+    UpstreamBuffer,
 };
 
 /// Bits of a half as an integer that orders like the value, so that
@@ -671,5 +672,125 @@ fn posthoc_argmax_top_k_and_corrected_logits_read_halves() {
             posthoc_case::<f16>(ctx, n, c, &mut rng);
             posthoc_case::<bf16>(ctx, n, c, &mut rng);
         }
+    }
+}
+
+/// The fused run in place (the gradient over the logits): its rows.
+fn run_in_place<T: Element>(
+    op: &SoftmaxXent,
+    ctx: &Context,
+    case: Case,
+    logits: &[T],
+    labels: &[i64],
+) -> Vec<T> {
+    let Case { n, c, stride } = case;
+    let elems = (n - 1) * stride + c;
+    let mut strided = vec![T::from_f32(0.0); elems];
+    for row in 0..n {
+        strided[row * stride..][..c].copy_from_slice(&logits[row * c..][..c]);
+    }
+    let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+    let pool = Pool::new(ctx, &[2 * elems as u64, 4 * n as u64]);
+    pool.write(ctx, 0, bytemuck::cast_slice(&strided));
+    pool.write(ctx, 1, bytemuck::cast_slice(&labels_i32));
+    let bound = op
+        .bind(&LossBuffers {
+            dtype: T::DTYPE,
+            row_stride: stride,
+            grad: GradOutput::InPlace,
+            ..LossBuffers::new(
+                pool.region(0, 2 * elems as u64),
+                pool.region(1, 4 * n as u64),
+                n,
+            )
+        })
+        .expect("bind in place");
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    op.record(&mut encoder, &bound);
+    ctx.queue().submit([encoder.finish()]);
+    let flat: Vec<T> = pool.read(ctx, 0, elems);
+    (0..n)
+        .flat_map(|row| flat[row * stride..][..c].to_vec())
+        .collect()
+}
+
+fn in_place_is_separate<T: Element>(ctx: &Context, path: HalfPath, rng: &mut Rng) {
+    // Rows sharing words (odd C, odd stride), and the split layout.
+    for case in [CASES[1], CASES[3], CASES[6]] {
+        let Inputs {
+            what,
+            op,
+            logits,
+            labels,
+            ..
+        } = Inputs::<T>::new(ctx, path, case, rng);
+        let separate = run(&op, ctx, case, &logits, &labels).fused;
+        let in_place = run_in_place(&op, ctx, case, &logits, &labels);
+        for (i, (a, b)) in in_place.iter().zip(&separate).enumerate() {
+            assert_eq!(bits(*a), bits(*b), "{what}: in-place element {i}");
+        }
+    }
+}
+
+#[test]
+fn an_in_place_gradient_is_the_separate_one_bit_for_bit() {
+    for ctx in contexts() {
+        let mut rng = Rng::fresh();
+        if ctx.capabilities().shader_f16 {
+            in_place_is_separate::<f16>(ctx, HalfPath::Auto, &mut rng);
+        }
+        in_place_is_separate::<f16>(ctx, HalfPath::Packed, &mut rng);
+        in_place_is_separate::<bf16>(ctx, HalfPath::Auto, &mut rng);
+    }
+}
+
+#[test]
+fn bad_half_input_is_refused_with_a_clear_error() {
+    for ctx in contexts() {
+        let spec = LossSpec::cross_entropy(7).with_reduction(Reduction::Mean);
+        let op = ctx.softmax_xent(&spec).expect("op");
+        // A non-finite half on the host path.
+        let mut logits = vec![f16::from_f32(0.5); 7];
+        logits[3] = f16::NAN;
+        let e = op
+            .forward_backward_as(&logits, &[1], Upstream::default())
+            .expect_err("NaN logits");
+        assert!(
+            matches!(e, logit_adjust::Error::NonFinite { index: 3, .. }),
+            "{e:?}"
+        );
+        // An f32 gradient cannot go over half logits.
+        let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 1024,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let e = op
+            .bind(&LossBuffers {
+                dtype: Dtype::F16,
+                grad_f32: true,
+                grad: GradOutput::InPlace,
+                ..LossBuffers::new(Region::new(&buffer, 0, 14), Region::new(&buffer, 256, 4), 1)
+            })
+            .expect_err("f32 gradient in place");
+        assert!(e.to_string().contains("in-place"), "{e}");
+        // Seven halves end mid-word: the word must lie in the buffer.
+        let tight = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 14,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let e = op
+            .bind(&LossBuffers {
+                dtype: Dtype::F16,
+                ..LossBuffers::new(Region::whole(&tight), Region::new(&buffer, 256, 4), 1)
+            })
+            .expect_err("a word past the buffer");
+        assert!(
+            matches!(e, logit_adjust::Error::BufferTooSmall { needed: 16, .. }),
+            "{e:?}"
+        );
     }
 }
