@@ -171,6 +171,29 @@ struct Halves<T> {
     strided: Vec<u16>,
 }
 
+/// `logits` (packed rows) laid out `case.stride` apart, zeros between
+/// rows, and the labels as the i32 the runs bind.
+fn layout<T: Element>(case: Case, logits: &[T], labels: &[i64]) -> (Vec<T>, Vec<i32>) {
+    let Case { n, c, stride } = case;
+    let mut strided = vec![T::from_f32(0.0); (n - 1) * stride + c];
+    for row in 0..n {
+        strided[row * stride..][..c].copy_from_slice(&logits[row * c..][..c]);
+    }
+    (strided, labels.iter().map(|&y| y as i32).collect())
+}
+
+/// Run `$check::<T>(ctx, path, rng)` on every format and path the adapter
+/// has: native f16 (where SHADER_F16), packed f16, bf16.
+macro_rules! on_every_path {
+    ($check:ident, $ctx:expr, $rng:expr) => {{
+        if $ctx.capabilities().shader_f16 {
+            $check::<f16>($ctx, HalfPath::Auto, $rng);
+        }
+        $check::<f16>($ctx, HalfPath::Packed, $rng);
+        $check::<bf16>($ctx, HalfPath::Auto, $rng);
+    }};
+}
+
 /// The fused run and the backward from its LSE on `logits` laid out
 /// `case.stride` apart in one pooled buffer; the gradient in `T`.
 fn run<T: Element>(
@@ -183,11 +206,7 @@ fn run<T: Element>(
     let Case { n, c, stride } = case;
     let elems = (n - 1) * stride + c;
     let half_bytes = 2 * elems as u64;
-    let mut strided = vec![T::from_f32(0.0); elems];
-    for row in 0..n {
-        strided[row * stride..][..c].copy_from_slice(&logits[row * c..][..c]);
-    }
-    let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+    let (strided, labels_i32) = layout(case, logits, labels);
     let rows = 4 * n as u64;
     let pool = Pool::new(
         ctx,
@@ -386,12 +405,7 @@ fn bar<T: Element>(ctx: &Context, path: HalfPath, rng: &mut Rng) {
 #[test]
 fn half_logits_match_the_f64_reference_on_their_rounded_values() {
     for ctx in contexts() {
-        let mut rng = Rng::fresh();
-        if ctx.capabilities().shader_f16 {
-            bar::<f16>(ctx, HalfPath::Auto, &mut rng);
-        }
-        bar::<f16>(ctx, HalfPath::Packed, &mut rng);
-        bar::<bf16>(ctx, HalfPath::Auto, &mut rng);
+        on_every_path!(bar, ctx, &mut Rng::fresh());
     }
 }
 
@@ -406,11 +420,7 @@ fn run_f32_grad<T: Element>(
 ) -> (f32, Vec<f32>) {
     let Case { n, c, stride } = case;
     let elems = (n - 1) * stride + c;
-    let mut strided = vec![T::from_f32(0.0); elems];
-    for row in 0..n {
-        strided[row * stride..][..c].copy_from_slice(&logits[row * c..][..c]);
-    }
-    let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+    let (strided, labels_i32) = layout(case, logits, labels);
     let pool = Pool::new(ctx, &[2 * elems as u64, 4 * n as u64, 4 * elems as u64, 4]);
     pool.write(ctx, 0, bytemuck::cast_slice(&strided));
     pool.write(ctx, 1, bytemuck::cast_slice(&labels_i32));
@@ -508,12 +518,7 @@ fn rounds_to_nearest_even<T: Element>(ctx: &Context, path: HalfPath, rng: &mut R
 #[test]
 fn half_gradients_are_the_f32_gradient_rounded_to_nearest_even() {
     for ctx in contexts() {
-        let mut rng = Rng::fresh();
-        if ctx.capabilities().shader_f16 {
-            rounds_to_nearest_even::<f16>(ctx, HalfPath::Auto, &mut rng);
-        }
-        rounds_to_nearest_even::<f16>(ctx, HalfPath::Packed, &mut rng);
-        rounds_to_nearest_even::<bf16>(ctx, HalfPath::Auto, &mut rng);
+        on_every_path!(rounds_to_nearest_even, ctx, &mut Rng::fresh());
     }
 }
 
@@ -685,11 +690,7 @@ fn run_in_place<T: Element>(
 ) -> Vec<T> {
     let Case { n, c, stride } = case;
     let elems = (n - 1) * stride + c;
-    let mut strided = vec![T::from_f32(0.0); elems];
-    for row in 0..n {
-        strided[row * stride..][..c].copy_from_slice(&logits[row * c..][..c]);
-    }
-    let labels_i32: Vec<i32> = labels.iter().map(|&y| y as i32).collect();
+    let (strided, labels_i32) = layout(case, logits, labels);
     let pool = Pool::new(ctx, &[2 * elems as u64, 4 * n as u64]);
     pool.write(ctx, 0, bytemuck::cast_slice(&strided));
     pool.write(ctx, 1, bytemuck::cast_slice(&labels_i32));
@@ -735,12 +736,7 @@ fn in_place_is_separate<T: Element>(ctx: &Context, path: HalfPath, rng: &mut Rng
 #[test]
 fn an_in_place_gradient_is_the_separate_one_bit_for_bit() {
     for ctx in contexts() {
-        let mut rng = Rng::fresh();
-        if ctx.capabilities().shader_f16 {
-            in_place_is_separate::<f16>(ctx, HalfPath::Auto, &mut rng);
-        }
-        in_place_is_separate::<f16>(ctx, HalfPath::Packed, &mut rng);
-        in_place_is_separate::<bf16>(ctx, HalfPath::Auto, &mut rng);
+        on_every_path!(in_place_is_separate, ctx, &mut Rng::fresh());
     }
 }
 
