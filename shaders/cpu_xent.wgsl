@@ -36,7 +36,14 @@
 // row count is a multiple of ROW_R, so no vec4 holds a row of another
 // thread or a row past the chunk. No workgroup memory, no barriers.
 //
-// Memory traffic per element: reads 4 bytes, writes 4 (fused); per row up
+// f16 logits and gradient (CPU adapters with SHADER_F16, lavapipe): the
+// loader swaps blocks/cpu_xent_formats.wgsl's for the f32 blocks between
+// the `>>> logits`/`<<< logits` and `>>> grad`/`<<< grad` lines. The views
+// are then vec4<f16> (8 bytes, 4 elements, so every index below is the
+// same), widened on load; a gradient vec4 is rounded once, to nearest even,
+// on store, and a shared vec4's components are 16-bit stores.
+//
+// Memory traffic per element: reads 4 bytes (2 for f16), writes 4 (2) (fused); per row up
 // to two vec4s shared with the neighbouring rows are read twice, and b
 // (C floats, cached across rows) once per vec4. Per row: the label, b, m,
 // alpha of its class, 4 bytes of loss and 4 of LSE.
@@ -98,11 +105,41 @@ override ROW_R: u32 = 1u;         // xent_row_groups: rows per thread, 4 / gcd(C
 @group(0) @binding(0) var<uniform> params: Params;
 // Caller buffers are read_write even where only read, as in
 // softmax_xent.wgsl (wgpu tracks usage per buffer).
+// >>> logits
 @group(0) @binding(1) var<storage, read_write> logits: array<vec4<f32>>;
+
+// Vec4 u of the logits' view: elements 4u .. 4u + 3.
+fn load4(u: u32) -> vec4<f32> {
+    return logits[u];
+}
+// <<< logits
 @group(0) @binding(2) var<storage, read_write> labels: array<i32>;
 // [b_0..b_{C-1}, m_0..m_{C-1}, alpha_0..alpha_{C-1}], zero-padded to vec4s.
 @group(0) @binding(3) var<storage, read> class_vecs: array<vec4<f32>>;
+// >>> grad
 @group(0) @binding(4) var<storage, read_write> grad: array<vec4<f32>>;
+
+// Vec4 u of the gradient, whole.
+fn store4(u: u32, g: vec4<f32>) {
+    grad[u] = g;
+}
+
+// The components `w` of vec4 u alone: the others are a neighbour row's.
+fn store_part(u: u32, g: vec4<f32>, w: vec4<bool>) {
+    if (w.x) {
+        grad[u].x = g.x;
+    }
+    if (w.y) {
+        grad[u].y = g.y;
+    }
+    if (w.z) {
+        grad[u].z = g.z;
+    }
+    if (w.w) {
+        grad[u].w = g.w;
+    }
+}
+// <<< grad
 @group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(7) var<storage, read_write> work: array<f32>;
@@ -163,16 +200,25 @@ fn target_of(row: u32) -> Target {
     return t;
 }
 
-// Merge two partials (max, sum of exp relative to that max, sum of z, z_y).
+// Merge two partials (max, sum of exp relative to that max over the
+// classes other than the label, sum of z, z_y). As in softmax_xent.wgsl,
+// the label's own term stays out of the sum so that 1 - p_y = (S - e_y) / S
+// is a sum, not a difference that cancels near p_y = 1.
 fn merge(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     let m = max(a.x, b.x);
     let s = a.y * exp(a.x - m) + b.y * exp(b.x - m);
     return vec4<f32>(m, s, a.z + b.z, a.w + b.w);
 }
 
+// S = sum_c exp(z_c - M) of a merged partial: the others' sum plus the
+// label's term (none for an ignored or bad row, whose y is C).
+fn row_sum(t: Target, total: vec4<f32>) -> f32 {
+    return total.y + select(0.0, exp(total.w - total.x), t.y < params.classes);
+}
+
 fn row_loss_of(t: Target, total: vec4<f32>) -> f32 {
     let eps = params.smoothing;
-    let log_z = total.x + log(total.y);
+    let log_z = total.x + log(row_sum(t, total));
     let mean_z = total.z / f32(params.classes);
     let l = t.alpha * ((1.0 - eps) * (log_z - total.w) + eps * (log_z - mean_z));
     return select(select(l, 0.0, t.ignored), nan(), t.bad);
@@ -270,7 +316,7 @@ fn xent_segments(
         }
         let is_y = cs == y4;
         // Clamped to the row's last vec4: a masked trip reads nothing new.
-        let z = logits[min(ua + k, u_last)] + b - select(vec4<f32>(0.0), margin4, is_y);
+        let z = load4(min(ua + k, u_last)) + b - select(vec4<f32>(0.0), margin4, is_y);
         let zm = select(vec4<f32>(LOWEST), z, inside);
         m4 = max(m4, zm);
         zs4 += select(vec4<f32>(0.0), z, inside);
@@ -278,13 +324,15 @@ fn xent_segments(
         e[k] = zm;
     }
     let m = max(max(m4.x, m4.y), max(m4.z, m4.w));
-    // Pass 2: one exp per element serves the sum and the gradient.
+    // Pass 2: one exp per element serves the sum (the label's left out)
+    // and the gradient.
     var s4 = vec4<f32>(0.0);
     for (var k = 0u; k < L4; k++) {
-        let inside = (classes_of(ua + k, base) < vec4<u32>(c_len)) & vec4<bool>(k < trips);
+        let cs = classes_of(ua + k, base);
+        let inside = (cs < vec4<u32>(c_len)) & vec4<bool>(k < trips);
         let ex = select(vec4<f32>(0.0), exp(e[k] - vec4<f32>(m)), inside);
         e[k] = ex;
-        s4 += ex;
+        s4 += select(ex, vec4<f32>(0.0), cs == y4);
     }
     var total = vec4<f32>(m, s4.x + s4.y + s4.z + s4.w,
                           zs4.x + zs4.y + zs4.z + zs4.w, zy4.x + zy4.y + zy4.z + zy4.w);
@@ -300,18 +348,20 @@ fn xent_segments(
             row_loss[row] = row_loss_of(label, total);
         }
         if ((params.flags & FLAG_LSE) != 0u) {
-            lse[row] = total.x + log(total.y);
+            lse[row] = total.x + log(row_sum(label, total));
         }
     }
     if (!WRITE_GRAD) {
         return;
     }
-    // p_c = exp(z_c - m) exp(m - M) / S.
-    let to_p = exp(m - total.x) / total.y;
+    // p_c = exp(z_c - m) exp(m - M) / S; at the label p_y - q_y is
+    // (p_y - 1) + eps - eps / C with p_y - 1 = -(S - e_y) / S.
+    let s_all = row_sum(label, total);
+    let to_p = exp(m - total.x) / s_all;
     let scale = grad_scale(row, label);
     let eps = params.smoothing;
     let q_rest = vec4<f32>(eps / f32(c_len));
-    let q_y = vec4<f32>(1.0 - eps);
+    let at_y = vec4<f32>(-total.y / s_all + eps) - q_rest;
     let ub = ua + trips;
     // The vec4s wholly inside the row, [qa, qb), stored whole.
     let qa = (base + 3u) / 4u;
@@ -320,8 +370,8 @@ fn xent_segments(
     let kb = clamp(qb, ua, ub) - ua;
     for (var k = 0u; k < L4; k++) {
         if (k >= ka && k < kb) {
-            let q = q_rest + select(vec4<f32>(0.0), q_y, classes_of(ua + k, base) == y4);
-            grad[ua + k] = scale * (e[k] * to_p - q);
+            let is_y = classes_of(ua + k, base) == y4;
+            store4(ua + k, scale * select(e[k] * to_p - q_rest, at_y, is_y));
         }
     }
     // The row's first vec4 when the row starts inside it, and its last when
@@ -332,20 +382,8 @@ fn xent_segments(
         let u = select(qb, q0, n == 0u);
         if ((n == 0u && first_part) || (n == 1u && last_part)) {
             let cs = classes_of(u, base);
-            let q = q_rest + select(vec4<f32>(0.0), q_y, cs == y4);
-            let g = scale * (e[u - ua] * to_p - q);
-            if (cs.x < c_len) {
-                grad[u].x = g.x;
-            }
-            if (cs.y < c_len) {
-                grad[u].y = g.y;
-            }
-            if (cs.z < c_len) {
-                grad[u].z = g.z;
-            }
-            if (cs.w < c_len) {
-                grad[u].w = g.w;
-            }
+            let g = scale * select(e[u - ua] * to_p - q_rest, at_y, cs == y4);
+            store_part(u, g, cs < vec4<u32>(c_len));
         }
     }
 }
@@ -365,28 +403,30 @@ fn row_in_floats(x: ptr<function, array<f32, C_MAX>>, row: u32, r: u32) {
         z_sum += zc;
         z_y += select(0.0, zc, c == label.y);
     }
+    // The others' sum (the label's term apart, see merge).
     var s = 0.0;
     for (var c = 0u; c < ROW_C; c++) {
         let i = r * ROW_C + c;
         (*x)[i] = exp((*x)[i] - m);
-        s += (*x)[i];
+        s += select((*x)[i], 0.0, c == label.y);
     }
     let total = vec4<f32>(m, s, z_sum, z_y);
+    let s_all = row_sum(label, total);
     if ((params.flags & FLAG_ROW_LOSS) != 0u) {
         row_loss[row] = row_loss_of(label, total);
     }
     if ((params.flags & FLAG_LSE) != 0u) {
-        lse[row] = m + log(s);
+        lse[row] = m + log(s_all);
     }
     if (WRITE_GRAD) {
         let scale = grad_scale(row, label);
         let eps = params.smoothing;
         let q_rest = eps / f32(ROW_C);
-        let inv_s = 1.0 / s;
+        let inv_s = 1.0 / s_all;
+        let at_y = -s * inv_s + eps - q_rest;
         for (var c = 0u; c < ROW_C; c++) {
             let i = r * ROW_C + c;
-            let q = q_rest + select(0.0, 1.0 - eps, c == label.y);
-            (*x)[i] = scale * ((*x)[i] * inv_s - q);
+            (*x)[i] = scale * select((*x)[i] * inv_s - q_rest, at_y, c == label.y);
         }
     }
 }
@@ -405,7 +445,7 @@ fn xent_row_groups(
     let base4 = first * ROW_C / 4u;
     var x: array<f32, C_MAX>;
     for (var j = 0u; j < nv; j++) {
-        let v = logits[base4 + j];
+        let v = load4(base4 + j);
         x[4u * j] = v.x;
         x[4u * j + 1u] = v.y;
         x[4u * j + 2u] = v.z;
@@ -416,7 +456,7 @@ fn xent_row_groups(
     }
     if (WRITE_GRAD) {
         for (var j = 0u; j < nv; j++) {
-            grad[base4 + j] = vec4<f32>(x[4u * j], x[4u * j + 1u], x[4u * j + 2u], x[4u * j + 3u]);
+            store4(base4 + j, vec4<f32>(x[4u * j], x[4u * j + 1u], x[4u * j + 2u], x[4u * j + 3u]));
         }
     }
 }

@@ -24,6 +24,8 @@ pub(crate) const LINEAR_WGSL: &str = include_str!("../shaders/linear.wgsl");
 pub(crate) const BASELINE_WGSL: &str = include_str!("../shaders/baseline.wgsl");
 /// `shaders/blocks/posthoc_formats.wgsl`: posthoc.wgsl's half logits.
 const POSTHOC_BLOCKS_WGSL: &str = include_str!("../shaders/blocks/posthoc_formats.wgsl");
+/// `shaders/blocks/linear_formats.wgsl`: linear.wgsl's half logits.
+const LINEAR_BLOCKS_WGSL: &str = include_str!("../shaders/blocks/linear_formats.wgsl");
 
 /// The text wgpu compiles for shader file `label`: the file as it is. In a
 /// debug build (the tests' build), `LOGIT_ADJUST_FAULT=grad-ulp` makes
@@ -57,8 +59,10 @@ pub(crate) fn format_variants() -> Vec<(&'static str, String)> {
         (Dtype::Bf16, false),
     ]
     .into_iter()
-    .map(|(dtype, native)| {
-        let (label, text) = Family::posthoc(dtype, native).source();
+    .map(|(dtype, native)| Family::posthoc(dtype, native))
+    .chain([Dtype::F16, Dtype::Bf16].map(Family::linear))
+    .map(|family| {
+        let (label, text) = family.source();
         (label, text.into_owned())
     })
     .collect()
@@ -78,6 +82,10 @@ pub(crate) enum Family {
     Em,
     Gather,
     Linear,
+    /// linear.wgsl with f16 or bf16 logits (always packed).
+    LinearHalf {
+        dtype: Dtype,
+    },
     Baseline,
 }
 
@@ -95,8 +103,18 @@ impl Family {
         }
     }
 
+    /// linear.wgsl's family for logits of `dtype`.
+    pub(crate) fn linear(dtype: Dtype) -> Family {
+        match dtype {
+            Dtype::F32 => Family::Linear,
+            dtype => Family::LinearHalf { dtype },
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
+            Family::LinearHalf { dtype: Dtype::Bf16 } => "linear.wgsl (bf16 packed)",
+            Family::LinearHalf { .. } => "linear.wgsl (f16 packed)",
             Family::PostHocHalf { dtype, native } => match (dtype, native) {
                 (Dtype::F16, true) => "posthoc.wgsl (f16 native)",
                 (Dtype::F16, false) => "posthoc.wgsl (f16 packed)",
@@ -107,19 +125,30 @@ impl Family {
     }
 
     fn source(self) -> (&'static str, Cow<'static, str>) {
-        if let Family::PostHocHalf { dtype, native } = self {
-            let label = self.label();
-            let text = crate::splice::halves(
+        // (f32 file, its format blocks, their file name, format, native f16)
+        let half = match self {
+            Family::PostHocHalf { dtype, native } => Some((
                 POSTHOC_WGSL,
                 POSTHOC_BLOCKS_WGSL,
                 "posthoc_formats.wgsl",
                 dtype,
                 native,
+            )),
+            Family::LinearHalf { dtype } => Some((
+                LINEAR_WGSL,
+                LINEAR_BLOCKS_WGSL,
+                "linear_formats.wgsl",
+                dtype,
                 false,
-            )
-            // A missing block makes a module wgpu refuses: an error value
-            // from the op's scope, never a panic.
-            .unwrap_or_else(|e| format!("// {e}\n"));
+            )),
+            _ => None,
+        };
+        if let Some((file, blocks, blocks_file, dtype, native)) = half {
+            let label = self.label();
+            let text = crate::splice::halves(file, blocks, blocks_file, dtype, native, false)
+                // A missing block makes a module wgpu refuses: an error
+                // value from the op's scope, never a panic.
+                .unwrap_or_else(|e| format!("// {e}\n"));
             return (label, wgsl(label, Cow::Owned(text)));
         }
         let (label, text) = match self {
@@ -128,7 +157,7 @@ impl Family {
             Family::Metrics => ("metrics.wgsl", METRICS_WGSL),
             Family::Em => ("em.wgsl", EM_WGSL),
             Family::Gather => ("gather.wgsl", GATHER_WGSL),
-            Family::Linear => ("linear.wgsl", LINEAR_WGSL),
+            Family::Linear | Family::LinearHalf { .. } => ("linear.wgsl", LINEAR_WGSL),
             Family::Baseline => ("baseline.wgsl", BASELINE_WGSL),
         };
         (label, wgsl(label, Cow::Borrowed(text)))
@@ -169,7 +198,7 @@ impl Family {
             // features, perm, labels, batch_features, batch_labels, status, acc
             Family::Gather => &[true, true, true, false, false, true, false],
             // a, w, velocity, g_logits, wgrad, out
-            Family::Linear => &[true, false, false, true, false, false],
+            Family::Linear | Family::LinearHalf { .. } => &[true, false, false, true, false, false],
             // src, dst, a, b, out, labels
             Family::Baseline => &[true, false, true, true, false, true],
         }

@@ -336,3 +336,38 @@ fn train_re_weights_from_the_drw_epoch() {
     assert_eq!(plain, late);
     assert_ne!(plain, drw);
 }
+
+#[test]
+fn train_on_half_logits_reports_the_format_and_refuses_an_unknown_one() {
+    let f = Files::new("train-halves");
+    let seed = Rng::fresh().seed();
+    files(&f, seed);
+    let mut runs = Vec::new();
+    for format in ["f32", "f16", "bf16"] {
+        let mut args = base(&f);
+        args.extend(["--logits", format, "--epochs", "20", "--json"].map(String::from));
+        let v = train_json(&args, &format!("--logits {format} (seed {seed})"));
+        assert_eq!(v["logits"], format, "seed {seed}");
+        runs.push(v["balanced_error"].as_f64().unwrap());
+    }
+    // The same data and shuffles: halves move the logits by a rounding,
+    // not the model (a test error step is 1/40 of one class's recall).
+    for (k, format) in ["f16", "bf16"].iter().enumerate() {
+        assert!(
+            (runs[k + 1] - runs[0]).abs() <= 0.05,
+            "{format}: balanced error {} vs f32 {} (seed {seed})",
+            runs[k + 1],
+            runs[0]
+        );
+    }
+    let mut args = base(&f);
+    args.extend(["--logits", "f64"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // An argument error: clap's usage hint follows the line naming it.
+    let (code, _, stderr) = run(&args);
+    assert_eq!(code, 2, "--logits f64: {stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("\"f64\" is not a logits format"),
+        "--logits f64: {stderr}"
+    );
+}

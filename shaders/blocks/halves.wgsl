@@ -13,36 +13,30 @@ fn half_value(h: u32) -> f32 {
     let sign = (h & 0x8000u) << 16u;
     let e = (h >> 10u) & 0x1fu;
     let m = h & 0x3ffu;
-    if (e == 0u) {
-        // Subnormal or zero: m 2^-24, exact in f32.
-        let v = f32(m) * 5.9604644775390625e-8;
-        return select(v, -v, sign != 0u);
-    }
-    if (e == 31u) {
-        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
-    }
-    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+    // Subnormal or zero: m 2^-24, exact in f32. Every case is formed and
+    // one selected: no branch for the lanes of a SIMD group to diverge on.
+    let small = bitcast<f32>(sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8));
+    let special = bitcast<f32>(sign | 0x7f800000u | (m << 13u));
+    let normal = bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+    return select(select(normal, special, e == 31u), small, e == 0u);
 }
 
 fn half_bits(x: f32) -> u32 {
     let b = bitcast<u32>(x);
     let sign = (b >> 16u) & 0x8000u;
     let a = b & 0x7fffffffu;
-    if (a > 0x7f800000u) {
-        return sign | 0x7e00u; // NaN
-    }
-    if (a >= 0x477ff000u) {
-        return sign | 0x7c00u; // 65520 and up round to infinity
-    }
-    if (a < 0x38800000u) {
-        // Below 2^-14: a multiple of 2^-24, |x| 2^24 rounded half to even
-        // (1024 is the smallest normal's encoding, as it should be).
-        return sign | u32(round(bitcast<f32>(a) * 16777216.0));
-    }
+    // Below 2^-14: a multiple of 2^-24, |x| 2^24 rounded half to even
+    // (1024 is the smallest normal's encoding, as it should be); the min
+    // keeps the unused lanes' product in range.
+    let small = u32(round(bitcast<f32>(min(a, 0x38800000u)) * 16777216.0));
     // Normal: rebias the exponent (127 - 15), round the 13 dropped bits
     // to nearest even; a carry moves into the exponent as it should.
     let r = a + 0xfffu + ((a >> 13u) & 1u);
-    return sign | ((r - 0x38000000u) >> 13u);
+    let normal = (r - 0x38000000u) >> 13u;
+    var h = select(normal, small, a < 0x38800000u);
+    h = select(h, 0x7c00u, a >= 0x477ff000u); // 65520 and up round to infinity
+    h = select(h, 0x7e00u, a > 0x7f800000u);  // NaN
+    return sign | h;
 }
 
 //! block codec bf16

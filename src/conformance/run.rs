@@ -381,11 +381,16 @@ pub fn run(ctx: &Context, cell: &Cell, quick: bool, seed: u64, runs: usize) -> O
         message: format!("error: {e}"),
         ..Outcome::unsupported(cell, quick, "")
     };
-    if cell.dtype != Dtype::F32 && cell.kernels == super::KernelSet::Cpu {
+    // The CPU adapters' own layouts take half logits in the loss's
+    // forward and fused runs; elsewhere halves run the GPU kernels.
+    let cpu_layouts_take =
+        cell.dtype == Dtype::F32 || matches!(cell.op, super::Op::Forward | super::Op::Fused);
+    if cell.kernels == super::KernelSet::Cpu && !cpu_layouts_take {
         return Outcome::unsupported(
             cell,
             quick,
-            "the CPU adapters' layouts read f32 only; half logits run the GPU kernels (the gpu cells)",
+            "the CPU adapters' own layouts take half logits in the loss's forward and fused \
+             runs; these run the GPU kernels (the gpu cells)",
         );
     }
     let attempt = || -> Result<Outcome> {

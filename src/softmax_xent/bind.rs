@@ -116,7 +116,7 @@ pub(super) enum Mode {
 pub(super) struct Run<'a> {
     pub(super) mode: Mode,
     logits: Region<'a>,
-    dtype: Dtype,
+    pub(super) dtype: Dtype,
     grad_f32: bool,
     stride: usize,
     labels: Region<'a>,
@@ -304,7 +304,7 @@ impl SoftmaxXent {
             classes: c,
             stride: r.stride,
             label_bytes: r.label_type.bytes(),
-            vec4: self.cpu_xent.is_some() && flavor == Flavor::F32 && vec4_room(&r, c),
+            vec4: self.cpu_xent.is_some() && vec4_room(&r, c),
             lanes: flavor.lanes(),
             elem_bytes: r.dtype.bytes().max(r.grad_dtype().bytes()),
         };
@@ -455,31 +455,33 @@ fn standin_align(ctx: &crate::Context) -> u64 {
     u64::from(ctx.limits().min_storage_buffer_offset_alignment).max(16)
 }
 
-/// Whether the run's logits and gradient regions take vec4 views: 16-byte
-/// aligned, with room in their buffers for the bytes rounded up to whole
-/// vec4s (the few past the region are read and masked, never written).
+/// Whether the run's logits and gradient regions take vec4 views (of f32,
+/// or of f16: 8 bytes): aligned to a vec4, with room in their buffers for
+/// the bytes rounded up to whole vec4s (the few past the region are read
+/// and masked, never written).
 fn vec4_room(r: &Run, classes: usize) -> bool {
     if r.rows == 0 {
         return true; // nothing is bound
     }
-    let bytes = (r.rows.saturating_sub(1) as u64)
-        .saturating_mul(r.stride as u64)
-        .saturating_add(classes as u64)
-        .saturating_mul(4)
-        .next_multiple_of(16);
-    let fits = |g: Region| {
-        g.offset.is_multiple_of(16) && g.offset.saturating_add(bytes) <= g.buffer.size()
+    let fits = |g: Region, dtype: Dtype| {
+        let vec4 = 4 * dtype.bytes();
+        let bytes = (r.rows.saturating_sub(1) as u64)
+            .saturating_mul(r.stride as u64)
+            .saturating_add(classes as u64)
+            .saturating_mul(dtype.bytes())
+            .next_multiple_of(vec4);
+        g.offset.is_multiple_of(vec4) && g.offset.saturating_add(bytes) <= g.buffer.size()
     };
-    fits(r.logits)
+    fits(r.logits, r.dtype)
         && match r.grad {
-            GradOutput::Separate(g) => fits(g),
+            GradOutput::Separate(g) => fits(g, r.grad_dtype()),
             _ => true,
         }
 }
 
 impl Run<'_> {
     /// The gradient's element format.
-    fn grad_dtype(&self) -> Dtype {
+    pub(super) fn grad_dtype(&self) -> Dtype {
         if self.grad_f32 {
             Dtype::F32
         } else {
@@ -671,7 +673,7 @@ impl<'a, 'r> Builder<'a, 'r> {
         let size = dtype.bytes();
         let mut bytes = (((ch.rows as u64 - 1) * stride + classes) * size).next_multiple_of(4);
         if matches!(self.plan.layout, Layout::Segments { .. }) {
-            bytes = bytes.next_multiple_of(16);
+            bytes = bytes.next_multiple_of(4 * size);
         }
         region.binding(ch.first as u64 * stride * size, bytes)
     }

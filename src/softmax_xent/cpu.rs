@@ -8,13 +8,51 @@
 //! the generic layouts take what they cannot (docs/PERFORMANCE.md has the
 //! measurements that keep them).
 
+use std::sync::OnceLock;
+
 use super::bind::{Builder, Mode, SlotFn, Step};
 use super::plan::{Caps, Layout, Shape};
 use super::SoftmaxXent;
 use crate::buffers;
 use crate::context::Context;
+use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::pipelines::{Binding, Shader};
+
+const CPU_XENT_WGSL: &str = include_str!("../../shaders/cpu_xent.wgsl");
+const BLOCKS_WGSL: &str = include_str!("../../shaders/blocks/cpu_xent_formats.wgsl");
+
+/// The half-format modules of cpu_xent.wgsl: (logits, gradient) formats.
+pub(crate) const HALF_FORMATS: [(Dtype, Dtype); 4] = [
+    (Dtype::F16, Dtype::F16),
+    (Dtype::F16, Dtype::F32),
+    (Dtype::Bf16, Dtype::Bf16),
+    (Dtype::Bf16, Dtype::F32),
+];
+
+/// The label of cpu_xent.wgsl's module for half logits of `logits` and a
+/// gradient of `grad` (the same format, or f32).
+pub(crate) fn half_label(logits: Dtype, grad: Dtype) -> &'static str {
+    match (logits, grad) {
+        (Dtype::F16, Dtype::F32) => "cpu_xent.wgsl (f16 packed, f32 gradient)",
+        (Dtype::F16, _) => "cpu_xent.wgsl (f16 packed)",
+        (_, Dtype::F32) => "cpu_xent.wgsl (bf16 packed, f32 gradient)",
+        _ => "cpu_xent.wgsl (bf16 packed)",
+    }
+}
+
+/// cpu_xent.wgsl with packed half logits of `logits`, and the gradient in
+/// their format too or (`grad` f32) as it is.
+pub(crate) fn half_source(logits: Dtype, grad: Dtype) -> Result<String> {
+    crate::splice::halves(
+        CPU_XENT_WGSL,
+        BLOCKS_WGSL,
+        "cpu_xent_formats.wgsl",
+        logits,
+        false,
+        grad != Dtype::F32,
+    )
+}
 
 /// Classes of the uniform `b` table (`TABLE_VEC4S * 4` in cpu_xent.wgsl:
 /// 64 KiB, WebGPU's default uniform binding limit).
@@ -27,6 +65,9 @@ pub(crate) struct Kernels {
     /// The first 16,384 floats of `[b, m, alpha]`, zero-padded: all of `b`
     /// when `C <= 16,384`, all three when `3C <= 16,384`.
     pub(super) table: wgpu::Buffer,
+    /// The half-format modules, in [`HALF_FORMATS`]' order, each compiled
+    /// on first use.
+    halves: [OnceLock<Shader>; 4],
 }
 
 /// Whether `spec` uses an option these layouts do not implement (a logit
@@ -53,21 +94,34 @@ impl Kernels {
     pub(super) fn new(ctx: &Context, class_vecs: &[f32]) -> Result<Self> {
         let table = table_of(class_vecs);
         Ok(Self {
-            shader: Shader::new(
-                ctx,
-                "cpu_xent.wgsl",
-                include_str!("../../shaders/cpu_xent.wgsl"),
-                // softmax_xent.wgsl's bindings, then the `b` table.
-                &[&super::XENT_BINDINGS[..], &[Binding::Uniform]].concat(),
-            ),
+            shader: Shader::new(ctx, "cpu_xent.wgsl", CPU_XENT_WGSL, &bindings()),
             table: buffers::upload(
                 ctx,
                 "cpu_xent bias table",
                 bytemuck::cast_slice(&table),
                 wgpu::BufferUsages::UNIFORM,
             )?,
+            halves: Default::default(),
         })
     }
+
+    /// The module for logits of `dtype` and a gradient of `grad`.
+    fn shader_for(&self, ctx: &Context, dtype: Dtype, grad: Dtype) -> &Shader {
+        let Some(k) = HALF_FORMATS.iter().position(|&f| f == (dtype, grad)) else {
+            return &self.shader;
+        };
+        self.halves[k].get_or_init(|| {
+            // A missing block makes a module wgpu refuses: an error value
+            // from the op's scope, never a panic.
+            let text = half_source(dtype, grad).unwrap_or_else(|e| format!("// {e}\n"));
+            Shader::new(ctx, half_label(dtype, grad), text, &bindings())
+        })
+    }
+}
+
+/// softmax_xent.wgsl's bindings, then the `b` table.
+fn bindings() -> Vec<Binding> {
+    [&super::XENT_BINDINGS[..], &[Binding::Uniform]].concat()
 }
 
 /// Vec4s each thread holds at most (`L4_MAX` in cpu_xent.wgsl): 512 classes.
@@ -182,7 +236,9 @@ impl Builder<'_, '_> {
             f64::from(u8::from(self.run.mode == Mode::Fused)),
         ));
         constants.push(SoftmaxXent::label_constant(self.run.label_type));
-        let pipeline = cpu.shader.pipeline(self.op.ctx.device(), entry, &constants);
+        let pipeline = cpu
+            .shader_for(&self.op.ctx, self.run.dtype, self.run.grad_dtype())
+            .pipeline(self.op.ctx.device(), entry, &constants);
         Ok(self.chunk_steps_on(Some(cpu), &pipeline, slot, |rows| {
             self.plan.grid(1, self.plan.row_groups(rows))
         }))

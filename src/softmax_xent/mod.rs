@@ -190,6 +190,12 @@ pub(crate) fn format_variants() -> Result<Vec<(&'static str, String)>> {
             }
         }
     }
+    for (logits, grad) in cpu::HALF_FORMATS {
+        out.push((
+            cpu::half_label(logits, grad),
+            cpu::half_source(logits, grad)?,
+        ));
+    }
     Ok(out)
 }
 

@@ -13,9 +13,10 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::buffers;
 use crate::context::Context;
+use crate::dtype::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::kernels::{Entry, Family};
-use crate::loss::{LossSpec, Reduction};
+use crate::loss::{LossSpec, Reduction, Upstream};
 use crate::region::Region;
 use crate::softmax_xent::{BoundLoss, GradOutput, LossBuffers, SoftmaxXent};
 use crate::synthetic::Rng;
@@ -78,6 +79,12 @@ pub struct TrainConfig {
     /// [`crate::effective_number_weights`]); the op is kept, only its
     /// vectors change on the device.
     pub drw: Option<Drw>,
+    /// The format of the batch's logits and of their gradient, which the
+    /// linear forward writes, the loss reads and writes, and the update
+    /// reads: [`Dtype::F16`] or [`Dtype::Bf16`] halve the loss's traffic.
+    /// Features, weights, the loss and every sum stay f32; a half logit is
+    /// the f32 sum rounded once, to nearest even.
+    pub logits: Dtype,
 }
 
 /// A deferred re-weighting: the epoch it starts (1-based) and the weights.
@@ -102,6 +109,7 @@ impl Default for TrainConfig {
             patience: None,
             warmup: None,
             drw: None,
+            logits: Dtype::F32,
         }
     }
 }
@@ -248,15 +256,20 @@ struct BatchBuffers {
     unused: wgpu::Buffer,
     dim: usize,
     classes: usize,
+    /// The format of `logits` and `grad`.
+    dtype: Dtype,
 }
 
 impl BatchBuffers {
     /// Buffers for batches of up to `batch` rows of `dim` (bias included)
-    /// features and `classes` logits; weights and velocity at zero.
-    fn new(ctx: &Context, batch: usize, dim: usize, classes: usize) -> Result<Self> {
+    /// features and `classes` logits of `dtype`; weights and velocity at zero.
+    fn new(ctx: &Context, batch: usize, dim: usize, classes: usize, dtype: Dtype) -> Result<Self> {
         use wgpu::BufferUsages as U;
         let zeros = vec![0.0f32; dim * classes];
         let bytes = |per_row: usize| (batch * per_row * 4) as u64;
+        // Whole u32 words: the last one of an odd count of halves is padding.
+        let logit_bytes = (batch * classes) as u64 * dtype.bytes();
+        let logit_bytes = logit_bytes.div_ceil(4) * 4;
         if bytes(dim) > ctx.limits().max_storage_buffer_binding_size {
             return Err(Error::TooLarge(format!(
                 "batch features: {} bytes exceed the storage binding limit of {}",
@@ -267,8 +280,8 @@ impl BatchBuffers {
         Ok(Self {
             features: buffers::storage(ctx, "batch features", bytes(dim), U::STORAGE)?,
             labels: buffers::storage(ctx, "batch labels", bytes(1), U::STORAGE)?,
-            logits: buffers::storage(ctx, "batch logits", bytes(classes), U::STORAGE)?,
-            grad: buffers::storage(ctx, "batch dlogits", bytes(classes), U::STORAGE)?,
+            logits: buffers::storage(ctx, "batch logits", logit_bytes, U::STORAGE)?,
+            grad: buffers::storage(ctx, "batch dlogits", logit_bytes, U::STORAGE)?,
             loss: buffers::storage(ctx, "batch loss", 4, U::STORAGE)?,
             weights: buffers::upload(
                 ctx,
@@ -285,6 +298,7 @@ impl BatchBuffers {
             unused: buffers::storage(ctx, "unused", 4, U::STORAGE)?,
             dim,
             classes,
+            dtype,
         })
     }
 
@@ -299,6 +313,7 @@ impl BatchBuffers {
         let bound_loss = loss.bind(&LossBuffers {
             grad: GradOutput::Separate(Region::whole(&self.grad)),
             loss: Some(Region::new(&self.loss, 0, 4)),
+            dtype: self.dtype,
             ..LossBuffers::new(
                 Region::whole(&self.logits),
                 Region::whole(&self.labels),
@@ -321,7 +336,7 @@ impl BatchBuffers {
         let linear_group = buffers::bind_group(
             ctx,
             "linear",
-            &ctx.kernels().layout(Family::Linear),
+            &ctx.kernels().layout(Family::linear(self.dtype)),
             vec![
                 linear_params.slot(0),
                 self.features.as_entire_binding(),
@@ -470,7 +485,7 @@ impl LinearTrainer {
                     U::STORAGE | U::COPY_SRC | U::COPY_DST,
                 )?,
             };
-            let batch_buffers = BatchBuffers::new(ctx, batch, d, c)?;
+            let batch_buffers = BatchBuffers::new(ctx, batch, d, c, config.logits)?;
             // Full batches of `batch` rows, then one shorter batch for the
             // rest: every row is used every epoch.
             let batches = n.div_ceil(batch);
@@ -594,9 +609,11 @@ impl LinearTrainer {
         let kernels = self.ctx.kernels();
         let gather = kernels.pipeline(Entry::Gather, 0);
         let accumulate = kernels.pipeline(Entry::Accumulate, 0);
-        let forward = kernels.pipeline(Entry::LinearForward, 0);
-        let update = kernels.pipeline(Entry::LinearUpdate, 0);
+        let family = Family::linear(self.config.logits);
+        let forward = kernels.pipeline_in(Entry::LinearForward, family);
+        let update = kernels.pipeline_in(Entry::LinearUpdate, family);
         let (d, c) = (self.dim + 1, self.classes);
+        let units = |rows: usize| logit_words(rows * c, self.config.logits);
         for (gather_group, shape) in &self.steps {
             let shape = &self.shapes[*shape];
             {
@@ -606,7 +623,7 @@ impl LinearTrainer {
                 pass.dispatch_workgroups(dispatch_groups(shape.rows * d), 1, 1);
                 pass.set_pipeline(&forward);
                 pass.set_bind_group(0, &shape.linear_group, &[]);
-                pass.dispatch_workgroups(dispatch_groups(shape.rows * c), 1, 1);
+                pass.dispatch_workgroups(dispatch_groups(units(shape.rows)), 1, 1);
             }
             self.loss.record(encoder, &shape.bound_loss);
             let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -646,20 +663,33 @@ impl LinearTrainer {
         Ok(())
     }
 
-    /// `X W` for any `N x D` features, on the GPU.
+    /// `X W` for any `N x D` features, on the GPU, in f32 whatever the
+    /// training logits' format.
     pub fn logits(&self, features: &[f32]) -> Result<Vec<f32>> {
+        self.logits_as(features, Dtype::F32)
+    }
+
+    /// `X W` as the loss sees it in training: computed by the training
+    /// forward, in [`TrainConfig::logits`]' format, widened to f32 (equal
+    /// to [`LinearTrainer::logits`] for f32).
+    pub fn loss_logits(&self, features: &[f32]) -> Result<Vec<f32>> {
+        self.logits_as(features, self.config.logits)
+    }
+
+    fn logits_as(&self, features: &[f32], dtype: Dtype) -> Result<Vec<f32>> {
         let n = check_features(features, self.dim, "features")?;
         if n == 0 {
             return Ok(Vec::new());
         }
         let x = with_bias_column(features, self.dim);
-        let out = self.run_linear(&x, n, None, Entry::LinearForward)?;
-        Ok(out)
+        let raw = self.run_linear(&x, n, None, Entry::LinearForward, dtype)?;
+        Ok(widen(&raw, n * self.classes, dtype))
     }
 
     /// The gradient of the mean loss over this batch with respect to the
-    /// weights, `(D + 1) x C`, computed by the same kernels as training
-    /// (no step is taken). For checking against finite differences.
+    /// weights, `(D + 1) x C`, computed by the same kernels as training, in
+    /// the training logits' format (no step is taken). For checking
+    /// against finite differences.
     pub fn weight_gradient(&self, features: &[f32], labels: &[i64]) -> Result<Vec<f32>> {
         let n = check_features(features, self.dim, "features")?;
         if labels.len() != n || n == 0 || n > max_batch(&self.ctx) {
@@ -669,32 +699,55 @@ impl LinearTrainer {
                 got: labels.len(),
             });
         }
+        let dtype = self.config.logits;
         let x = with_bias_column(features, self.dim);
-        let logits = self.run_linear(&x, n, None, Entry::LinearForward)?;
-        let out = self.loss.forward_backward(&logits, labels)?;
-        let grad = out.grad.unwrap_or_default();
-        self.run_linear(&x, n, Some(&grad), Entry::LinearUpdate)
+        let logits = self.run_linear(&x, n, None, Entry::LinearForward, dtype)?;
+        let len = n * self.classes;
+        let grad = match dtype {
+            Dtype::F32 => self.loss_gradient::<f32>(&logits, len, labels)?,
+            Dtype::F16 => self.loss_gradient::<half::f16>(&logits, len, labels)?,
+            Dtype::Bf16 => self.loss_gradient::<half::bf16>(&logits, len, labels)?,
+        };
+        let wgrad = self.run_linear(&x, n, Some(&grad), Entry::LinearUpdate, dtype)?;
+        Ok(bytemuck::pod_collect_to_vec(&wgrad))
     }
 
-    /// One forward (`out = A W`) or gradient-only update (`wgrad = A^T G`).
-    fn run_linear(&self, a: &[f32], n: usize, g: Option<&[f32]>, entry: Entry) -> Result<Vec<f32>> {
+    /// The loss's gradient (as bytes) of `len` logits of type `T` in `raw`.
+    fn loss_gradient<T: Element>(&self, raw: &[u8], len: usize, labels: &[i64]) -> Result<Vec<u8>> {
+        let logits: Vec<T> = bytemuck::pod_collect_to_vec(&raw[..len * std::mem::size_of::<T>()]);
+        let (_, grad) = self
+            .loss
+            .forward_backward_as(&logits, labels, Upstream::default())?;
+        Ok(bytemuck::cast_slice(&grad).to_vec())
+    }
+
+    /// One forward (`out = A W`, logits of `dtype`) or gradient-only update
+    /// (`wgrad = A^T G`, `G` the bytes of `dtype`s), its output as bytes.
+    fn run_linear(
+        &self,
+        a: &[f32],
+        n: usize,
+        g: Option<&[u8]>,
+        entry: Entry,
+        dtype: Dtype,
+    ) -> Result<Vec<u8>> {
         let ctx = &self.ctx;
         let (d, c) = (self.dim + 1, self.classes);
         ctx.scoped(|| {
             use wgpu::BufferUsages as U;
             let a_buf = buffers::upload(ctx, "features", bytemuck::cast_slice(a), U::STORAGE)?;
-            let g_buf = buffers::upload(
-                ctx,
-                "dlogits",
-                bytemuck::cast_slice(g.unwrap_or(&[])),
-                U::STORAGE,
-            )?;
-            let out_len = if entry == Entry::LinearForward {
-                n * c
+            // Whole words (buffers copy in multiples of 4 bytes).
+            let mut g = g.unwrap_or(&[]).to_vec();
+            g.resize(g.len().div_ceil(4) * 4, 0);
+            let g_buf = buffers::upload(ctx, "dlogits", &g, U::STORAGE)?;
+            let (out_words, units) = if entry == Entry::LinearForward {
+                let words = logit_words(n * c, dtype);
+                (words, words)
             } else {
-                d * c
+                (d * c, d * c)
             };
-            let out = buffers::storage(ctx, "out", (out_len * 4) as u64, U::STORAGE | U::COPY_SRC)?;
+            let out =
+                buffers::storage(ctx, "out", (out_words * 4) as u64, U::STORAGE | U::COPY_SRC)?;
             let params = buffers::param_slots(
                 ctx,
                 &[LinearParams {
@@ -714,10 +767,11 @@ impl LinearTrainer {
             } else {
                 (&out, &unused)
             };
+            let family = Family::linear(dtype);
             let group = buffers::bind_group(
                 ctx,
                 "linear (host)",
-                &ctx.kernels().layout(Family::Linear),
+                &ctx.kernels().layout(family),
                 vec![
                     params.slot(0),
                     a_buf.as_entire_binding(),
@@ -731,12 +785,34 @@ impl LinearTrainer {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&ctx.kernels().pipeline(entry, 0));
+                pass.set_pipeline(&ctx.kernels().pipeline_in(entry, family));
                 pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(dispatch_groups(out_len), 1, 1);
+                pass.dispatch_workgroups(dispatch_groups(units), 1, 1);
             }
             ctx.queue().submit([encoder.finish()]);
-            Ok(buffers::read_f32(ctx, &[(&out, 0, out_len)])?.remove(0))
+            let words = buffers::read::<u32>(ctx, &[(&out, 0, out_words)])?.remove(0);
+            Ok(bytemuck::cast_slice(&words).to_vec())
         })
+    }
+}
+
+/// The u32 words (the forward's units) of `len` logits of `dtype`.
+fn logit_words(len: usize, dtype: Dtype) -> usize {
+    (len * dtype.bytes() as usize).div_ceil(4)
+}
+
+/// The first `len` values of `dtype` in `raw`, widened to f32.
+fn widen(raw: &[u8], len: usize, dtype: Dtype) -> Vec<f32> {
+    let take = |size: usize| &raw[..len * size];
+    match dtype {
+        Dtype::F32 => bytemuck::pod_collect_to_vec(take(4)),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(take(2))
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        Dtype::Bf16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(take(2))
+            .into_iter()
+            .map(f32::from)
+            .collect(),
     }
 }

@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// Seed of the shuffling and of the validation split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The format of the batch logits and their gradient in training:
+    /// f32, f16 or bf16 (features, weights and the loss stay f32).
+    #[arg(long, default_value = "f32", value_parser = logits_format)]
+    pub logits: logit_adjust::Dtype,
     /// Train on the features as given (by default each feature is
     /// standardised with the training rows' mean and standard deviation).
     #[arg(long)]
@@ -119,6 +123,14 @@ pub struct TrainArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--logits`: a format's name.
+fn logits_format(text: &str) -> Result<logit_adjust::Dtype, String> {
+    logit_adjust::Dtype::ALL
+        .into_iter()
+        .find(|d| d.name() == text)
+        .ok_or_else(|| format!("{text:?} is not a logits format (f32, f16, bf16)"))
 }
 
 /// `--eval-every`, `--early-stop`: a count of at least 1.
@@ -383,6 +395,7 @@ fn config_for(a: &TrainArgs, n: usize, counts: &[f64]) -> Result<TrainConfig, St
         patience: a.early_stop,
         warmup: a.warmup,
         drw,
+        logits: a.logits,
     })
 }
 

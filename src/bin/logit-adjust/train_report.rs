@@ -271,6 +271,7 @@ fn summary_json(
         "chosen_epoch": kept_epoch(&run.report),
         "chosen_on": if data.validation.is_some() { "validation balanced error" } else { "last epoch" },
         "epochs": s.config.epochs,
+        "logits": s.config.logits.name(),
         "epochs_run": run.report.epochs_run(),
         "stopped_early": run.report.stopped_early,
         "early_stop": a.early_stop,

@@ -1,0 +1,59 @@
+// cpu_xent_formats.wgsl: the half-precision logits and gradient of
+// cpu_xent.wgsl, which the loader swaps in for that file's f32 blocks
+// (between its `>>> logits` / `<<< logits` and `>>> grad` / `<<< grad`
+// lines), after the format's codec from halves.wgsl. Not a module on its
+// own: each `//! block` runs to the next.
+//
+// Packed for f16 and bf16 alike, on every CPU adapter: a vec4 of the view
+// is 4 halves, two u32 words (8 bytes), so cpu_xent.wgsl's vec4 indices are
+// unchanged. Values are widened by the codec's bit operations on load and
+// rounded once, to nearest even, on store (WGSL's own f16 conversions cost
+// lavapipe more than these integer operations, and GL has no f16).
+//
+// Who writes a word: a vec4 wholly inside a row is its thread's, stored
+// as two whole words (atomicStore); the first and last vec4 of a row that
+// shares them with a neighbour are written half by half (atomicAnd then
+// atomicOr of the writer's 16 bits), since with an odd stride one word
+// holds the last element of one row and the first of the next.
+
+//! block logits packed
+@group(0) @binding(1) var<storage, read_write> logits: array<vec2<u32>>;
+
+// Vec4 u of the logits' view, widened (exact).
+fn load4(u: u32) -> vec4<f32> {
+    let w = logits[u];
+    return vec4<f32>(half_value(w.x & 0xffffu), half_value(w.x >> 16u),
+                     half_value(w.y & 0xffffu), half_value(w.y >> 16u));
+}
+
+//! block grad packed
+@group(0) @binding(4) var<storage, read_write> grad: array<atomic<u32>>;
+
+// Two values rounded to the format, `lo` in the low 16 bits.
+fn word_of(lo: f32, hi: f32) -> u32 {
+    return half_bits(lo) | (half_bits(hi) << 16u);
+}
+
+// Vec4 u of the gradient, whole: its two words.
+fn store4(u: u32, g: vec4<f32>) {
+    atomicStore(&grad[2u * u], word_of(g.x, g.y));
+    atomicStore(&grad[2u * u + 1u], word_of(g.z, g.w));
+}
+
+// Word i's halves `w` (low, high) from `bits`: whole when both are the
+// writer's, else only its own 16 bits.
+fn store_word(i: u32, bits: u32, w: vec2<bool>) {
+    if (all(w)) {
+        atomicStore(&grad[i], bits);
+    } else if (any(w)) {
+        let mask = select(0xffff0000u, 0x0000ffffu, w.x);
+        atomicAnd(&grad[i], ~mask);
+        atomicOr(&grad[i], bits & mask);
+    }
+}
+
+// The components `w` of vec4 u alone: the others are a neighbour row's.
+fn store_part(u: u32, g: vec4<f32>, w: vec4<bool>) {
+    store_word(2u * u, word_of(g.x, g.y), w.xy);
+    store_word(2u * u + 1u, word_of(g.z, g.w), w.zw);
+}
