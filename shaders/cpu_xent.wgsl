@@ -36,14 +36,15 @@
 // row count is a multiple of ROW_R, so no vec4 holds a row of another
 // thread or a row past the chunk. No workgroup memory, no barriers.
 //
-// f16 logits and gradient (CPU adapters with SHADER_F16, lavapipe): the
-// loader swaps blocks/cpu_xent_formats.wgsl's for the f32 blocks between
-// the `>>> logits`/`<<< logits` and `>>> grad`/`<<< grad` lines. The views
-// are then vec4<f16> (8 bytes, 4 elements, so every index below is the
+// f16 and bf16 logits (and gradient): the loader swaps
+// blocks/cpu_xent_formats.wgsl's for the f32 blocks between the
+// `>>> logits`/`<<< logits` and `>>> grad`/`<<< grad` lines. A vec4 of the
+// views is then 4 packed halves, two u32 words (so every index below is the
 // same), widened on load; a gradient vec4 is rounded once, to nearest even,
-// on store, and a shared vec4's components are 16-bit stores.
+// on store, whole words by atomicStore and the halves of a word a row
+// shares with its neighbour by atomicAnd/atomicOr (that file's header).
 //
-// Memory traffic per element: reads 4 bytes (2 for f16), writes 4 (2) (fused); per row up
+// Memory traffic per element: reads 4 bytes (2 for halves), writes 4 (2) (fused); per row up
 // to two vec4s shared with the neighbouring rows are read twice, and b
 // (C floats, cached across rows) once per vec4. Per row: the label, b, m,
 // alpha of its class, 4 bytes of loss and 4 of LSE.

@@ -14,7 +14,10 @@
 // as two whole words (atomicStore); the first and last vec4 of a row that
 // shares them with a neighbour are written half by half (atomicAnd then
 // atomicOr of the writer's 16 bits), since with an odd stride one word
-// holds the last element of one row and the first of the next.
+// holds the last element of one row and the first of the next. In place the
+// two bindings view one region; loads stay plain, as in cpu_xent.wgsl's
+// f32 views: a thread loads every word it writes before writing it, and
+// the half a neighbour rewrites is one the reader's class mask rejects.
 
 //! block logits packed
 @group(0) @binding(1) var<storage, read_write> logits: array<vec2<u32>>;

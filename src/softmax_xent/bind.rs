@@ -455,8 +455,8 @@ fn standin_align(ctx: &crate::Context) -> u64 {
     u64::from(ctx.limits().min_storage_buffer_offset_alignment).max(16)
 }
 
-/// Whether the run's logits and gradient regions take vec4 views (of f32,
-/// or of f16: 8 bytes): aligned to a vec4, with room in their buffers for
+/// Whether the run's logits and gradient regions take vec4 views (4
+/// elements: 16 bytes of f32, 8 of halves): aligned to a vec4, with room in their buffers for
 /// the bytes rounded up to whole vec4s (the few past the region are read
 /// and masked, never written).
 fn vec4_room(r: &Run, classes: usize) -> bool {

@@ -73,8 +73,9 @@ pub(crate) struct Shape {
     pub stride: usize,
     /// Bytes per label: 4 (i32, u32) or 8 (i64).
     pub label_bytes: u64,
-    /// The logits and gradient regions allow vec4 views: 16-byte aligned,
-    /// with room in their buffers to round the last vec4 up (f32 only).
+    /// The logits and gradient regions allow vec4 views (4 elements: 16
+    /// bytes of f32, 8 of halves): aligned to a vec4, with room in their
+    /// buffers to round the last vec4 up.
     pub vec4: bool,
     /// Elements per kernel unit: 1 for f32 logits, 2 for the halves (a
     /// u32 word).
