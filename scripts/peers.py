@@ -128,18 +128,24 @@ def table(bench_path, peers_path):
         print(f"peers: {peers['device']}, torch {peers['torch']}, {peers['timing']}")
     else:
         print(f"peers: {peers.get('peers', 'none')}")
-    head = f"{'op':10} {'N':>7} {'C':>7} {'ours ms':>9} {'GB/s':>8} {'vs copy':>8} {'x unfused':>9}"
+    head = f"{'op':16} {'N':>7} {'C':>7} {'ours ms':>9} {'GB/s':>8} {'vs copy':>8} {'x unfused':>9}"
     head += f" {'eager ms':>9} {'x eager':>8} {'compile':>8} {'x comp':>7} {'liger':>8} {'x liger':>8}"
     print(head)
     for r in bench["rows"]:
         p = by_shape.get((r["n"], r["c"]), {})
         peer = {"fused": ("eager_ms", "compile_ms", "liger_ms"), "posthoc16": ("eager_posthoc16_ms", None, None)}
-        keys = peer.get(r["op"], (None, None, None))
-        line = f"{r['op']:10} {r['n']:>7} {r['c']:>7} {r['median_ms']:>9.3f} {r['gb_per_s']:>8.1f}"
-        line += f" {r['time_vs_shader_copy']:>7.2f}x {r['speedup_vs_unfused']:>8.2f}x"
+        # The peers run f32 logits: a half row is ours alone.
+        dtype = r.get("dtype", "f32")
+        keys = peer.get(r["op"], (None, None, None)) if dtype == "f32" else (None, None, None)
+        op = r["op"] if dtype == "f32" else f"{r['op']}/{dtype}"
+        line = f"{op:16} {r['n']:>7} {r['c']:>7} {r['p50_ms']:>9.3f} {r['gb_per_s']:>8.1f}"
+        # A ratio with nothing to compare (no unfused backward) is null.
+        for key, width in (("time_vs_shader_copy", 7), ("speedup_vs_unfused", 8)):
+            v = r.get(key)
+            line += f" {v:>{width}.2f}x" if v is not None else f" {'-':>{width + 1}}"
         for k in keys:
             if k and k in p:
-                line += f" {p[k]:>9.3f} {p[k] / r['median_ms']:>7.2f}x"
+                line += f" {p[k]:>9.3f} {p[k] / r['p50_ms']:>7.2f}x"
             else:
                 line += f" {'-':>9} {'-':>8}"
         print(line)

@@ -802,3 +802,74 @@ fn bad_half_input_is_refused_with_a_clear_error() {
         );
     }
 }
+
+/// Every one of the 65,536 halves as a row of one class: each finite
+/// value's LSE is the value itself (M + log 1), so a widening wrong in any
+/// bit pattern shows, on every layout and path the adapter runs.
+fn every_half_as_a_row<T: Element>(ctx: &Context, path: HalfPath, _rng: &mut Rng) {
+    let n = 1 << 16;
+    let case = Case { n, c: 1, stride: 1 };
+    let logits: Vec<T> = (0..n).map(|b| bytemuck::cast::<u16, T>(b as u16)).collect();
+    let labels = vec![0i64; n];
+    let spec = LossSpec::cross_entropy(1);
+    for variant in [
+        Variant::Auto,
+        Variant::Rows,
+        Variant::Split,
+        Variant::Segments,
+        Variant::RowGroups,
+    ] {
+        let op = ctx
+            .softmax_xent(&spec)
+            .expect("op")
+            .with_variant(variant)
+            .with_half_path(path);
+        if op.resolved_variant(n).is_err() {
+            continue;
+        }
+        let got = run(&op, ctx, case, &logits, &labels);
+        let what = format!("{} {path:?} {variant:?} on {}", T::DTYPE.name(), name(ctx));
+        for (b, (&x, &l)) in logits.iter().zip(&got.out.lse).enumerate() {
+            let want = x.to_f32();
+            if want.is_finite() {
+                assert!(l == want, "{what}: half {b:#06x} is {want}, its LSE {l}");
+            }
+        }
+    }
+}
+
+/// The post-hoc kernels' widening, on every half but the NaNs (which
+/// upload refuses), infinities included: at tau = 0 the corrected logits
+/// are the logits (as the reference forms them: -0 - 0 log pi is +0). Two
+/// classes: both formats have an even number of NaNs.
+fn every_half_corrected<T: Element>(ctx: &Context) {
+    let prior = ClassPrior::from_counts(&[1.0, 3.0]).expect("prior");
+    let op = ctx.posthoc(&prior, &[0.0]).expect("posthoc");
+    let logits: Vec<T> = (0..1u32 << 16)
+        .map(|b| bytemuck::cast::<u16, T>(b as u16))
+        .filter(|x| !x.to_f32().is_nan())
+        .collect();
+    let device = op.upload_as(&logits).expect("upload");
+    let got = op.corrected_on(&device, 0).expect("corrected");
+    let widened: Vec<f32> = logits.iter().map(|x| x.to_f32()).collect();
+    let want = reference::corrected(&prior, 0.0, &widened).expect("reference");
+    assert_eq!(got.len(), want.len());
+    for ((&x, &g), &want) in logits.iter().zip(&got).zip(&want) {
+        assert!(
+            g.to_bits() == want.to_bits(),
+            "{} on {}: half {:#06x} is {want}, corrected at tau = 0 {g}",
+            T::DTYPE.name(),
+            name(ctx),
+            bits(x)
+        );
+    }
+}
+
+#[test]
+fn every_half_widens_exactly() {
+    for ctx in contexts() {
+        on_every_path!(every_half_as_a_row, ctx, &mut Rng::fresh());
+        every_half_corrected::<f16>(ctx);
+        every_half_corrected::<bf16>(ctx);
+    }
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{contexts, name, Rng};
+use common::{balanced_error, contexts, name, Rng};
 use logit_adjust::synthetic::{exponential_profile, normal_cdf, GaussianMixture, Rng as DataRng};
 use logit_adjust::{reference, ClassPrior, LinearTrainer, LossSpec, Reduction, TrainConfig};
 
@@ -118,20 +118,6 @@ fn the_same_seed_gives_the_same_weights() {
     }
 }
 
-fn balanced_error(ctx: &logit_adjust::Context, logits: &[f32], labels: &[i64], c: usize) -> f64 {
-    let uniform = ClassPrior::from_probabilities(&vec![1.0; c]).unwrap();
-    let p = ctx
-        .posthoc(&uniform, &[0.0])
-        .unwrap()
-        .predict(logits)
-        .unwrap();
-    ctx.class_counts(labels, c, &p)
-        .unwrap()
-        .report(0, None)
-        .unwrap()
-        .balanced_error
-}
-
 #[test]
 fn logit_adjustment_beats_erm_on_a_long_tail_and_reaches_bayes_on_two_gaussians() {
     let seed = Rng::fresh().seed();
@@ -174,7 +160,11 @@ fn logit_adjustment_beats_erm_on_a_long_tail_and_reaches_bayes_on_two_gaussians(
             .unwrap();
             t.fit(|_| {}).unwrap();
             let logits = t.logits(&test.features).unwrap();
-            (balanced_error(ctx, &logits, &test.labels, c), logits)
+            let uniform = ClassPrior::from_probabilities(&vec![1.0; c]).unwrap();
+            (
+                balanced_error(ctx, &uniform, 0.0, &logits, &test.labels),
+                logits,
+            )
         };
         let (erm, erm_logits) = fit(&LossSpec::cross_entropy(c), &train, &test, c);
         let (la, _) = fit(
@@ -183,17 +173,7 @@ fn logit_adjustment_beats_erm_on_a_long_tail_and_reaches_bayes_on_two_gaussians(
             &test,
             c,
         );
-        let p = ctx
-            .posthoc(&prior, &[1.0])
-            .unwrap()
-            .predict(&erm_logits)
-            .unwrap();
-        let posthoc = ctx
-            .class_counts(&test.labels, c, &p)
-            .unwrap()
-            .report(0, None)
-            .unwrap()
-            .balanced_error;
+        let posthoc = balanced_error(ctx, &prior, 1.0, &erm_logits, &test.labels);
         let what = format!(
             "{} seed={seed}: ERM {erm:.4}, LA {la:.4}, post-hoc {posthoc:.4}",
             name(ctx)

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{contexts, name, Rng};
+use common::{balanced_error, contexts, name, Rng};
 use half::{bf16, f16};
 use logit_adjust::synthetic::{exponential_profile, GaussianMixture, Rng as DataRng};
 use logit_adjust::{reference, ClassPrior, Dtype, LinearTrainer, LossSpec, Reduction, TrainConfig};
@@ -174,17 +174,8 @@ fn training_on_half_logits_learns_what_f32_learns() {
                 .unwrap();
             let curve = t.fit(|_| {}).unwrap().curve;
             let losses: Vec<f32> = curve.iter().map(|r| r.loss).collect();
-            let pred = ctx
-                .posthoc(&prior, &[0.0])
-                .unwrap()
-                .predict(&t.logits(&test.features).unwrap())
-                .unwrap();
-            let error = ctx
-                .class_counts(&test.labels, c, &pred)
-                .unwrap()
-                .report(0, None)
-                .unwrap()
-                .balanced_error;
+            let logits = t.logits(&test.features).unwrap();
+            let error = balanced_error(ctx, &prior, 0.0, &logits, &test.labels);
             (error, losses)
         };
         let (f32_error, f32_losses) = fit(Dtype::F32);

@@ -4,21 +4,24 @@
 //
 // half_value(h): the half in the low 16 bits of h, widened to f32 (exact).
 // half_bits(x): x rounded to the half nearest, ties to even, in the low
-// 16 bits. Both by bit operations, so that every device rounds alike.
+// 16 bits. Both by bit operations and f32 operations whose results are
+// exact (no rounding mode or subnormal flushing can change them), so that
+// every device widens and rounds alike.
 
 //! block codec f16
 // IEEE binary16 <-> f32, by bit operations (exact widening; rounding to
 // nearest even, subnormals kept, overflow to infinity, NaN quiet).
 fn half_value(h: u32) -> f32 {
+    let a = (h & 0x7fffu) << 13u; // exponent and mantissa, in f32's places
     let sign = (h & 0x8000u) << 16u;
-    let e = (h >> 10u) & 0x1fu;
-    let m = h & 0x3ffu;
-    // Subnormal or zero: m 2^-24, exact in f32. Every case is formed and
-    // one selected: no branch for the lanes of a SIMD group to diverge on.
-    let small = bitcast<f32>(sign | bitcast<u32>(f32(m) * 5.9604644775390625e-8));
-    let special = bitcast<f32>(sign | 0x7f800000u | (m << 13u));
-    let normal = bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
-    return select(select(normal, special, e == 31u), small, e == 0u);
+    // Normal: the exponent rebiased by 127 - 15; infinity and NaN
+    // (exponent 31) by twice that, to 255.
+    let normal = a + select(0x38000000u, 0x70000000u, a >= 0x0f800000u);
+    // Subnormal or zero: 2^-14 (1 + m 2^-10) - 2^-14 = m 2^-24, exact (no
+    // operand or result is an f32 subnormal). Both cases are formed and one
+    // selected: no branch for the lanes of a SIMD group to diverge on.
+    let small = bitcast<u32>(bitcast<f32>(a + 0x38800000u) - 6.103515625e-5);
+    return bitcast<f32>(sign | select(normal, small, a < 0x00800000u));
 }
 
 fn half_bits(x: f32) -> u32 {

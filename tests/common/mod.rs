@@ -216,3 +216,24 @@ pub fn worst(got: &[f32], want: &[f64], tol: impl Fn(f64) -> f64) -> Option<(usi
     }
     worst
 }
+
+/// The balanced error of the predictions `argmax_c logits - tau log pi_c`
+/// against `labels`, by the device's post-hoc argmax and class counts.
+pub fn balanced_error(
+    ctx: &Context,
+    prior: &logit_adjust::ClassPrior,
+    tau: f64,
+    logits: &[f32],
+    labels: &[i64],
+) -> f64 {
+    let predictions = ctx
+        .posthoc(prior, &[tau])
+        .expect("posthoc")
+        .predict(logits)
+        .expect("predict");
+    ctx.class_counts(labels, prior.classes(), &predictions)
+        .expect("counts")
+        .report(0, None)
+        .expect("report")
+        .balanced_error
+}

@@ -5,8 +5,8 @@
 use logit_adjust::diagnostics::{median, quantile, CopyBaseline, Timer, Unfused};
 use logit_adjust::synthetic::Rng;
 use logit_adjust::{
-    BackwardBuffers, ClassPrior, Context, Dtype, GradOutput, LabelType, LossBuffers, LossSpec,
-    PostHocBuffers, Region, UpstreamBuffer, Variant,
+    BackwardBuffers, ClassPrior, Context, Dtype, GradOutput, HalfPath, LossBuffers, LossSpec,
+    PostHocBuffers, Region, Variant,
 };
 use serde_json::{json, Value};
 use wgpu::util::DeviceExt;
@@ -211,30 +211,18 @@ impl Shape {
             .map_err(err)?;
         let generic = self.generic_fused(ctx, &op)?;
         let halves = self.half_runs(&op)?;
+        let packed = self.packed_f16(ctx, &op)?;
         let backward = op
-            .bind_backward(&BackwardBuffers {
+            .bind_backward(&BackwardBuffers::new(
                 logits,
-                dtype: logit_adjust::Dtype::F32,
-                grad_f32: false,
-                row_stride: 0,
                 labels,
-                label_type: LabelType::I32,
-                rows: n,
-                lse: Region::whole(&self.lse),
-                grad: GradOutput::Separate(Region::whole(&self.grad)),
-                upstream: UpstreamBuffer::One,
-            })
+                n,
+                Region::whole(&self.lse),
+                GradOutput::Separate(Region::whole(&self.grad)),
+            ))
             .map_err(err)?;
         let taus: Vec<f64> = (0..16).map(|k| k as f64 * 0.125).collect();
-        let ph16 = ctx.posthoc(&self.prior, &taus).map_err(err)?;
-        let bound16 = ph16
-            .bind(&PostHocBuffers {
-                logits: Region::whole(&self.logits),
-                dtype: logit_adjust::Dtype::F32,
-                rows: n,
-                predictions: Region::whole(&self.pred),
-            })
-            .map_err(err)?;
+        let (ph16, bound16) = self.posthoc_on(ctx, &taus)?;
         // A copy of N*C f32 moves the fused kernel's floor (read once,
         // write once); a copy of N*C/2 moves the forward's bytes; a read of
         // N*C is the post-hoc floor (each the faster of two layouts).
@@ -259,6 +247,10 @@ impl Shape {
         if let Some(g) = &generic {
             passes.push(Box::new(|p| g.record_in_pass(p)));
         }
+        let packed_at = passes.len();
+        if let Some((_, b)) = &packed {
+            passes.push(Box::new(|p| b.record_in_pass(p)));
+        }
         let samples = sample_rounds(timer, reps, &passes, [&full, &half])?;
         let stats: Vec<Stat> = samples.iter().map(|s| Stat::of(s)).collect();
         let m: Vec<f64> = samples.into_iter().map(median).collect();
@@ -276,8 +268,9 @@ impl Shape {
             driver_half: m[np + 1],
             fused_generic: generic.as_ref().map(|_| stats[14]),
             halves: [stats[10], stats[11], stats[12], stats[13]],
+            f16_packed: packed.as_ref().map(|_| stats[packed_at]),
         };
-        let errors = self.errors(
+        let mut errors = self.errors(
             ctx,
             &op,
             [&fused, &forward, &backward],
@@ -285,6 +278,9 @@ impl Shape {
             (&ph16, &bound16),
             &taus,
         )?;
+        if let Some((op, bound)) = &packed {
+            errors.f16_packed = self.half_error(ctx, op, Dtype::F16, bound)?;
+        }
         drop((full, half));
         let unfused = self.unfused(ctx, timer, reps.min(3), &op_posthoc1(ctx, self)?)?;
         if verbose {
@@ -331,6 +327,55 @@ impl Shape {
             backward(Dtype::F16, &self.logits_f16)?,
             backward(Dtype::Bf16, &self.logits_bf16)?,
         ])
+    }
+
+    /// A post-hoc sweep over `taus` bound to the f32 logits.
+    fn posthoc_on(
+        &self,
+        ctx: &Context,
+        taus: &[f64],
+    ) -> Result<(logit_adjust::PostHoc, logit_adjust::BoundPostHoc), String> {
+        let ph = ctx.posthoc(&self.prior, taus).map_err(err)?;
+        let bound = ph
+            .bind(&PostHocBuffers {
+                logits: Region::whole(&self.logits),
+                dtype: logit_adjust::Dtype::F32,
+                rows: self.n,
+                predictions: Region::whole(&self.pred),
+            })
+            .map_err(err)?;
+        Ok((ph, bound))
+    }
+
+    /// Where the adapter has `SHADER_F16` and runs the GPU path, the fused
+    /// run on f16 logits once more with the halves packed in u32 words, as
+    /// on an adapter without it (on a CPU adapter the packed path is the
+    /// f16 row's own).
+    fn packed_f16(
+        &self,
+        ctx: &Context,
+        op: &logit_adjust::SoftmaxXent,
+    ) -> Result<Option<(logit_adjust::SoftmaxXent, logit_adjust::BoundLoss)>, String> {
+        if !ctx.capabilities().shader_f16 || ctx.info().device_type == wgpu::DeviceType::Cpu {
+            return Ok(None);
+        }
+        let packed = ctx
+            .softmax_xent(op.spec())
+            .map_err(err)?
+            .with_half_path(HalfPath::Packed);
+        let bound = packed
+            .bind(&LossBuffers {
+                dtype: Dtype::F16,
+                grad: GradOutput::Separate(Region::whole(&self.grad_half)),
+                lse: Some(Region::whole(&self.lse)),
+                ..LossBuffers::new(
+                    Region::whole(&self.logits_f16),
+                    Region::whole(&self.labels),
+                    self.n,
+                )
+            })
+            .map_err(err)?;
+        Ok(Some((packed, bound)))
     }
 
     /// The fused run on `dtype` logits once more, against the reference on
@@ -492,15 +537,7 @@ fn sample_rounds(
 struct OneTau(logit_adjust::PostHoc, logit_adjust::BoundPostHoc);
 
 fn op_posthoc1(ctx: &Context, s: &Shape) -> Result<OneTau, String> {
-    let ph = ctx.posthoc(&s.prior, &[1.0]).map_err(err)?;
-    let bound = ph
-        .bind(&PostHocBuffers {
-            logits: Region::whole(&s.logits),
-            dtype: logit_adjust::Dtype::F32,
-            rows: s.n,
-            predictions: Region::whole(&s.pred),
-        })
-        .map_err(err)?;
+    let (ph, bound) = s.posthoc_on(ctx, &[1.0])?;
     Ok(OneTau(ph, bound))
 }
 
@@ -541,6 +578,9 @@ struct Times {
     /// On f16 and on bf16 logits (gradient in the same): the fused runs,
     /// then the backward runs.
     halves: [Stat; 4],
+    /// The fused run on f16 logits packed in u32 words, where the adapter
+    /// would otherwise read them natively.
+    f16_packed: Option<Stat>,
 }
 
 impl Times {
@@ -612,12 +652,15 @@ impl Times {
                 (e.posthoc, mismatches),
             ),
         ]);
-        let halves = [
+        let mut halves = vec![
             ("fused", "f16", self.halves[0], e.halves[0]),
             ("fused", "bf16", self.halves[1], e.halves[1]),
             ("backward", "f16", self.halves[2], e.halves[2]),
             ("backward", "bf16", self.halves[3], e.halves[3]),
         ];
+        if let Some(t) = self.f16_packed {
+            halves.insert(2, ("fused", "f16-packed", t, e.f16_packed));
+        }
         let mut rows: Vec<Row> = specs
             .into_iter()
             .map(

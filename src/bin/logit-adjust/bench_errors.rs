@@ -23,6 +23,9 @@ pub struct Errors {
     /// On f16 and bf16 logits: the fused runs, then the backward runs
     /// (filled by `half_fused`).
     pub halves: [f64; 4],
+    /// The fused run on f16 logits packed in u32 words (filled by the
+    /// caller where that row runs).
+    pub f16_packed: f64,
     pub forward: f64,
     pub backward: f64,
     pub posthoc: f64,
@@ -118,6 +121,7 @@ pub fn measure(
     Ok(Errors {
         fused: fused_err,
         halves: [f64::NAN; 4],
+        f16_packed: f64::NAN,
         forward: forward_err,
         backward: backward_err,
         posthoc: mismatches as f64,
