@@ -7,7 +7,8 @@
 #                                by git; the device tool carries it).
 #   scripts/gpu-run.sh run       on the GPU machine (no registry access):
 #                                unpack the loader, then in one go: adapter
-#                                info, tune, our bench (JSON), the PyTorch
+#                                info, tune, our bench (JSON; then the
+#                                half-precision bar's larger shapes), the PyTorch
 #                                eager / torch.compile / Liger-Kernel peers on
 #                                the same shapes (scripts/peers.py), and a
 #                                table. Results go to $OUT (or .gpu-run/out).
@@ -52,6 +53,11 @@ run() {
     "$bin" info
     "$bin" tune "${quick[@]}" > "$out/tuning.txt"
     "$bin" bench --json "${quick[@]}" > "$out/bench.json"
+    # The half-precision bar's shapes (f16 at most 0.6x the f32 time at
+    # 16384 x 8142 and above), as a table with its f16 / f32 summary.
+    local large=16384x8142,8192x32768
+    [ "${QUICK:-0}" = 1 ] && large=2048x8142
+    "$bin" bench --shapes "$large" 2>&1 | tee "$out/bench-large.txt"
 
     if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
         if ! python3 -c "import liger_kernel" 2>/dev/null; then

@@ -150,6 +150,33 @@ fn split_csv(line: &str) -> Vec<String> {
 }
 
 #[test]
+fn bench_takes_shapes_and_refuses_bad_ones() {
+    adapter_count();
+    let (code, stdout, stderr) = run(&["bench", "--shapes", "3001x7,1x1", "--csv", "--reps", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let shapes: std::collections::BTreeSet<(String, String)> = lines
+        .map(split_csv)
+        .map(|r| (r[col("n")].clone(), r[col("c")].clone()))
+        .collect();
+    let want = [("1", "1"), ("3001", "7")].map(|(n, c)| (n.to_string(), c.to_string()));
+    assert_eq!(shapes, want.into_iter().collect(), "{stdout}");
+    for (shape, says) in [
+        ("3001x0", "classes \"0\" is not a positive integer"),
+        ("3001", "expected rows x classes"),
+        ("x7", "rows \"\" is not a positive integer"),
+        ("100000x100000", "pass the device's largest buffer"),
+    ] {
+        let (code, _, stderr) = run(&["bench", "--shapes", shape]);
+        assert_ne!(code, 0, "{shape} accepted");
+        assert!(stderr.contains(says), "{shape}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{shape}: {stderr}");
+    }
+}
+
+#[test]
 fn bench_csv_is_one_row_per_measurement() {
     adapter_count();
     let (code, stdout, stderr) = run(&[
@@ -196,7 +223,8 @@ fn bench_csv_is_one_row_per_measurement() {
         let op = r[col("op")].as_str();
         assert!(
             dtype == "f32"
-                || (["f16", "bf16"].contains(&dtype) && ["fused", "backward"].contains(&op)),
+                || (["f16", "bf16"].contains(&dtype) && ["fused", "backward"].contains(&op))
+                || (dtype == "f16-packed" && op == "fused"),
             "{r:?}"
         );
         assert!(r[col("timestamp")].ends_with('Z'));

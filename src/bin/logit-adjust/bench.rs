@@ -30,6 +30,24 @@ pub struct BenchArgs {
     /// Only the shapes with these class counts (e.g. `--classes 1000,8142`).
     #[arg(long, value_delimiter = ',')]
     classes: Vec<usize>,
+    /// These shapes, rows x classes, in place of the standard five (e.g.
+    /// `--shapes 16384x8142,4096x131072`); `--quick` leaves them as given.
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Vec<(usize, usize)>,
+}
+
+/// `NxC`, both at least 1.
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let (n, c) = s
+        .split_once('x')
+        .ok_or_else(|| format!("shape {s:?}: expected rows x classes, e.g. 16384x8142"))?;
+    let count = |what: &str, v: &str| match v.trim().parse::<usize>() {
+        Ok(k) if k >= 1 => Ok(k),
+        _ => Err(format!(
+            "shape {s:?}: {what} {v:?} is not a positive integer"
+        )),
+    };
+    Ok((count("rows", n)?, count("classes", c)?))
 }
 
 /// CIFAR (10), ImageNet (1,000), iNaturalist (8,142), LM vocabularies (32k, 256k).
@@ -84,11 +102,26 @@ pub fn run(a: &BenchArgs) -> Result<(), String> {
             timer.timing().name()
         );
     }
-    for (n, c) in SHAPES {
+    let (shapes, scale) = if a.shapes.is_empty() {
+        (SHAPES.to_vec(), if a.quick { 8 } else { 1 })
+    } else {
+        (a.shapes.clone(), 1)
+    };
+    for (n, c) in shapes {
         if !a.classes.is_empty() && !a.classes.contains(&c) {
             continue;
         }
-        let n = if a.quick { (n / 8).max(1) } else { n };
+        let n = (n / scale).max(1);
+        // The f32 logits and gradient are one buffer each: refuse a shape
+        // the device cannot hold before allocating it on the host.
+        let bytes = (n as u64).saturating_mul(c as u64).saturating_mul(4);
+        let most = ctx.limits().max_buffer_size;
+        if bytes > most {
+            return Err(format!(
+                "shape {n}x{c}: its {bytes} bytes of f32 logits pass the device's largest \
+                 buffer ({most} bytes)"
+            ));
+        }
         if table {
             eprintln!("  {n} x {c} ...");
         }
