@@ -23,12 +23,26 @@ pub struct Mlp {
 
 impl Mlp {
     /// Weights drawn from `device`'s generator after seeding it.
+    ///
+    /// Every parameter is initialised here, in the order a forward pass
+    /// first reads them: burn initialises a parameter lazily, at its first
+    /// read, through a persistent allocation on the device; in a training
+    /// step that allocation can wait forever on the fusion stream's matmul
+    /// autotune, which holds the device exclusively (a test hung so on GL
+    /// with fusion on, burn 0.23.0-pre.1).
     pub fn new(dim: usize, width: usize, classes: usize, device: &Device, seed: u64) -> Self {
         device.seed(seed);
-        Self {
+        let mlp = Self {
             hidden: LinearConfig::new(dim, width).init(device),
             out: LinearConfig::new(width, classes).init(device),
+        };
+        for linear in [&mlp.hidden, &mlp.out] {
+            let _ = linear.weight.val();
+            if let Some(bias) = &linear.bias {
+                let _ = bias.val();
+            }
         }
+        mlp
     }
 
     /// The logits, `[N, C]`.
