@@ -300,11 +300,46 @@ fn compare(what: &str, got: &LossOutput<f32>, want: &LossOutput<f64>, tol: Toler
     }
 }
 
+/// The largest row multiplier `s g_i alpha_y / denom` of a case's gradient
+/// (`p - q` times it is row `i`), over the rows with a class for label:
+/// the bound on what the LSE's rounding moves in a row.
+fn row_multiplier(spec: &LossSpec, labels: &[i64], upstream: Upstream) -> f64 {
+    let alpha = spec.weight();
+    let valid: Vec<f64> = labels
+        .iter()
+        .filter(|&&y| y != spec.ignore_index() && y >= 0 && (y as usize) < alpha.len())
+        .map(|&y| f64::from(alpha[y as usize]))
+        .collect();
+    let denom = match spec.reduction() {
+        Reduction::Mean => valid.len() as f64,
+        Reduction::WeightedMean => valid.iter().sum(),
+        Reduction::Sum | Reduction::None => 1.0,
+    };
+    let g = match upstream {
+        Upstream::Scalar(g) => f64::from(g.abs()),
+        Upstream::PerRow(g) => g.iter().fold(0.0f64, |m, &x| m.max(f64::from(x.abs()))),
+    };
+    let alpha_max = valid.iter().fold(0.0f64, |m, &a| m.max(a.abs()));
+    if denom > 0.0 {
+        f64::from(spec.logit_scale()) * g * alpha_max / denom
+    } else {
+        0.0
+    }
+}
+
 /// The fused run, and the gradient from the saved LSE: besides the
 /// fused tolerance, the latter carries the f32 rounding of LSE into every
-/// `p_c = exp(z_c - LSE)` (a few ulp of |LSE|, relative).
-fn compare_device(what: &str, got: &DeviceRun, want: &LossOutput<f64>, tol: Tolerance) {
-    compare_device_scaled(what, got, want, tol, 0.0);
+/// `p_c = exp(z_c - LSE)` (a few ulp of |LSE|, relative), times the row's
+/// multiplier (from the spec, the labels and the default upstream).
+fn compare_device(
+    what: &str,
+    got: &DeviceRun,
+    want: &LossOutput<f64>,
+    tol: Tolerance,
+    (spec, labels): (&LossSpec, &[i64]),
+) {
+    let row_scale = row_multiplier(spec, labels, Upstream::default());
+    compare_device_scaled(what, got, want, tol, row_scale);
 }
 
 /// `compare_device` where `row_scale` bounds every row's multiplier
@@ -368,16 +403,7 @@ fn check(case: Case) {
         Upstream::Scalar(rng.range(0.5, 2.0) as f32)
     };
     let want = reference::forward_backward_scaled(&spec, &logits, &labels, upstream).unwrap();
-    // alpha = 1: each row's multiplier is its g over the reduction's
-    // denominator (the rows not ignored, for the means).
-    let kept = labels.iter().filter(|&&y| y != -100).count().max(1) as f64;
-    let row_scale = match (upstream, reduction) {
-        (Upstream::PerRow(g), _) => g.iter().fold(0.0f64, |m, &x| m.max(f64::from(x.abs()))),
-        (Upstream::Scalar(g), Reduction::Mean | Reduction::WeightedMean) => {
-            f64::from(g.abs()) / kept
-        }
-        (Upstream::Scalar(g), _) => f64::from(g.abs()),
-    };
+    let row_scale = row_multiplier(&spec, &labels, upstream);
     for ctx in contexts() {
         for variant in variants_for(ctx, labels.len(), c) {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
@@ -558,7 +584,7 @@ fn unsigned_and_64_bit_labels() {
                     label_type,
                 );
                 let what = format!("{} {variant:?} {label_type:?} seed={seed}", name(ctx));
-                compare_device(&what, &got, &want, Tolerance::Ordinary);
+                compare_device(&what, &got, &want, Tolerance::Ordinary, (&spec, &labels));
             }
         }
     }
@@ -582,7 +608,7 @@ fn padded_rows_across_chunks() {
             let op = ctx.softmax_xent(&spec).unwrap().with_variant(variant);
             let what = format!("{} {variant:?} N={n} C={c} seed={seed}", name(ctx));
             let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
-            compare_device(&what, &got, &want, Tolerance::Ordinary);
+            compare_device(&what, &got, &want, Tolerance::Ordinary, (&spec, &labels));
         }
     }
 }
@@ -687,7 +713,13 @@ fn extreme_logits_and_a_tiny_prior() {
                             .all(|x| x.is_finite()),
                         "{what}: non-finite grad"
                     );
-                    compare_device(&what, &got, &want, Tolerance::Extreme { max_z });
+                    compare_device(
+                        &what,
+                        &got,
+                        &want,
+                        Tolerance::Extreme { max_z },
+                        (&spec, &labels),
+                    );
                 }
             }
         }
@@ -745,6 +777,7 @@ fn forward_only_and_in_place_at(n: usize, c: usize) {
                 &got,
                 &want,
                 Tolerance::Ordinary,
+                (&spec, &labels),
             );
             let mut buf = logits.clone();
             let out = op.forward_backward_in_place(&mut buf, &labels).unwrap();
@@ -789,6 +822,7 @@ fn general_form_margins_weights_and_ignore_index_inside_the_range() {
                         &got,
                         &want,
                         Tolerance::Ordinary,
+                        (&spec, &labels),
                     );
                 }
             }
@@ -1154,6 +1188,7 @@ fn every_preset_of_the_family_matches_the_reference() {
                         &got,
                         &want,
                         Tolerance::Ordinary,
+                        (&spec, &labels),
                     );
                 }
             }
@@ -1236,7 +1271,7 @@ fn random_shapes_in_every_layout() {
                     name(ctx)
                 );
                 let got = run_device(&op, ctx, &logits, &labels, Upstream::default(), false);
-                compare_device(&what, &got, &want, Tolerance::Ordinary);
+                compare_device(&what, &got, &want, Tolerance::Ordinary, (&spec, &labels));
             }
         }
     }
