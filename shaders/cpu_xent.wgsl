@@ -41,7 +41,8 @@
 // `>>> logits`/`<<< logits` and `>>> grad`/`<<< grad` lines. A vec4 of the
 // views is then 4 packed halves, two u32 words (so every index below is the
 // same), widened on load; a gradient vec4 is rounded once, to nearest even,
-// on store, whole words by atomicStore and the halves of a word a row
+// on store: one vec2<u32> store when the stride is even (no word holds two
+// rows), else whole words by atomicStore and the halves of a word a row
 // shares with its neighbour by atomicAnd/atomicOr (that file's header).
 //
 // Memory traffic per element: reads 4 bytes (2 for halves), writes 4 (2) (fused); per row up

@@ -10,12 +10,16 @@
 // rounded once, to nearest even, on store (WGSL's own f16 conversions cost
 // lavapipe more than these integer operations, and GL has no f16).
 //
-// Who writes a word: a vec4 wholly inside a row is its thread's, stored
-// as two whole words (atomicStore); the first and last vec4 of a row that
-// shares them with a neighbour are written half by half (atomicAnd then
-// atomicOr of the writer's 16 bits), since with an odd stride one word
-// holds the last element of one row and the first of the next. In place the
-// two bindings view one region; loads stay plain, as in cpu_xent.wgsl's
+// Who writes a word. With an even row stride (and the region aligned to
+// a vec4, as the CPU layouts require) every word holds halves of one row
+// only: `grad packed` stores a vec4 wholly inside a row as one vec2<u32>
+// (one storage access, as f32's vec4 is one) and a row's first and last
+// vec4 word by word. With an odd stride one word holds the last element of
+// one row and the first of the next: `grad packed, words shared` then
+// writes a vec4 inside the row as two whole words (atomicStore) and a
+// shared word half by half (atomicAnd then atomicOr of the writer's 16
+// bits), so that two rows' writers never lose each other's half. In place
+// the two bindings view one region; loads stay plain, as in cpu_xent.wgsl's
 // f32 views: a thread loads every word it writes before writing it, and
 // the half a neighbour rewrites is one the reader's class mask rejects.
 
@@ -30,6 +34,31 @@ fn load4(u: u32) -> vec4<f32> {
 }
 
 //! block grad packed
+@group(0) @binding(4) var<storage, read_write> grad: array<vec2<u32>>;
+
+// Two values rounded to the format, `lo` in the low 16 bits.
+fn word_of(lo: f32, hi: f32) -> u32 {
+    return half_bits(lo) | (half_bits(hi) << 16u);
+}
+
+// Vec4 u of the gradient, whole: its two words in one store.
+fn store4(u: u32, g: vec4<f32>) {
+    grad[u] = vec2<u32>(word_of(g.x, g.y), word_of(g.z, g.w));
+}
+
+// The components `w` of vec4 u alone: with an even stride `w` covers
+// whole words (both halves of a word are one row's, or neither), each
+// stored on its own.
+fn store_part(u: u32, g: vec4<f32>, w: vec4<bool>) {
+    if (all(w.xy)) {
+        grad[u].x = word_of(g.x, g.y);
+    }
+    if (all(w.zw)) {
+        grad[u].y = word_of(g.z, g.w);
+    }
+}
+
+//! block grad packed, words shared
 @group(0) @binding(4) var<storage, read_write> grad: array<atomic<u32>>;
 
 // Two values rounded to the format, `lo` in the low 16 bits.

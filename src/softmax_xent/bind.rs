@@ -118,7 +118,7 @@ pub(super) struct Run<'a> {
     logits: Region<'a>,
     pub(super) dtype: Dtype,
     grad_f32: bool,
-    stride: usize,
+    pub(super) stride: usize,
     labels: Region<'a>,
     pub(super) label_type: LabelType,
     rows: usize,

@@ -22,37 +22,80 @@ use crate::pipelines::{Binding, Shader};
 const CPU_XENT_WGSL: &str = include_str!("../../shaders/cpu_xent.wgsl");
 const BLOCKS_WGSL: &str = include_str!("../../shaders/blocks/cpu_xent_formats.wgsl");
 
-/// The half-format modules of cpu_xent.wgsl: (logits, gradient) formats.
-pub(crate) const HALF_FORMATS: [(Dtype, Dtype); 4] = [
-    (Dtype::F16, Dtype::F16),
-    (Dtype::F16, Dtype::F32),
-    (Dtype::Bf16, Dtype::Bf16),
-    (Dtype::Bf16, Dtype::F32),
-];
+/// A half-format module of cpu_xent.wgsl: the logits' format, the
+/// gradient's (the same, or f32) and, for a half gradient, whether a u32
+/// word of it may hold halves of two rows (an odd row stride): its
+/// gradient block then writes a row's halves of such a word alone, by
+/// atomics, where with an even stride every word is one row's and whole
+/// vec4s are stored as plain `vec2<u32>`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HalfModule {
+    pub logits: Dtype,
+    pub grad: Dtype,
+    pub shared_words: bool,
+}
 
-/// The label of cpu_xent.wgsl's module for half logits of `logits` and a
-/// gradient of `grad` (the same format, or f32).
-pub(crate) fn half_label(logits: Dtype, grad: Dtype) -> &'static str {
-    match (logits, grad) {
-        (Dtype::F16, Dtype::F32) => "cpu_xent.wgsl (f16 packed, f32 gradient)",
-        (Dtype::F16, _) => "cpu_xent.wgsl (f16 packed)",
-        (_, Dtype::F32) => "cpu_xent.wgsl (bf16 packed, f32 gradient)",
-        _ => "cpu_xent.wgsl (bf16 packed)",
+impl HalfModule {
+    const fn new(logits: Dtype, grad: Dtype, shared_words: bool) -> Self {
+        Self {
+            logits,
+            grad,
+            shared_words,
+        }
+    }
+
+    /// The module for a run: words are shared only by a half gradient of
+    /// odd stride.
+    pub(crate) fn of(logits: Dtype, grad: Dtype, stride: usize) -> Self {
+        let half_grad = grad != Dtype::F32;
+        Self::new(logits, grad, half_grad && stride % 2 == 1)
+    }
+
+    /// The module's label, for error messages and gpu-stats.
+    pub(crate) fn label(self) -> &'static str {
+        match (self.logits, self.grad, self.shared_words) {
+            (Dtype::F16, Dtype::F32, _) => "cpu_xent.wgsl (f16 packed, f32 gradient)",
+            (Dtype::F16, _, true) => "cpu_xent.wgsl (f16 packed, words shared by rows)",
+            (Dtype::F16, _, false) => "cpu_xent.wgsl (f16 packed)",
+            (_, Dtype::F32, _) => "cpu_xent.wgsl (bf16 packed, f32 gradient)",
+            (_, _, true) => "cpu_xent.wgsl (bf16 packed, words shared by rows)",
+            _ => "cpu_xent.wgsl (bf16 packed)",
+        }
+    }
+
+    /// cpu_xent.wgsl with packed half logits, and the gradient in their
+    /// format too (whole words, or words shared by rows) or as it is.
+    pub(crate) fn source(self) -> Result<String> {
+        let text = crate::splice::halves(
+            CPU_XENT_WGSL,
+            BLOCKS_WGSL,
+            "cpu_xent_formats.wgsl",
+            self.logits,
+            false,
+            false,
+        )?;
+        if self.grad == Dtype::F32 {
+            return Ok(text);
+        }
+        let name = if self.shared_words {
+            "grad packed, words shared"
+        } else {
+            "grad packed"
+        };
+        let block = crate::splice::block(BLOCKS_WGSL, "cpu_xent_formats.wgsl", name)?;
+        crate::splice::swap(&text, "grad", block)
     }
 }
 
-/// cpu_xent.wgsl with packed half logits of `logits`, and the gradient in
-/// their format too or (`grad` f32) as it is.
-pub(crate) fn half_source(logits: Dtype, grad: Dtype) -> Result<String> {
-    crate::splice::halves(
-        CPU_XENT_WGSL,
-        BLOCKS_WGSL,
-        "cpu_xent_formats.wgsl",
-        logits,
-        false,
-        grad != Dtype::F32,
-    )
-}
+/// Every half-format module of cpu_xent.wgsl.
+pub(crate) const HALF_MODULES: [HalfModule; 6] = [
+    HalfModule::new(Dtype::F16, Dtype::F16, false),
+    HalfModule::new(Dtype::F16, Dtype::F16, true),
+    HalfModule::new(Dtype::F16, Dtype::F32, false),
+    HalfModule::new(Dtype::Bf16, Dtype::Bf16, false),
+    HalfModule::new(Dtype::Bf16, Dtype::Bf16, true),
+    HalfModule::new(Dtype::Bf16, Dtype::F32, false),
+];
 
 /// Classes of the uniform `b` table (`TABLE_VEC4S * 4` in cpu_xent.wgsl:
 /// 64 KiB, WebGPU's default uniform binding limit).
@@ -65,9 +108,9 @@ pub(crate) struct Kernels {
     /// The first 16,384 floats of `[b, m, alpha]`, zero-padded: all of `b`
     /// when `C <= 16,384`, all three when `3C <= 16,384`.
     pub(super) table: wgpu::Buffer,
-    /// The half-format modules, in [`HALF_FORMATS`]' order, each compiled
+    /// The half-format modules, in [`HALF_MODULES`]' order, each compiled
     /// on first use.
-    halves: [OnceLock<Shader>; 4],
+    halves: [OnceLock<Shader>; 6],
 }
 
 /// Whether `spec` uses an option these layouts do not implement (a logit
@@ -105,16 +148,18 @@ impl Kernels {
         })
     }
 
-    /// The module for logits of `dtype` and a gradient of `grad`.
-    fn shader_for(&self, ctx: &Context, dtype: Dtype, grad: Dtype) -> &Shader {
-        let Some(k) = HALF_FORMATS.iter().position(|&f| f == (dtype, grad)) else {
+    /// The module for logits of `dtype`, a gradient of `grad` and rows
+    /// `stride` elements apart.
+    fn shader_for(&self, ctx: &Context, dtype: Dtype, grad: Dtype, stride: usize) -> &Shader {
+        let module = HalfModule::of(dtype, grad, stride);
+        let Some(k) = HALF_MODULES.iter().position(|&m| m == module) else {
             return &self.shader;
         };
         self.halves[k].get_or_init(|| {
             // A missing block makes a module wgpu refuses: an error value
             // from the op's scope, never a panic.
-            let text = half_source(dtype, grad).unwrap_or_else(|e| format!("// {e}\n"));
-            Shader::new(ctx, half_label(dtype, grad), text, &bindings())
+            let text = module.source().unwrap_or_else(|e| format!("// {e}\n"));
+            Shader::new(ctx, module.label(), text, &bindings())
         })
     }
 }
@@ -237,7 +282,12 @@ impl Builder<'_, '_> {
         ));
         constants.push(SoftmaxXent::label_constant(self.run.label_type));
         let pipeline = cpu
-            .shader_for(&self.op.ctx, self.run.dtype, self.run.grad_dtype())
+            .shader_for(
+                &self.op.ctx,
+                self.run.dtype,
+                self.run.grad_dtype(),
+                self.run.stride,
+            )
             .pipeline(self.op.ctx.device(), entry, &constants);
         Ok(self.chunk_steps_on(Some(cpu), &pipeline, slot, |rows| {
             self.plan.grid(1, self.plan.row_groups(rows))

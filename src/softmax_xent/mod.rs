@@ -190,11 +190,8 @@ pub(crate) fn format_variants() -> Result<Vec<(&'static str, String)>> {
             }
         }
     }
-    for (logits, grad) in cpu::HALF_FORMATS {
-        out.push((
-            cpu::half_label(logits, grad),
-            cpu::half_source(logits, grad)?,
-        ));
+    for module in cpu::HALF_MODULES {
+        out.push((module.label(), module.source()?));
     }
     Ok(out)
 }
