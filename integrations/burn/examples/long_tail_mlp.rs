@@ -4,14 +4,19 @@
 //! each one's balanced test error.
 //!
 //! ```sh
-//! cargo run --example long_tail_mlp [-- --steps 3000 --scale 30 --check]
+//! cargo run --example long_tail_mlp [-- --steps 3000 --width 512 --scale 30 --check]
 //! ```
 //!
 //! First it trains 100 steps from one initialisation with burn's
 //! cross-entropy and with ours at tau = 0 and compares the weights. With
 //! `--check` it exits 1 unless those agree within 1e-4 (relative) and the
-//! logit-adjusted and LDAM-DRW rows' balanced errors are each at least 2
-//! points below ERM's.
+//! logit-adjusted, LDAM and LDAM-DRW rows' balanced errors are each at
+//! least 2 points below ERM's.
+//!
+//! The hidden layer is 512 wide: LDAM's margins act against a model's
+//! overfitting of the few tail rows (50 of class 9), which a narrow layer
+//! has little room for. At 64 hidden units LDAM was only 1.2 points better
+//! than ERM, at 256 2.4, at 512 2.7 (the README's "Inside burn" has the runs).
 //!
 //! LDAM is run as published: a cosine head (normalised features and class
 //! weights, no bias) whose logits the loss scales by `s = 30`; LDAM-DRW
@@ -33,6 +38,7 @@ use mlp::{balanced_error, relative_difference, train, Mlp, Objective, Problem, S
 
 struct Args {
     steps: usize,
+    width: usize,
     lr: f64,
     weight_decay: f64,
     scale: f32,
@@ -42,6 +48,7 @@ struct Args {
 fn args() -> Result<Args, String> {
     let mut a = Args {
         steps: 3000,
+        width: 512,
         lr: 0.05,
         weight_decay: 0.0,
         scale: 30.0,
@@ -55,6 +62,11 @@ fn args() -> Result<Args, String> {
                 a.steps = value("--steps")?
                     .parse()
                     .map_err(|e| format!("--steps: {e}"))?
+            }
+            "--width" => {
+                a.width = value("--width")?
+                    .parse()
+                    .map_err(|e| format!("--width: {e}"))?
             }
             "--weight-decay" => {
                 a.weight_decay = value("--weight-decay")?
@@ -166,7 +178,7 @@ fn run(a: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     );
     let problem = Problem::long_tailed(2021);
     let counts: Vec<f64> = problem.counts.iter().map(|&n| n as f64).collect();
-    let model = Mlp::new(problem.dim, 64, problem.classes, &device, 7);
+    let model = Mlp::new(problem.dim, a.width, problem.classes, &device, 7);
 
     // 1. Our loss at tau = 0 is burn's cross-entropy: the same 100 steps.
     let short = Schedule {
@@ -187,10 +199,11 @@ fn run(a: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     };
     let rows = objectives(a, &counts, &device)?;
     println!(
-        "\n{} steps of batch {} (SGD, momentum 0.9, lr {}), 10 classes, rho = 100, balanced test set of {} rows:",
+        "\n{} steps of batch {} (SGD, momentum 0.9, lr {}), {} hidden units, 10 classes, rho = 100, balanced test set of {} rows:",
         full.steps,
         full.batch,
         full.lr,
+        a.width,
         problem.test.labels.len()
     );
     println!("  {:<34} {:>15} {:>9}", "loss", "balanced error", "time");
@@ -220,7 +233,7 @@ fn run(a: &Args) -> Result<bool, Box<dyn std::error::Error>> {
             eprintln!("check failed: weights differ by {diff:.2e} > 1e-4");
             ok = false;
         }
-        for (k, what) in [(2, "the logit-adjusted loss"), (5, "LDAM-DRW")] {
+        for (k, what) in [(2, "the logit-adjusted loss"), (4, "LDAM"), (5, "LDAM-DRW")] {
             if gain(k).is_nan() || gain(k) < 2.0 {
                 eprintln!(
                     "check failed: {what} is {:.2} points better than ERM, not 2",
