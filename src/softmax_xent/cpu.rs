@@ -110,7 +110,7 @@ pub(crate) struct Kernels {
     pub(super) table: wgpu::Buffer,
     /// The half-format modules, in [`HALF_MODULES`]' order, each compiled
     /// on first use.
-    halves: [OnceLock<Shader>; 6],
+    halves: [OnceLock<Shader>; HALF_MODULES.len()],
 }
 
 /// Whether `spec` uses an option these layouts do not implement (a logit
