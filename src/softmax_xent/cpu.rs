@@ -391,4 +391,22 @@ mod tests {
         assert!(segments_layout(&shape(256 * 512, 256 * 512), &cpu()).is_some());
         assert!(segments_layout(&shape(256 * 512 + 4, 256 * 512 + 4), &cpu()).is_none());
     }
+
+    #[test]
+    fn words_are_shared_only_by_a_half_gradient_of_odd_stride() {
+        for dtype in [Dtype::F16, Dtype::Bf16] {
+            assert!(HalfModule::of(dtype, dtype, 1001).shared_words);
+            assert!(!HalfModule::of(dtype, dtype, 1000).shared_words);
+            assert!(!HalfModule::of(dtype, Dtype::F32, 1001).shared_words);
+            for stride in [1000, 1001] {
+                for grad in [dtype, Dtype::F32] {
+                    let module = HalfModule::of(dtype, grad, stride);
+                    assert!(HALF_MODULES.contains(&module), "{module:?}");
+                    let text = module.source().unwrap();
+                    let atomic = text.contains("array<atomic<u32>>");
+                    assert_eq!(atomic, module.shared_words, "{}", module.label());
+                }
+            }
+        }
+    }
 }
